@@ -1,0 +1,1 @@
+"""Metrics over prediction records and the reports built from them."""

@@ -1,0 +1,55 @@
+import pytest
+
+from videogemma.config import VideoGemmaConfig
+
+
+def test_e2b_preset_geometry():
+    config = VideoGemmaConfig.from_preset("e2b")
+    assert config.num_visual_tokens == 16 * 144 + 2 * 49 == 2402
+    assert config.num_keyframes == config.videomamba_config.num_frames == 8
+    assert config.videomamba_config.d_inner == 1152 and config.videomamba_config.dt_rank == 36
+    assert config.text_config.num_hidden_layers == 30 and config.text_config.num_kv_shared_layers == 10
+    assert config.eos_token_id == [1, 106]
+
+
+def test_tiny_preset_keeps_gemma3n_structure():
+    config = VideoGemmaConfig.from_preset("tiny")
+    text = config.text_config
+    assert text.hidden_size <= 128
+    assert "reuse" in text.kv_sharing_modes  # KV sharing is exercised
+    assert set(text.layer_types) == {"sliding_attention", "full_attention"}
+    assert config.image_token_id >= text.vocab_size_per_layer_input
+
+
+def test_round_trip(tmp_path):
+    config = VideoGemmaConfig.from_preset("tiny")
+    config.save_pretrained(tmp_path)
+    loaded = VideoGemmaConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.videomamba_config.embed_dim == config.videomamba_config.embed_dim
+
+
+def test_other_frame_counts_work():
+    # Nothing assumes 16 / 8 / 4: 24 frames in chunks of 6 keeping 3 gives 12 VideoMamba frames.
+    base = VideoGemmaConfig.from_preset("tiny")
+    vm = base.videomamba_config.to_dict()
+    vm["num_frames"] = 12
+    config = VideoGemmaConfig.from_preset(
+        "tiny", num_frames=24, chunk_size=6, keyframes_per_chunk=3, videomamba_config=vm
+    )
+    assert config.num_chunks == 4 and config.num_keyframes == 12
+    assert config.num_visual_tokens == 24 * 4 + 4 * 4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_frames=10), "multiple of chunk_size"),
+        (dict(keyframes_per_chunk=5), "keyframes_per_chunk"),
+        (dict(chunk_size=2), "VideoMamba reads"),
+        (dict(image_token_id=5), "image_token_id"),
+    ],
+)
+def test_invalid_geometry_is_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VideoGemmaConfig.from_preset("tiny", **overrides)
