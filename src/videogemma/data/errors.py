@@ -1,0 +1,68 @@
+"""The errors bad input raises: each names the file or record at fault and says what is wrong with it.
+
+All derive from `VideoGemmaDataError` (a `ValueError`), so a caller can catch every data problem in
+one place, and a dataset's "skip" policy knows which failures are the sample's fault (skip it) and
+which are the program's (let them propagate).
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+
+class VideoGemmaDataError(ValueError):
+    """Base class of every error caused by bad input data (a file, a record, a prompt)."""
+
+
+class VideoDecodeError(VideoGemmaDataError):
+    """A video file that cannot be read: missing, empty, corrupt, without a video stream or frames."""
+
+    def __init__(self, path: str | PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path}: {reason}")
+
+
+class RecordError(VideoGemmaDataError):
+    """A malformed record of a dataset file (bad JSON, missing field, wrong type).
+
+    `record` is the record's index in the file (0-based), a line number ("line 12"), or its id.
+    """
+
+    def __init__(self, source_file: str | PathLike[str], record: int | str | None, reason: str) -> None:
+        self.source_file = str(source_file)
+        self.record = record
+        self.reason = reason
+        where = self.source_file if record is None else f"{self.source_file}, record {record}"
+        super().__init__(f"{where}: {reason}")
+
+
+class PathOutsideRootError(RecordError):
+    """A record whose media path escapes the dataset root (through `..` or an absolute path)."""
+
+    def __init__(
+        self,
+        source_file: str | PathLike[str],
+        record: int | str | None,
+        path: str | PathLike[str],
+        root: str | PathLike[str],
+    ) -> None:
+        self.path = str(path)
+        self.root = str(root)
+        super().__init__(
+            source_file, record, f"video path {self.path!r} lies outside the dataset root {self.root}"
+        )
+
+
+class PromptTooLongError(VideoGemmaDataError):
+    """A sample whose prompt (visual block included) cannot fit in the sequence limit."""
+
+    def __init__(self, record: Any, length: int, limit: int) -> None:
+        self.record = record
+        self.length = length
+        self.limit = limit
+        super().__init__(
+            f"sample {record}: prompt is {length} tokens (visual block included) but the limit is {limit}; "
+            "shorten the text or raise max_sequence_length"
+        )
