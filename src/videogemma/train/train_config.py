@@ -1,0 +1,300 @@
+"""The training configuration: one YAML file, overridable from the command line, checked before training.
+
+A config has a few sections (`model`, `data`, `lora`) and flat optimisation settings:
+
+```yaml
+stage: finetune                 # video-proj | image-proj | finetune | full (ARCHITECTURE §7)
+output_dir: runs/qved_finetune
+model: {preset: tiny}           # or {pretrained: DIR} or {lm: DIR, clip: DIR, videomamba: FILE}
+data: {train_file: data/qved/qved_train.json, val_file: data/qved/qved_val.json}
+learning_rate: 2.0e-4           # the LoRA / main learning rate
+projector_learning_rate: 1.0e-4
+```
+
+Overrides use dotted keys (`--lora.r 16 --learning_rate 1e-4 --model.overrides.num_frames 16`); values are
+parsed as YAML and converted to the field's type, so `1e-4` is a float even though YAML 1.1 reads a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("video-proj", "image-proj", "finetune", "full")
+
+# The text decoder's attention and MLP projections, and nothing else (never PEFT's "all-linear", which would
+# also hit AltUp, LAuReL and the per-layer-input projections of Gemma-3n). PEFT full-matches this on module names.
+LORA_TARGET_REGEX = (
+    r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+
+
+class TrainConfigError(ValueError):
+    """A training configuration that cannot work; the message names the key and the reason."""
+
+
+@dataclass
+class ModelSource:
+    """Where the model comes from: exactly one of a preset, a saved VideoGemma directory, or components."""
+
+    preset: str | None = None
+    pretrained: str | None = None
+    lm: str | None = None
+    clip: str | None = None
+    videomamba: str | None = None
+    # VideoGemmaConfig fields to change, deep-merged into the source's config (e.g. larger tiny encoders).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Projector weights (`projectors.safetensors` of earlier projector-stage runs) loaded over the source's.
+    projector_weights: list[str] = field(default_factory=list)
+
+    def kind(self) -> str:
+        sources = [
+            name
+            for name, present in (
+                ("preset", self.preset),
+                ("pretrained", self.pretrained),
+                ("components", self.lm or self.clip or self.videomamba),
+            )
+            if present
+        ]
+        if len(sources) != 1:
+            raise TrainConfigError(
+                "model: give exactly one source (preset, pretrained, or the components lm + clip + videomamba); "
+                f"got {sources or 'none'}"
+            )
+        if sources[0] == "components" and not (self.lm and self.clip and self.videomamba):
+            raise TrainConfigError("model: the components source needs all of lm, clip and videomamba")
+        return sources[0]
+
+    def check_paths(self) -> None:
+        for key in ("pretrained", "lm", "clip", "videomamba"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).exists():
+                raise TrainConfigError(f"model.{key}: {path} does not exist")
+        for path in self.projector_weights:
+            if not Path(path).is_file():
+                raise TrainConfigError(f"model.projector_weights: {path} does not exist")
+
+
+@dataclass
+class DataSettings:
+    train_file: str = ""
+    val_file: str | None = None
+    # Videos are resolved against this folder; default: the folder of the split file.
+    dataset_root: str | None = None
+    bad_sample_policy: str = "skip"  # "skip" | "strict"
+    num_workers: int = 0
+
+
+@dataclass
+class LoraSettings:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_regex: str = LORA_TARGET_REGEX
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "finetune"
+    output_dir: str = "runs/videogemma"
+    model: ModelSource = field(default_factory=ModelSource)
+    data: DataSettings = field(default_factory=DataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # Optimisation. `learning_rate` trains LoRA (finetune) or everything else trainable; projectors get
+    # `projector_learning_rate` when set.
+    learning_rate: float = 2e-4
+    projector_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    num_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_batch_size: int = 8
+    # Samples per optimiser step over all processes; gradient accumulation makes up the difference.
+    effective_batch_size: int = 64
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # "auto" (bf16 where supported, else fp32) | "bf16" | "fp16" | "fp32"
+    gradient_checkpointing: bool = True
+    eval_steps: int = 50
+    save_steps: int | None = None  # default: eval_steps (the best checkpoint needs both on the same steps)
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    seed: int = 42
+    # "auto": cache the frozen encoders' features when both encoders are frozen and no augmentation is on.
+    feature_cache: str = "auto"  # "auto" | "off"
+    feature_cache_dir: str | None = None  # default: <output_dir>/../.feature_cache (shared by sibling runs)
+    nonfinite_loss: str = "stop"  # "stop" | "skip"
+    deepspeed: str | None = None  # a DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json)
+    plots: bool = True
+
+    # ---- derived ------------------------------------------------------------------------------------------
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        per_step = self.per_device_batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise TrainConfigError(
+                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of per_device_batch_size "
+                f"({self.per_device_batch_size}) × processes ({world_size})"
+            )
+        return self.effective_batch_size // per_step
+
+    @property
+    def resolved_save_steps(self) -> int:
+        return self.save_steps if self.save_steps is not None else self.eval_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Every check that needs no model weights: fail before anything slow starts."""
+        if self.stage not in STAGES:
+            raise TrainConfigError(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}")
+        self.model.kind()
+        self.model.check_paths()
+        if not self.data.train_file:
+            raise TrainConfigError("data.train_file: required (a conversation JSON/JSONL split file)")
+        for key, path in (("data.train_file", self.data.train_file), ("data.val_file", self.data.val_file)):
+            if path is not None and not Path(path).is_file():
+                raise TrainConfigError(f"{key}: split file {path} does not exist")
+        if self.data.dataset_root is not None and not Path(self.data.dataset_root).is_dir():
+            raise TrainConfigError(f"data.dataset_root: {self.data.dataset_root} is not a directory")
+        _check_choice("data.bad_sample_policy", self.data.bad_sample_policy, ("skip", "strict"))
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
+        for key in ("per_device_batch_size", "effective_batch_size", "eval_steps", "logging_steps"):
+            if getattr(self, key) <= 0:
+                raise TrainConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.resolved_save_steps % self.eval_steps:
+            raise TrainConfigError(
+                f"save_steps ({self.resolved_save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                "so that the best checkpoint by validation loss is one that was saved"
+            )
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise TrainConfigError("give num_epochs > 0 or max_steps > 0")
+        if self.stage == "finetune" and (self.lora.r <= 0 or self.lora.alpha <= 0):
+            raise TrainConfigError(
+                f"lora: r and alpha must be positive, got r={self.lora.r} alpha={self.lora.alpha}"
+            )
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise TrainConfigError(f"deepspeed: config file {self.deepspeed} does not exist")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TrainConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from the defaults), apply `--key value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise TrainConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    config = _build(TrainConfig, raw, prefix="")
+    config.validate()
+    return config
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`["--lora.r", "16", "--stage=full"]` → `[("lora.r", 16), ("stage", "full")]`."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise TrainConfigError(f"override {arg!r}: expected --key value")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise TrainConfigError(f"override {arg}: missing its value")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        pairs.append((key.replace("-", "_"), yaml.safe_load(text)))
+    return pairs
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise TrainConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise TrainConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid: {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to the field's type (`1e-4` → 1e-4), or fail naming the key."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise TrainConfigError(f"{key}: may not be null")
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(base) or base
+    try:
+        if origin is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if origin is float:
+            return float(value)
+        if origin is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if origin is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+        if origin is list:
+            return [str(v) for v in (value if isinstance(value, list) else [value])]
+    except (TypeError, ValueError):
+        raise TrainConfigError(f"{key}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+    return value
+
+
+def save_train_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
