@@ -1,0 +1,297 @@
+"""Reading frames out of a video file with PyAV: uniformly spaced, real, upright, RGB.
+
+`read_video_frames(path, num_frames)` returns `num_frames` frames spread evenly over the whole clip: the
+frame shown at the centre of each of `num_frames` equal time segments (ARCHITECTURE §1). A clip shorter
+than `num_frames` frames repeats frames; it is never padded with black ones.
+
+How the frames are found, cheapest first:
+1. Demux the packets (no decoding) to learn every frame's presentation time and the clip's end, pick the
+   frames by time (this handles variable frame rate), then decode only up to the last wanted frame,
+   converting just the wanted ones to RGB.
+2. If the decoder disagrees with the packets (dropped frames, missing or reordered timestamps), decode the
+   whole clip once to learn the real timeline, then pick again and decode a second time. Without usable
+   timestamps at all, frames are picked by counting (centre of equal segments of the frame count).
+
+Frames are rotated upright from the display matrix (or the legacy `rotate` tag). Any pixel format and size
+the decoder produces is converted to RGB. Every failure is a `VideoDecodeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from videogemma.data.errors import VideoDecodeError
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file says about itself (container metadata plus its first decoded frame)."""
+
+    path: str
+    num_frames: int | None  # from the container (or counted, see `probe_video`); None when unknown
+    fps: float | None  # average frame rate
+    duration: float | None  # seconds
+    width: int  # of the upright frame, i.e. after rotation
+    height: int
+    rotation: int  # degrees counter-clockwise applied to stored frames to show them upright (0/90/180/270)
+    codec: str
+    pix_fmt: str | None
+
+
+@dataclass(frozen=True)
+class DecodedFrames:
+    """The frames `read_video_frames` returns, with where in the clip they came from."""
+
+    frames: np.ndarray  # uint8 (num_frames, H, W, 3) RGB, upright
+    indices: list[int]  # position of each frame in presentation order (0 = first frame shown)
+    timestamps: list[float | None]  # presentation time of each frame in seconds (None without timestamps)
+
+
+def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
+    """Indices of the frames at the centres of `num_frames` equal segments of `num_available` frames.
+
+    With fewer frames than requested, indices repeat (e.g. 3 frames, 8 wanted: 0 0 0 1 1 2 2 2).
+    """
+    if num_available <= 0 or num_frames <= 0:
+        raise ValueError(f"need positive counts, got num_available={num_available}, num_frames={num_frames}")
+    return [((2 * i + 1) * num_available) // (2 * num_frames) for i in range(num_frames)]
+
+
+def read_video_frames(path: PathLike, num_frames: int) -> np.ndarray:
+    """`num_frames` uniformly spaced real frames of the clip: uint8 (num_frames, H, W, 3) RGB, upright."""
+    return decode_frames(path, num_frames).frames
+
+
+def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
+    """`read_video_frames` plus the index and timestamp of every frame returned."""
+    if num_frames <= 0:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    _check_file(path)
+
+    timeline = _packet_timeline(path)
+    if timeline is not None:
+        pts, end, time_base = timeline
+        indices = _indices_by_time(pts, end, num_frames)
+        try:
+            frames = _decode_indices(path, indices, expected_pts=pts)
+            return _assemble(frames, indices, [float(pts[k] * time_base) for k in indices])
+        except _TimelineMismatch:
+            pass  # the packets did not describe the decoded frames; learn the real timeline below
+
+    pts_or_none, end, time_base = _decoded_timeline(path)
+    if pts_or_none is not None:
+        indices = _indices_by_time(pts_or_none, end, num_frames)
+        timestamps: list[float | None] = [float(pts_or_none[k] * time_base) for k in indices]
+    else:
+        indices = sample_frame_indices(end, num_frames)  # `end` is the frame count here
+        timestamps = [None] * num_frames
+    try:
+        frames = _decode_indices(path, indices, expected_pts=None)
+    except _TimelineMismatch as mismatch:
+        raise VideoDecodeError(path, f"decoding is not repeatable ({mismatch})") from None
+    return _assemble(frames, indices, timestamps)
+
+
+def probe_video(path: PathLike, count_frames: bool = False) -> VideoInfo:
+    """Metadata of a video, checking that its first frame decodes.
+
+    `count_frames=True` decodes the whole clip to count its frames exactly (container counts can be
+    missing or wrong); otherwise `num_frames` is the container's count, or the number of packets.
+    """
+    _check_file(path)
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        fps = float(stream.average_rate) if stream.average_rate else None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = None
+        num_frames = stream.frames or None
+        codec = stream.codec_context.name
+        pix_fmt = stream.codec_context.pix_fmt
+        try:
+            first = next(container.decode(stream), None)
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(path, f"corrupt video data: {error}") from None
+        if first is None:
+            raise VideoDecodeError(path, "the video stream has no decodable frames")
+        rotation = _rotation(first, stream)
+        width, height = first.width, first.height
+    if rotation in (90, 270):
+        width, height = height, width
+    if count_frames:
+        pts, end, time_base = _decoded_timeline(path)
+        num_frames = end if pts is None else len(pts)
+        if pts is not None:
+            duration = float((end - pts[0]) * time_base)
+    elif num_frames is None:
+        timeline = _packet_timeline(path)
+        num_frames = len(timeline[0]) if timeline is not None else None
+    return VideoInfo(str(path), num_frames, fps, duration, width, height, rotation, codec, pix_fmt)
+
+
+# ---- internals ----------------------------------------------------------------------------------------------
+
+
+class _TimelineMismatch(Exception):
+    """The decoder produced other frames than the timeline planned with."""
+
+
+def _check_file(path: PathLike) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="replace")
+    except (av.FFmpegError, OSError) as error:
+        raise VideoDecodeError(path, f"not a readable video file: {error}") from None
+
+
+def _video_stream(path: PathLike, container: av.container.InputContainer) -> av.VideoStream:
+    if not container.streams.video:
+        raise VideoDecodeError(path, "the file has no video stream")
+    return container.streams.video[0]
+
+
+def _packet_timeline(path: PathLike) -> tuple[list[int], int, Fraction] | None:
+    """Sorted presentation timestamps of all frames and the clip's end, from the packets alone.
+
+    None when the packets do not carry what is needed (no timestamps, no packets); the caller then
+    learns the timeline by decoding.
+    """
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        pts: list[int] = []
+        ends: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.is_discard:  # flush packets, edit-list trimmed frames
+                    continue
+                if packet.pts is None:
+                    return None
+                pts.append(packet.pts)
+                if packet.duration:
+                    ends.append(packet.pts + packet.duration)
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(path, f"corrupt container: {error}") from None
+        time_base = stream.time_base
+    if not pts or time_base is None:
+        return None
+    pts.sort()
+    if len(set(pts)) != len(pts):
+        return None
+    end = max(ends) if ends else pts[-1] + _typical_step(pts)
+    return pts, max(end, pts[-1] + 1), Fraction(time_base)
+
+
+def _decoded_timeline(path: PathLike) -> tuple[list[int] | None, int, Fraction]:
+    """Decode every frame once, recording timestamps: (pts, end, time_base), or (None, count, 1) when the
+    decoded frames lack strictly increasing timestamps."""
+    pts: list[int | None] = []
+    last_duration = 0
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        time_base = Fraction(stream.time_base) if stream.time_base is not None else None
+        try:
+            for frame in container.decode(stream):
+                pts.append(frame.pts)
+                last_duration = frame.duration or 0
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(path, f"corrupt video data after {len(pts)} frames: {error}") from None
+    if not pts:
+        raise VideoDecodeError(path, "the video stream has no decodable frames")
+    usable = time_base is not None and all(p is not None for p in pts)
+    if usable and all(a < b for a, b in itertools.pairwise(pts)):
+        known: list[int] = pts  # type: ignore[assignment]
+        end = known[-1] + (last_duration or _typical_step(known))
+        return known, end, time_base  # type: ignore[return-value]
+    return None, len(pts), Fraction(1)
+
+
+def _typical_step(pts: list[int]) -> int:
+    steps = [b - a for a, b in itertools.pairwise(pts)]
+    return int(np.median(steps)) if steps else 1
+
+
+def _indices_by_time(pts: list[int], end: int, num_frames: int) -> list[int]:
+    """For each segment centre, the frame on screen at that time (the last one starting at or before it).
+
+    Exact rational arithmetic, so that on a constant-rate clip this equals `sample_frame_indices`.
+    """
+    start = pts[0]
+    span = end - start
+    centres = [start + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames)]
+    return [max(0, min(len(pts) - 1, bisect.bisect_right(pts, c) - 1)) for c in centres]
+
+
+def _decode_indices(
+    path: PathLike, indices: list[int], expected_pts: list[int] | None
+) -> dict[int, np.ndarray]:
+    """Decode up to the last wanted frame; RGB arrays of the wanted ones, by index."""
+    wanted = set(indices)
+    last = max(indices)
+    frames: dict[int, np.ndarray] = {}
+    size: tuple[int, int] | None = None
+    with _open(path) as container:
+        stream = _video_stream(path, container)
+        index = -1
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if expected_pts is not None and (
+                    index >= len(expected_pts) or frame.pts != expected_pts[index]
+                ):
+                    raise _TimelineMismatch(f"frame {index} has pts {frame.pts}")
+                if index in wanted:
+                    # Keep one size for the whole clip, even if the stream changes resolution midway.
+                    size = size or (frame.width, frame.height)
+                    if (frame.width, frame.height) != size:
+                        frame = frame.reformat(width=size[0], height=size[1])
+                    frames[index] = np.rot90(
+                        frame.to_ndarray(format="rgb24"), k=_rotation(frame, stream) // 90
+                    )
+                if index == last:
+                    break
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(path, f"corrupt video data after {index + 1} frames: {error}") from None
+    if index < 0:
+        raise VideoDecodeError(path, "the video stream has no decodable frames")
+    if len(frames) < len(wanted):
+        raise _TimelineMismatch(f"only {index + 1} frames decoded, frame {last} wanted")
+    return frames
+
+
+def _rotation(frame: av.VideoFrame, stream: av.VideoStream) -> int:
+    """Counter-clockwise degrees that show the frame upright, snapped to a multiple of 90."""
+    degrees = frame.rotation  # from the display matrix (FFmpeg's av_display_rotation_get)
+    if not degrees:
+        # Legacy tag from old muxers: clockwise degrees.
+        tags = {key.lower(): value for key, value in stream.metadata.items()}
+        try:
+            degrees = -float(tags.get("rotate", 0))
+        except ValueError:
+            degrees = 0
+    return round(degrees / 90) % 4 * 90
+
+
+def _assemble(
+    frames: dict[int, np.ndarray], indices: list[int], timestamps: list[float | None]
+) -> DecodedFrames:
+    stacked = np.stack([frames[k] for k in indices])  # copies: contiguous even after rot90
+    return DecodedFrames(frames=stacked, indices=list(indices), timestamps=timestamps)
