@@ -194,8 +194,11 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 # ---- loading ------------------------------------------------------------------------------------------------
 
 
-def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from the defaults), apply `--key value` overrides, validate."""
+def load_train_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, validate: bool = True
+) -> TrainConfig:
+    """Read a YAML config (or start from the defaults), apply `--key value` overrides, validate (a saved run's
+    config is read back with `validate=False`: its data files need not exist any more)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -207,7 +210,8 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
     config = _build(TrainConfig, raw, prefix="")
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

@@ -1,0 +1,68 @@
+"""`videogemma train` and `videogemma export`.
+
+    videogemma train --config configs/qved_finetune.yaml [--resume] [--key value ...]
+    videogemma export RUN_DIR --merge OUT_DIR
+
+Any `--key value` the train parser does not know is a config override (dotted keys: `--lora.r 16`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+class _OverridesParser(argparse.ArgumentParser):
+    """Keeps unknown `--key value` pairs as config overrides instead of rejecting them."""
+
+    def parse_known_args(
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + extras
+        return namespace, []
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a stage (video-proj, image-proj, finetune, full) from a YAML config",
+        description="Train VideoGemma. Extra `--key value` pairs override the config (dotted keys for "
+        "sections: --lora.r 16 --model.overrides.num_frames 16 --max_steps 100).",
+    )
+    train.__class__ = _OverridesParser
+    train.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.set_defaults(func=_train, overrides=[])
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a training run as one model directory (LoRA merged), loadable by from_pretrained",
+    )
+    export.add_argument("run_dir", help="the training run directory (its output_dir)")
+    export.add_argument("--merge", required=True, metavar="OUT_DIR", help="where to write the merged model")
+    export.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from videogemma.train.run import run_training
+    from videogemma.train.train_config import TrainConfigError, load_train_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_train_config(args.config, args.overrides)
+    except TrainConfigError as error:
+        raise SystemExit(f"videogemma train: {error}") from None
+    run_dir = run_training(config, resume=args.resume)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from videogemma.train.export import export_run
+
+    out_dir = export_run(args.run_dir, args.merge)
+    print(f"merged model written to {out_dir}")
+    return 0

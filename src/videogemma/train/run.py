@@ -1,0 +1,206 @@
+"""`run_training`: one training run, top to bottom, into one run directory.
+
+<output_dir>/
+  train_config.yaml          the resolved configuration (what `load_run` rebuilds the model from)
+  processor/                 tokenizer + processor settings
+  model/                     `full` stage: the whole model (save_pretrained, safetensors)
+  adapter/                   `finetune`: the LoRA adapter (PEFT, safetensors; projectors included)
+  projectors.safetensors     both ETPs (every stage)
+  trainer_state.json         the Trainer's state (log history, best checkpoint)
+  metrics.jsonl, plots/      the metrics log and its PNG plots
+  checkpoint-<step>/         Trainer checkpoints (`--resume` continues from the newest complete one)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from videogemma.train.callbacks import MetricsLogCallback, PlotCallback
+from videogemma.train.feature_cache import FeatureCache, module_weights_hash
+from videogemma.train.model_source import build_model, build_processor
+from videogemma.train.stages import (
+    PROJECTORS,
+    base_model,
+    check_trainable,
+    encoders_frozen,
+    prepare_model_for_stage,
+)
+from videogemma.train.train_config import TrainConfig, TrainConfigError, save_train_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.yaml"
+PROJECTORS_NAME = "projectors.safetensors"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (its `trainer_state.json`, written last, exists); a checkpoint cut short
+    by a kill is passed over."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    complete = [
+        (int(match.group(1)), path)
+        for path in directory.iterdir()
+        if (match := _CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """bf16 where the hardware supports it (`auto`), else fp32; explicit choices are taken as given."""
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def feature_cache_for(
+    config: TrainConfig, model: torch.nn.Module, processor: Any, augment: bool
+) -> FeatureCache | None:
+    """The frozen-feature cache when it is valid: both encoders frozen and no random augmentation."""
+    if config.feature_cache == "off" or not encoders_frozen(config.stage) or augment:
+        return None
+    videogemma = base_model(model)
+    directory = config.feature_cache_dir or str(Path(config.output_dir).resolve().parent / ".feature_cache")
+    mc = videogemma.config
+    settings = {
+        **processor.to_dict(),
+        "chunk_size": mc.chunk_size,
+        "keyframes_per_chunk": mc.keyframes_per_chunk,
+        "clip_select_layer": mc.clip_select_layer,
+        "encoder_dtype": str(next(videogemma.clip.parameters()).dtype),
+        "precision": config.precision,
+    }
+    return FeatureCache(directory, module_weights_hash(videogemma.clip, videogemma.videomamba), settings)
+
+
+def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
+    from transformers import TrainingArguments
+
+    distributed = world_size() > 1
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps(world_size()),
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        max_grad_norm=config.max_grad_norm,
+        **precision_flags(config.precision),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=config.resolved_save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        prediction_loss_only=True,
+        label_names=["labels"],
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=config.data.num_workers,
+        remove_unused_columns=False,
+        report_to=[],
+        deepspeed=config.deepspeed,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        # LoRA on KV-shared layers' unused k/v projections and similar receive no gradient.
+        ddp_find_unused_parameters=True if distributed else None,
+        disable_tqdm=False,
+    )
+
+
+def run_training(config: TrainConfig, resume: bool = False) -> Path:
+    """Train as `config` says; returns the run directory."""
+    from transformers import set_seed
+
+    from videogemma.train.data import build_datasets
+    from videogemma.train.trainer import VideoGemmaTrainer
+
+    config.validate()
+    run_dir = Path(config.output_dir)
+    checkpoint = newest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
+    args = training_arguments(config, has_eval=config.data.val_file is not None)
+
+    set_seed(config.seed)
+    model = build_model(config.model, config.seed)
+    processor = build_processor(config.model, model.config)
+    model = prepare_model_for_stage(model, config)
+    trainable = check_trainable(model, config.stage)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("stage %s: %s of %s parameters train", config.stage, f"{trainable:,}", f"{total:,}")
+
+    augment = False  # the conversation dataset applies no random augmentation (DATA.md augments offline)
+    cache = feature_cache_for(config, model, processor, augment)
+    train_dataset, eval_dataset, collator = build_datasets(config, processor, cache)
+
+    if args.process_index == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_train_config(config, run_dir / CONFIG_NAME)
+        processor.save_pretrained(run_dir / "processor")
+
+    trainer = VideoGemmaTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        train_config=config,
+        feature_cache=cache,
+        callbacks=[MetricsLogCallback(run_dir)] + ([PlotCallback(run_dir)] if config.plots else []),
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    save_run_outputs(trainer, config, run_dir)
+    return run_dir
+
+
+def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
+    """Final weights (the best checkpoint's, when validation ran) and the trainer state, in `run_dir`."""
+    if config.stage == "full":
+        trainer.save_model(str(run_dir / "model"))
+    elif config.stage == "finetune":
+        trainer.save_model(str(run_dir / "adapter"))
+    # The full state dict (gathered across ZeRO-3 shards) on the main process; the projectors from it.
+    state = trainer.accelerator.get_state_dict(
+        trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+    )
+    if trainer.args.should_save:
+        save_file(projector_state(state), run_dir / PROJECTORS_NAME)
+        trainer.save_state()  # trainer_state.json in the run directory
+    trainer.accelerator.wait_for_everyone()
+
+
+def projector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`image_projector.*` / `video_projector.*` tensors out of a (possibly PEFT-wrapped) model's state dict."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        name = name.removeprefix("base_model.model.")
+        projector = name.split(".", 1)[0]
+        if projector not in PROJECTORS or ".original_module." in name:
+            continue
+        out[name.replace(".modules_to_save.default.", ".")] = tensor.detach().cpu().contiguous()
+    if not out:
+        raise TrainConfigError("the trained model holds no projector weights")
+    return out

@@ -1,0 +1,135 @@
+"""`VideoGemmaTrainer`: the `transformers` Trainer with projector parameter groups, the frozen-feature cache
+and a guard against non-finite losses.
+
+Everything else (gradient accumulation, clipping, checkpointing, DDP / DeepSpeed, evaluation, best checkpoint,
+resumption with RNG and data order) is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from videogemma.train.feature_cache import FeatureCache
+from videogemma.train.stages import base_model, parameter_groups
+from videogemma.train.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# Batch keys that describe the samples but are not model inputs.
+VIDEO_PATHS_KEY = "video_paths"
+CACHED_FEATURES_KEY = "cached_features"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (`nonfinite_loss: stop`)."""
+
+
+class VideoGemmaTrainer(Trainer):
+    def __init__(
+        self, *args: Any, train_config: TrainConfig, feature_cache: FeatureCache | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_config = train_config
+        self.feature_cache = feature_cache
+        self.skipped_nonfinite_batches = 0
+
+    # ---- optimiser: the projectors at their own learning rate -------------------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            no_decay = {name for name, _ in opt_model.named_parameters() if name not in decay}
+            groups = parameter_groups(opt_model, self.train_config, no_decay)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)  # every group carries its own
+            self.optimizer = optimizer_cls(groups, lr=self.train_config.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- the loss: cached encoder features, non-finite guard ---------------------------------------------
+
+    def _attach_video_features(self, model: nn.Module, inputs: dict[str, Any]) -> list[str] | None:
+        """Replace the pixel values by cached (or freshly cached) encoder features; returns the batch's paths."""
+        paths = inputs.pop(VIDEO_PATHS_KEY, None)
+        cached = inputs.pop(CACHED_FEATURES_KEY, None)
+        if cached is None:
+            return paths
+        missing = [i for i, features in enumerate(cached) if features is None]
+        if missing:
+            videogemma = base_model(self.accelerator.unwrap_model(model))
+            clip_pixels = inputs.pop("clip_pixel_values")
+            videomamba_pixels = inputs.pop("videomamba_pixel_values")
+            with torch.no_grad():
+                computed = videogemma.extract_video_features(clip_pixels, videomamba_pixels)
+            for row, index in enumerate(missing):
+                features = {name: getattr(computed, name)[row] for name in FEATURE_NAMES}
+                if self.feature_cache is not None:
+                    self.feature_cache.store(paths[index], features)
+                cached[index] = features
+        from videogemma.modeling.modeling_videogemma import VideoFeatures
+
+        device = inputs["input_ids"].device
+        inputs["video_features"] = VideoFeatures(
+            **{name: torch.stack([c[name] for c in cached]).to(device) for name in FEATURE_NAMES}
+        )
+        return paths
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        paths = self._attach_video_features(model, inputs)
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not torch.isfinite(loss).all():
+            loss = self._nonfinite(model, loss, paths)
+            result = (loss, result[1]) if return_outputs else loss
+        return result
+
+    def _nonfinite(self, model: nn.Module, loss: torch.Tensor, paths: list[str] | None) -> torch.Tensor:
+        step = self.state.global_step + 1
+        where = f"optimizer step {step} (epoch {self.state.epoch or 0:.2f}), batch of videos {paths}"
+        if self.train_config.nonfinite_loss == "stop":
+            raise NonFiniteLossError(
+                f"non-finite training loss {loss.item()} at {where}; lower the learning rate, check the data, "
+                "or set `nonfinite_loss: skip` to skip such batches"
+            )
+        self.skipped_nonfinite_batches += 1
+        logger.warning("skipping a batch with non-finite loss %s at %s", loss.item(), where)
+        # A zero loss still tied to every trainable parameter: the batch contributes zero gradients (and
+        # every DDP rank still takes part in the gradient all-reduce).
+        return sum(
+            (p.sum() * 0.0 for p in model.parameters() if p.requires_grad),
+            torch.zeros((), device=loss.device),
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs = {**logs, **self.extra_metrics()}
+        super().log(logs, start_time)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if self.skipped_nonfinite_batches:
+            metrics["skipped_nonfinite_batches"] = self.skipped_nonfinite_batches
+        if self.feature_cache is not None:
+            metrics["feature_cache_hits"] = self.feature_cache.hits
+            metrics["feature_cache_misses"] = self.feature_cache.misses
+        for name, dataset in (("train", self.train_dataset), ("eval", self.eval_dataset)):
+            counts = getattr(dataset, "bad_sample_counts", None)
+            if callable(counts):
+                for key, value in counts().items():
+                    metrics[f"{name}_bad_samples_{key}"] = value
+        return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+FEATURE_NAMES = ("clip_features", "videomamba_features", "keyframe_indices")
