@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules that register subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ("videogemma.data.commands", "videogemma.evaluation.commands")
+COMMAND_MODULES = ("videogemma.data.commands", "videogemma.evaluation.commands", "videogemma.train.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
