@@ -29,6 +29,18 @@ TINY_TOKENIZER_CORPUS = """\
 Please evaluate the exercise form shown. What mistakes, if any, are present, and what corrections would you recommend?
 Please evaluate the exercise form shown. What feedback would you provide to improve the performance?
 Describe the video in detail. What exercise is the person doing?
+user
+How is my form?
+model
+Keep your back straight and go a bit deeper.
+user
+Which exercise is this?
+model
+This is a plank.
+user
+What should I fix?
+model
+Nothing, your form is good.
 squats - knees caving in; push the knees out over the toes
 squats - knees are caving inward; push the knees out over the toes
 squats - not deep enough; go a bit deeper on the squat
