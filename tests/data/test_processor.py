@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import string
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_chat_template import IMG, gemma_like_tokenizer  # the Gemma-ids tokenizer (same test folder)
+from transformers import AutoTokenizer
+from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
 
 from videogemma.config import VideoGemmaConfig
 from videogemma.data.chat_template import IGNORE_INDEX
@@ -106,18 +109,57 @@ def test_save_and_load_round_trip_gives_identical_outputs(processor, frames, tmp
     assert "You are a fitness coach." in loaded.decode(actual["input_ids"][0])
 
 
+def gemma_tokenizer_directory(directory: Path) -> Path:
+    """A miniature of Gemma-3n's tokenizer files: `GemmaTokenizer` (byte-fallback BPE), Gemma-3n's special ids."""
+    vocab = {
+        "<pad>": 0,
+        "<eos>": 1,
+        "<bos>": 2,
+        "<unk>": 3,
+        "<mask>": 4,
+        "<start_of_turn>": 105,
+        "<end_of_turn>": 106,
+    }
+    vocab |= {"\n": 107, "\n\n": 108} | {f"<0x{byte:02X}>": 238 + byte for byte in range(256)}
+    vocab |= {char: 1000 + i for i, char in enumerate(string.ascii_letters + string.digits + ".,;?!-▁")}
+    vocab |= {"<start_of_image>": 255999, "<end_of_image>": 256000, "<image_soft_token>": 262145}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
+    multimodal = [
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "<image_soft_token>",
+    ]
+    tokenizer.add_special_tokens({"additional_special_tokens": multimodal})
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def test_gemma_tokenizer_directory_works(tmp_path):
-    # The e2b config with a tokenizer at Gemma-3n's ids: placeholders are 262145, found by name.
+    # What the e2b model gets: AutoTokenizer on a Gemma-3n directory; special tokens are found by name.
+    tokenizer = AutoTokenizer.from_pretrained(gemma_tokenizer_directory(tmp_path / "gemma"))
+    assert isinstance(tokenizer, GemmaTokenizer)
     config = VideoGemmaConfig.from_preset("e2b")
-    processor = VideoGemmaProcessor.from_config(config, gemma_like_tokenizer())
-    assert processor.image_token_id == IMG == config.image_token_id
-    processor.save_pretrained(tmp_path)
-    loaded = VideoGemmaProcessor.from_pretrained(tmp_path)
+    processor = VideoGemmaProcessor.from_config(config, tokenizer, default_system="Be brief.")
     conversation = [{"from": "human", "value": "How deep?"}, {"from": "gpt", "value": "Go deeper."}]
-    ids = loaded.encode_conversation(conversation)["input_ids"]
-    assert torch.equal(ids, processor.encode_conversation(conversation)["input_ids"])
-    assert (ids == IMG).sum() == config.num_visual_tokens == 2402
-    assert ids[:5].tolist() == [2, 105, 2364, 107, 255999]
+    sample = processor.encode_conversation(conversation)
+    ids, labels = sample["input_ids"].tolist(), sample["labels"].tolist()
+    start = ids.index(255999)
+    assert ids[:2] == [2, 105] and ids.count(2) == 1
+    assert ids[start + 1 : start + 1 + 2402] == [262145] * 2402 and ids.count(262145) == 2402
+    assert ids[-2:] == [106, 107]
+    assert processor.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=False) == (
+        "Go deeper.<end_of_turn>"
+    )
+    assert processor.decode(ids) == "user\nBe brief.\n\n\n\nHow deep?\nmodel\nGo deeper.\n"
+    text = processor.render_text(conversation, expand_placeholders=True)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    # Saved beside the model and loaded back: the same tokenizer class and the same ids.
+    processor.save_pretrained(tmp_path / "model")
+    loaded = VideoGemmaProcessor.from_pretrained(tmp_path / "model")
+    assert isinstance(loaded.tokenizer, GemmaTokenizer)
+    assert loaded.encode_conversation(conversation)["input_ids"].tolist() == ids
 
 
 def test_mismatched_tokenizer_and_config_are_refused():
@@ -130,6 +172,12 @@ def test_mismatched_tokenizer_and_config_are_refused():
 def test_from_pretrained_without_processor_config(tmp_path):
     build_tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match=PROCESSOR_CONFIG_NAME):
+        VideoGemmaProcessor.from_pretrained(tmp_path)
+    # Hugging Face's Gemma-3n directories hold their own processor_config.json.
+    (tmp_path / PROCESSOR_CONFIG_NAME).write_text(
+        '{"processor_class": "Gemma3nProcessor", "image_seq_length": 256}'
+    )
+    with pytest.raises(ValueError, match="describes a Gemma3nProcessor processor, not a VideoGemmaProcessor"):
         VideoGemmaProcessor.from_pretrained(tmp_path)
 
 
@@ -153,7 +201,13 @@ def test_frames_in_memory_are_sampled_like_files(processor, frames):
 
 @pytest.mark.parametrize(
     "video",
-    [np.zeros((4, 8, 8, 3), dtype=np.float32), np.zeros((4, 8, 8), dtype=np.uint8), [], 42],
+    [
+        np.zeros((4, 8, 8, 3), dtype=np.float32),
+        np.zeros((4, 8, 8), dtype=np.uint8),
+        [np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((9, 8, 3), dtype=np.uint8)],
+        [],
+        42,
+    ],
 )
 def test_bad_videos_are_data_errors(processor, video):
     with pytest.raises(VideoGemmaDataError):

@@ -161,9 +161,12 @@ class VideoGemmaProcessor:
                 f"{config_path} not found: {directory} holds no saved VideoGemmaProcessor"
             )
         settings = json.loads(config_path.read_text(encoding="utf-8"))
-        processor_class = settings.pop("processor_class", cls.__name__)
+        # A Hugging Face model directory may hold another processor's file under the same name.
+        processor_class = settings.pop("processor_class", None)
         if processor_class != cls.__name__:
-            raise ValueError(f"{config_path} describes a {processor_class}, not a {cls.__name__}")
+            raise ValueError(
+                f"{config_path} describes a {processor_class or 'different'} processor, not a {cls.__name__}"
+            )
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         return cls(tokenizer, **{**settings, **overrides})
 
@@ -189,7 +192,12 @@ class VideoGemmaProcessor:
         if isinstance(video, np.ndarray):
             frames = video
         elif isinstance(video, Sequence) and len(video) > 0:
-            frames = np.stack([_rgb_array(frame) for frame in video])
+            arrays = [_rgb_array(frame) for frame in video]
+            if len({array.shape for array in arrays}) > 1:
+                raise VideoGemmaDataError(
+                    f"the frames of a video differ in shape: {sorted({a.shape for a in arrays})}"
+                )
+            frames = np.stack(arrays)
         else:
             raise VideoGemmaDataError(
                 f"a video must be a path, an array or a list of frames, got {video!r:.80}"
@@ -380,7 +388,7 @@ def _rgb_array(frame: Any) -> np.ndarray:
 def _is_frame_list(videos: Sequence[Any]) -> bool:
     """A list of frames (one video) rather than a list of videos."""
     first = videos[0] if len(videos) else None
-    return hasattr(first, "convert") or (isinstance(first, np.ndarray) and first.ndim == 3)
+    return hasattr(first, "convert") or (isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 3)
 
 
 def _is_turn_list(conversations: Any) -> bool:
