@@ -27,14 +27,20 @@ class VideoDecodeError(VideoGemmaDataError):
 class RecordError(VideoGemmaDataError):
     """A malformed record of a dataset file (bad JSON, missing field, wrong type).
 
-    `record` is the record's index in the file (0-based), a line number ("line 12"), or its id.
+    `record` is the record's index in the file (an int, shown as "record 3") or a ready label such as
+    "line 12" or "record 3 (squats/00000340.mp4)"; None for a problem with the file as a whole.
     """
 
     def __init__(self, source_file: str | PathLike[str], record: int | str | None, reason: str) -> None:
         self.source_file = str(source_file)
         self.record = record
         self.reason = reason
-        where = self.source_file if record is None else f"{self.source_file}, record {record}"
+        if record is None:
+            where = self.source_file
+        elif isinstance(record, int):
+            where = f"{self.source_file}, record {record}"
+        else:
+            where = f"{self.source_file}, {record}"
         super().__init__(f"{where}: {reason}")
 
 
