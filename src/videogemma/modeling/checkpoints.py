@@ -1,0 +1,265 @@
+"""Readers for the three pretrained components, and the assembly of VideoGemma from them.
+
+- Gemma-3n: a full multimodal `google/gemma-3n-E2B(-it)` directory (`model.language_model.*` keys, usually
+  sharded with `model.safetensors.index.json`, `config.json` with a `text_config`) or a text-only
+  `Gemma3nForCausalLM` directory (`model.*` keys). Only the text decoder's tensors are read: the vision and
+  audio towers (≈ 1 B parameters) are never loaded.
+- CLIP: a `CLIPModel` directory (`vision_model.*` keys, `config.json` with a `vision_config`) or a
+  `CLIPVisionModel` directory.
+- VideoMamba: an original OpenGVLab `.pth` (read by `videogemma.modeling.videomamba`).
+
+The model is built on the meta device, so no component is first filled with random weights; the tensors are
+then assigned from the files and only what no checkpoint holds (the projectors, the non-persistent buffers
+such as RoPE frequencies) is initialised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, CLIPVisionConfig, Gemma3nTextConfig
+
+from videogemma.config import VideoGemmaConfig, VideoMambaConfig
+
+GEMMA3N_MULTIMODAL_TEXT_PREFIX = "model.language_model."
+CLIP_VISION_PREFIX = "vision_model."
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", SAFETENSORS_INDEX]
+
+
+# ---- locating and reading checkpoint directories -----------------------------------------------------------
+
+
+def resolve_checkpoint_dir(name_or_path: str | Path, what: str) -> Path:
+    """A local directory, or a Hub id downloaded with `huggingface_hub` (config and safetensors only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{what} checkpoint {path} is a file; expected a directory")
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{what} checkpoint {name} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as error:  # offline, unknown repo, gated model...
+        raise FileNotFoundError(
+            f"{what} checkpoint {name} is not a local directory and could not be fetched from the Hub: {error}"
+        ) from error
+
+
+class SafetensorsCheckpoint:
+    """The tensors of a safetensors directory (one file, or shards listed in an index), read key by key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        index_path = directory / SAFETENSORS_INDEX
+        if index_path.exists():
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+            self.key_to_file = {key: directory / file for key, file in weight_map.items()}
+            for file in sorted(set(self.key_to_file.values())):
+                if not file.exists():
+                    raise FileNotFoundError(f"{index_path} lists the shard {file.name}, which is missing")
+        else:
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(
+                    f"no safetensors weights in {directory} (expected model.safetensors or {SAFETENSORS_INDEX})"
+                )
+            self.key_to_file = {}
+            for file in files:
+                with safe_open(file, framework="pt") as handle:
+                    self.key_to_file.update(dict.fromkeys(handle.keys(), file))
+
+    def read(self, sources: Mapping[str, str], desc: str) -> dict[str, torch.Tensor]:
+        """Read `{target name: key in the files}`; only these tensors are loaded."""
+        missing = [source for source in sources.values() if source not in self.key_to_file]
+        if missing:
+            raise KeyError(
+                f"{self.directory}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}"
+            )
+        by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+        for target, source in sources.items():
+            by_file[self.key_to_file[source]].append((target, source))
+        tensors = {}
+        with tqdm(total=len(sources), desc=desc, unit="tensor", leave=False) as progress:
+            for file, pairs in by_file.items():
+                with safe_open(file, framework="pt", device="cpu") as handle:
+                    for target, source in pairs:
+                        tensors[target] = handle.get_tensor(source)
+                        progress.update()
+        return tensors
+
+
+def _read_config(directory: Path, what: str) -> Any:
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{what} checkpoint {directory} has no config.json")
+    return AutoConfig.from_pretrained(directory)
+
+
+# ---- the components -------------------------------------------------------------------------------------
+
+
+def read_gemma3n_text_config(directory: Path) -> tuple[Gemma3nTextConfig, dict[str, Any]]:
+    """The text decoder's config, and the ids a full multimodal config defines (image_token_id...)."""
+    config = _read_config(directory, "Gemma-3n")
+    text_config = config.get_text_config()
+    if not isinstance(text_config, Gemma3nTextConfig):
+        raise ValueError(f"{directory}/config.json is a {type(config).__name__}, not a Gemma-3n config")
+    ids = {"image_token_id": config.image_token_id} if hasattr(config, "image_token_id") else {}
+    return text_config, ids
+
+
+def gemma3n_text_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str]) -> dict[str, str]:
+    """Map `Gemma3nForCausalLM` state-dict keys to the checkpoint's keys (multimodal or text-only layout)."""
+    multimodal = any(key.startswith(GEMMA3N_MULTIMODAL_TEXT_PREFIX) for key in checkpoint.key_to_file)
+    sources = {}
+    for key in model_keys:
+        if multimodal and key.startswith("model."):
+            sources[key] = GEMMA3N_MULTIMODAL_TEXT_PREFIX + key[len("model.") :]
+        else:
+            sources[key] = key
+    return sources
+
+
+def read_clip_vision_config(directory: Path) -> CLIPVisionConfig:
+    config = _read_config(directory, "CLIP")
+    vision_config = getattr(config, "vision_config", config)
+    if not isinstance(vision_config, CLIPVisionConfig):
+        raise ValueError(f"{directory}/config.json is a {type(config).__name__}, not a CLIP config")
+    return vision_config
+
+
+def clip_vision_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str]) -> dict[str, str]:
+    """`CLIPVisionModel` keys → the checkpoint's (`vision_model.*` in `CLIPModel` and older saves)."""
+    prefixed = any(key.startswith(CLIP_VISION_PREFIX) for key in checkpoint.key_to_file)
+    return {key: (CLIP_VISION_PREFIX + key if prefixed else key) for key in model_keys}
+
+
+def read_videomamba(path: str | Path) -> tuple[VideoMambaConfig, dict[str, torch.Tensor]]:
+    """The config and state dict of an original OpenGVLab VideoMamba `.pth` (helper of `VideoMamba`)."""
+    from videogemma.modeling.videomamba import VideoMamba
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"VideoMamba checkpoint {path} does not exist")
+    videomamba = VideoMamba.from_original_checkpoint(path)
+    return videomamba.config, videomamba.state_dict()
+
+
+# ---- assembly ---------------------------------------------------------------------------------------------
+
+
+def _merge_overrides(config: Any, override: Any) -> Any:
+    """A dict override updates a sub-config's fields; anything else replaces the value."""
+    if isinstance(override, dict):
+        for key, value in override.items():
+            setattr(config, key, value)
+        return config
+    return override
+
+
+def assign_tensors(
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    what: str,
+    dtype: torch.dtype | None = None,
+    tied: set[str] = frozenset(),
+) -> None:
+    """Assign loaded tensors to a meta-built module; every tensor of the module must be given (or tied)."""
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(tensors) - tied)
+    unexpected = sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise KeyError(f"{what}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    current = module.state_dict()
+    for key, tensor in tensors.items():
+        if tensor.shape != current[key].shape:
+            raise ValueError(
+                f"{what}: tensor {key} has shape {tuple(tensor.shape)}, the model expects {tuple(current[key].shape)}"
+            )
+        if dtype is not None and tensor.is_floating_point():
+            tensors[key] = tensor.to(dtype)
+    module.load_state_dict(tensors, strict=False, assign=True)
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if name in tensors:
+            tensor._is_hf_initialized = True
+
+
+def materialise_meta_tensors(model: nn.Module, dtype: torch.dtype | None = None) -> list[str]:
+    """Give every tensor still on the meta device real (uninitialised) CPU storage; returns their names."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                target = dtype if dtype is not None and param.is_floating_point() else param.dtype
+                empty = torch.empty_like(param, device="cpu", dtype=target)
+                module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
+                names.append(f"{module_name}.{name}")
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = torch.empty_like(buffer, device="cpu")
+                names.append(f"{module_name}.{name}")
+    return names
+
+
+def build_from_components(
+    model_class: type,
+    lm: str | Path,
+    clip: str | Path,
+    videomamba: str | Path,
+    dtype: torch.dtype | None = None,
+    **config_overrides: Any,
+) -> Any:
+    """See `VideoGemmaForConditionalGeneration.from_components`."""
+    lm_dir = resolve_checkpoint_dir(lm, "Gemma-3n")
+    clip_dir = resolve_checkpoint_dir(clip, "CLIP")
+    text_config, lm_ids = read_gemma3n_text_config(lm_dir)
+    vision_config = read_clip_vision_config(clip_dir)
+    videomamba_config, videomamba_tensors = read_videomamba(videomamba)
+
+    fields: dict[str, Any] = {
+        "text_config": text_config,
+        "vision_config": vision_config,
+        "videomamba_config": videomamba_config,
+        **lm_ids,
+    }
+    for key, value in config_overrides.items():
+        fields[key] = _merge_overrides(fields[key], value) if key in fields else value
+    config = VideoGemmaConfig(**fields)
+
+    with torch.device("meta"):
+        model = model_class(config)
+
+    language_model = model.language_model
+    lm_checkpoint = SafetensorsCheckpoint(lm_dir)
+    lm_keys = list(language_model.state_dict())
+    tied = set(language_model.all_tied_weights_keys) if text_config.tie_word_embeddings else set()
+    sources = gemma3n_text_sources(lm_checkpoint, [k for k in lm_keys if k not in tied])
+    tensors = lm_checkpoint.read(sources, desc=f"Gemma-3n text weights from {lm_dir.name}")
+    assign_tensors(language_model, tensors, f"Gemma-3n text model ({lm_dir})", dtype, tied)
+
+    clip_model = model.clip.vision_model
+    clip_checkpoint = SafetensorsCheckpoint(clip_dir)
+    sources = clip_vision_sources(clip_checkpoint, list(clip_model.state_dict()))
+    tensors = clip_checkpoint.read(sources, desc=f"CLIP vision weights from {clip_dir.name}")
+    assign_tensors(clip_model, tensors, f"CLIP vision model ({clip_dir})", dtype)
+
+    assign_tensors(model.videomamba, dict(videomamba_tensors), f"VideoMamba ({videomamba})", dtype)
+
+    # lm_head shares embed_tokens. Then only the projectors and the non-persistent buffers (RoPE frequencies,
+    # embedding scales) are left: initialise them; HF's per-module init skips every tensor flagged as loaded.
+    model.tie_weights()
+    materialise_meta_tensors(model, dtype)
+    model.initialize_weights()
+    model.freeze_encoders(clip=True, videomamba=True)
+    return model.eval()

@@ -1,0 +1,415 @@
+"""VideoGemma: Mobile-VideoGPT's two video encoders and ETP projectors feeding Gemma-3n (ARCHITECTURE §2-§6).
+
+    frames ─► CLIP ─► keyframe scores ─► keyframe indices
+       │        └────────────────────────────┼──► image ETP ─┐
+       └─ VideoMamba preprocessing ─► keyframes ─► VideoMamba ─► video ETP ─┴─► visual tokens
+    input_ids (placeholders) ─► embed_tokens + scatter visual tokens + per-layer inputs ─► Gemma-3n decoder
+
+The pipeline is cut in two halves so that training can cache the frozen part:
+`extract_video_features` runs the frozen encoders (and the parameter-free keyframe selection) and
+`project_video_features` runs the trainable projectors. `forward` accepts any of the three stages:
+pixel values, `video_features` (the encoders' outputs) or `visual_tokens` (the projectors' outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Gemma3nForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
+
+from videogemma.config import VideoGemmaConfig
+from videogemma.modeling.clip_encoder import CLIPFrameEncoder
+from videogemma.modeling.keyframes import select_keyframes
+from videogemma.modeling.projector import EfficientTokenProjector
+from videogemma.modeling.videomamba import VideoMamba
+
+# The keyword arguments that carry a video; `generate` passes them at prefill only.
+VIDEO_INPUT_NAMES = ("clip_pixel_values", "videomamba_pixel_values", "video_features", "visual_tokens")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VideoFeatures:
+    """The frozen encoders' outputs for a batch of videos (what the training feature cache stores).
+
+    clip_features: (batch, frames, clip_patches, clip_dim), all frames.
+    videomamba_features: (batch, keyframes · videomamba_patches, videomamba_dim), keyframes in time order.
+    keyframe_indices: (batch, keyframes) int64 indices of the frames VideoMamba read.
+    """
+
+    clip_features: torch.Tensor
+    videomamba_features: torch.Tensor
+    keyframe_indices: torch.Tensor
+
+    def to(self, *args: Any, **kwargs: Any) -> VideoFeatures:
+        """Move the features (`Tensor.to` arguments); the indices only change device."""
+        moved = {f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self)}
+        moved["keyframe_indices"] = self.keyframe_indices.to(moved["clip_features"].device)
+        return VideoFeatures(**moved)
+
+    def __getitem__(self, index: Any) -> VideoFeatures:
+        """Select videos of the batch (`features[i:j]`)."""
+        return VideoFeatures(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @classmethod
+    def cat(cls, items: list[VideoFeatures]) -> VideoFeatures:
+        """Concatenate along the batch."""
+        return cls(**{f.name: torch.cat([getattr(i, f.name) for i in items]) for f in fields(cls)})
+
+
+class VideoGemmaPreTrainedModel(PreTrainedModel):
+    config: VideoGemmaConfig
+    config_class = VideoGemmaConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Gemma3nTextDecoderLayer", "CLIPEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+
+class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMixin):
+    def __init__(self, config: VideoGemmaConfig) -> None:
+        super().__init__(config)
+        # Names of the encoders that run frozen: eval mode, no gradients (see `freeze_encoders`).
+        self.frozen_encoders: set[str] = set()
+        hidden = config.hidden_size
+        eps = config.text_config.rms_norm_eps
+        self.clip = CLIPFrameEncoder(config.vision_config, config.clip_select_layer)
+        self.videomamba = VideoMamba(config.videomamba_config)
+        self.image_projector = EfficientTokenProjector(
+            config.vision_config.hidden_size,
+            hidden,
+            config.clip_grid,
+            config.image_projector_grid,
+            norm=config.projector_norm,
+            eps=eps,
+        )
+        self.video_projector = EfficientTokenProjector(
+            config.videomamba_config.embed_dim,
+            hidden,
+            config.videomamba_config.grid_size,
+            config.video_projector_grid,
+            norm=config.projector_norm,
+            eps=eps,
+        )
+        self.language_model = Gemma3nForCausalLM(config.text_config)
+        # VideoMamba initialises itself (Mamba's dt / A / D initialisation); the generic HF init must not redo it.
+        for module in self.videomamba.modules():
+            module._is_hf_initialized = True
+        self.post_init()
+        self.freeze_encoders(clip=True, videomamba=True)
+        if self.generation_config is not None:
+            # A placeholder is never a valid answer token: without a video behind it, it means nothing.
+            self.generation_config.suppress_tokens = [config.image_token_id]
+
+    # ---- encoders: frozen by default -----------------------------------------------------------------
+
+    def freeze_encoders(self, clip: bool = True, videomamba: bool = True) -> None:
+        """Freeze (True) or unfreeze (False) each vision encoder.
+
+        A frozen encoder has `requires_grad=False`, stays in eval mode through `model.train()` (no dropout or
+        drop-path) and runs under `torch.no_grad()`, so its outputs are deterministic and cacheable.
+        """
+        for name, frozen in (("clip", clip), ("videomamba", videomamba)):
+            encoder: nn.Module = getattr(self, name)
+            encoder.requires_grad_(not frozen)
+            if frozen:
+                self.frozen_encoders.add(name)
+                encoder.eval()
+            else:
+                self.frozen_encoders.discard(name)
+                encoder.train(self.training)
+
+    def train(self, mode: bool = True) -> VideoGemmaForConditionalGeneration:
+        super().train(mode)
+        for name in getattr(self, "frozen_encoders", ()):
+            getattr(self, name).eval()
+        return self
+
+    def _run_encoder(self, name: str, pixel_values: torch.Tensor) -> torch.Tensor:
+        encoder: nn.Module = getattr(self, name)
+        if name in self.frozen_encoders:
+            with torch.no_grad():
+                return encoder(pixel_values)
+        return encoder(pixel_values)
+
+    # ---- embeddings (tied: lm_head shares embed_tokens, as in Gemma-3n) ------------------------------
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.model
+
+    # ---- video → visual tokens -----------------------------------------------------------------------
+
+    def _check_frames(self, pixel_values: torch.Tensor, name: str) -> None:
+        if pixel_values.dim() != 5 or pixel_values.shape[1] != self.config.num_frames:
+            raise ValueError(
+                f"{name} must be (batch, {self.config.num_frames} frames, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
+
+    def extract_video_features(
+        self, clip_pixel_values: torch.Tensor, videomamba_pixel_values: torch.Tensor
+    ) -> VideoFeatures:
+        """Run the frozen half: CLIP on all frames, keyframe selection, VideoMamba on the keyframes."""
+        self._check_frames(clip_pixel_values, "clip_pixel_values")
+        self._check_frames(videomamba_pixel_values, "videomamba_pixel_values")
+        if clip_pixel_values.shape[0] != videomamba_pixel_values.shape[0]:
+            raise ValueError(
+                f"clip_pixel_values hold {clip_pixel_values.shape[0]} videos but videomamba_pixel_values hold "
+                f"{videomamba_pixel_values.shape[0]}"
+            )
+        config = self.config
+        clip_features = self._run_encoder("clip", clip_pixel_values)
+        keyframe_indices = select_keyframes(
+            clip_features, config.chunk_size, config.keyframes_per_chunk, config.keyframe_block_size
+        ).to(videomamba_pixel_values.device)
+        batch_index = torch.arange(videomamba_pixel_values.shape[0], device=keyframe_indices.device)[:, None]
+        keyframes = videomamba_pixel_values[batch_index, keyframe_indices]
+        videomamba_dtype = next(self.videomamba.parameters()).dtype
+        videomamba_features = self._run_encoder("videomamba", keyframes.to(videomamba_dtype))
+        return VideoFeatures(clip_features, videomamba_features, keyframe_indices)
+
+    def project_video_features(self, features: VideoFeatures) -> torch.Tensor:
+        """Run the trainable half: both ETPs → (batch, num_visual_tokens, hidden), `[CLIP frames][video chunks]`."""
+        config = self.config
+        clip_features = features.clip_features
+        batch, frames, patches, clip_dim = clip_features.shape
+        if frames != config.num_frames:
+            raise ValueError(f"clip_features hold {frames} frames, the model reads {config.num_frames}")
+        image_tokens = self.image_projector(clip_features.reshape(batch * frames, 1, patches, clip_dim))
+        image_tokens = image_tokens.reshape(batch, frames * config.image_tokens_per_frame, -1)
+
+        videomamba_features = features.videomamba_features
+        keyframes = config.num_keyframes
+        if videomamba_features.shape[0] != batch or videomamba_features.shape[1] % keyframes:
+            raise ValueError(
+                f"videomamba_features {tuple(videomamba_features.shape)} do not hold {keyframes} keyframes for "
+                f"each of {batch} videos"
+            )
+        per_frame = videomamba_features.shape[1] // keyframes
+        chunks = videomamba_features.reshape(
+            batch * config.num_chunks, config.keyframes_per_chunk, per_frame, videomamba_features.shape[-1]
+        )
+        video_tokens = self.video_projector(chunks)
+        video_tokens = video_tokens.reshape(batch, config.num_chunks * config.video_tokens_per_chunk, -1)
+        return torch.cat([image_tokens, video_tokens], dim=1)
+
+    def encode_video(
+        self, clip_pixel_values: torch.Tensor, videomamba_pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Frames → (batch, num_visual_tokens, hidden) soft tokens (not scaled by sqrt(hidden))."""
+        return self.project_video_features(
+            self.extract_video_features(clip_pixel_values, videomamba_pixel_values)
+        )
+
+    def _visual_tokens(
+        self,
+        clip_pixel_values: torch.Tensor | None,
+        videomamba_pixel_values: torch.Tensor | None,
+        video_features: VideoFeatures | None,
+        visual_tokens: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        has_pixels = clip_pixel_values is not None or videomamba_pixel_values is not None
+        given = [
+            name
+            for name, present in (
+                ("clip_pixel_values/videomamba_pixel_values", has_pixels),
+                ("video_features", video_features is not None),
+                ("visual_tokens", visual_tokens is not None),
+            )
+            if present
+        ]
+        if len(given) > 1:
+            raise ValueError(f"pass the video in one form only, got {' and '.join(given)}")
+        if has_pixels:
+            if clip_pixel_values is None or videomamba_pixel_values is None:
+                raise ValueError("a video needs both clip_pixel_values and videomamba_pixel_values")
+            return self.encode_video(clip_pixel_values, videomamba_pixel_values)
+        if video_features is not None:
+            return self.project_video_features(video_features)
+        return visual_tokens
+
+    # ---- fusion into Gemma-3n ------------------------------------------------------------------------
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        visual_tokens: torch.Tensor | None = None,
+        allow_bare_placeholders=False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder inputs: (inputs_embeds, per_layer_inputs), the visual tokens scattered into the placeholders.
+
+        Placeholders are embedded as the pad id before the scatter; the per-layer inputs are looked up from the
+        ids with every id outside the per-layer table (placeholders included) mapped to 0, as Gemma-3n does for
+        its own image tokens. Both go to the decoder: `inputs_embeds` alone would drop the per-layer token part.
+        """
+        text_model = self.language_model.model
+        is_placeholder = input_ids == self.config.image_token_id
+        pad_id = self.config.text_config.pad_token_id or 0
+        inputs_embeds = text_model.embed_tokens(input_ids.masked_fill(is_placeholder, pad_id))
+        per_layer_inputs = text_model.get_per_layer_inputs(input_ids)
+        if visual_tokens is not None:
+            counts = is_placeholder.sum(dim=1)
+            expected = visual_tokens.shape[1]
+            if visual_tokens.shape[0] != input_ids.shape[0] or bool((counts != expected).any()):
+                raise ValueError(
+                    f"input_ids hold {counts.tolist()} placeholder tokens (id {self.config.image_token_id}) per "
+                    f"sequence but the video gives {expected} visual tokens for each of {visual_tokens.shape[0]} "
+                    f"videos"
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(
+                is_placeholder.unsqueeze(-1), visual_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
+            )
+        elif not allow_bare_placeholders and bool(is_placeholder.any()):
+            raise ValueError(
+                f"input_ids hold {int(is_placeholder.sum())} placeholder tokens (id {self.config.image_token_id}) "
+                f"but no video was given"
+            )
+        return inputs_embeds, per_layer_inputs
+
+    def _lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = self.language_model.lm_head(hidden_states)
+        softcap = self.config.text_config.final_logit_softcapping
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        clip_pixel_values: torch.Tensor | None = None,
+        videomamba_pixel_values: torch.Tensor | None = None,
+        video_features: VideoFeatures | None = None,
+        visual_tokens: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Language-model logits (and loss) for token ids holding `config.image_token_id` placeholders.
+
+        The video comes as pixel values (both preprocessings), `video_features` or `visual_tokens`, or not
+        at all (text only). With `labels` (-100 = unsupervised), the LM head and loss are computed only at the
+        supervised positions: `logits` is then (num_supervised, vocab) in batch-major order (the prediction
+        of each supervised label), and the loss equals the mean cross-entropy over them (or their sum divided
+        by `num_items_in_batch` when given, for gradient accumulation).
+        """
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape"
+            )
+        visual = self._visual_tokens(
+            clip_pixel_values, videomamba_pixel_values, video_features, visual_tokens
+        )
+        # In a decode step the video is already in the cache; a bare placeholder is then only ever a token
+        # the caller forced, embedded as padding.
+        decoding = cache is not None and cache.get_seq_length() > 0
+        inputs_embeds, per_layer_inputs = self.embed_inputs(
+            input_ids, visual, allow_bare_placeholders=decoding
+        )
+        if use_cache is None and labels is not None:
+            use_cache = False
+        outputs = self.language_model.model(
+            inputs_embeds=inputs_embeds,
+            per_layer_inputs=per_layer_inputs,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        loss = None
+        if labels is None:
+            logits = self._lm_logits(slice_logits_to_keep(hidden_states, logits_to_keep))
+        else:
+            # Position t predicts token t+1: only the positions whose next label is supervised get logits.
+            targets = labels[:, 1:].to(hidden_states.device)
+            supervised = targets != IGNORE_INDEX
+            logits = self._lm_logits(hidden_states[:, :-1][supervised])
+            loss_sum = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+            denominator = (
+                num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
+            )
+            if isinstance(denominator, torch.Tensor):
+                denominator = denominator.to(loss_sum.device)
+            loss = loss_sum / denominator
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, cache: Cache | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+        if cache is not None and cache.get_seq_length() > 0:
+            # Decode step: the video's tokens are already in the cache, only new text ids go in.
+            for name in VIDEO_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+    # ---- building from real checkpoints --------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading replaces the parameters, and with them their requires_grad flags: freeze again.
+        model.freeze_encoders("clip" in model.frozen_encoders, "videomamba" in model.frozen_encoders)
+        return loaded
+
+    @classmethod
+    def from_components(
+        cls,
+        lm: str | Path,
+        clip: str | Path,
+        videomamba: str | Path,
+        dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ) -> VideoGemmaForConditionalGeneration:
+        """Build the model from the three pretrained components; only the projectors are newly initialised.
+
+        lm: a Gemma-3n directory (full multimodal `google/gemma-3n-E2B(-it)` layout or a text-only
+        `Gemma3nForCausalLM`) or Hub id; clip: a `CLIPModel` or `CLIPVisionModel` directory or Hub id;
+        videomamba: an original OpenGVLab `.pth` checkpoint. `dtype` converts the weights (default: as
+        built, fp32). `config_overrides` set `VideoGemmaConfig` fields (frames, chunks, grids...); a dict given
+        for a sub-config updates that sub-config's fields.
+        """
+        from videogemma.modeling.checkpoints import build_from_components
+
+        return build_from_components(
+            cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, **config_overrides
+        )
