@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from openpyxl import load_workbook
@@ -118,6 +119,7 @@ def test_eval_writes_every_report(run_cli, predictions, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "samples 4: success 2, error 1, empty 1" in printed
     assert "exercise identified: 50.0%" in printed
+    assert "tokens/s: mean 20.00" in printed
 
 
 def test_eval_reports_bad_input_by_name(run_cli, tmp_path, capsys):
@@ -134,3 +136,17 @@ def test_eval_reports_bad_input_by_name(run_cli, tmp_path, capsys):
     assert run_cli(args) == 2
     assert "--similarity-model" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
+
+
+def test_bertscore_is_skipped_cleanly_without_bert_score(run_cli, predictions, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bert_score", None)  # makes `import bert_score` raise ImportError
+    model_dir = tmp_path / "bert-model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    out = tmp_path / "report"
+    args = ["eval", str(predictions), "--out", str(out), "--similarity-model", "none"]
+    with pytest.warns(UserWarning):
+        assert run_cli([*args, "--bertscore-model", str(model_dir)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric_variants"]["bertscore"] == "skipped: the bert_score package is not installed"
+    assert "bertscore_f1" not in metrics["metrics"]

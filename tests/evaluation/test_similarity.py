@@ -39,3 +39,17 @@ def test_identical_texts_score_one_and_batches_agree(similarity):
 def test_not_a_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         SentenceSimilarity(tmp_path)
+
+
+def test_bertscore_f1_with_the_local_minilm_folder():
+    pytest.importorskip("bert_score")
+    from videogemma.evaluation.metrics import BertScore
+
+    scorer = BertScore(MODEL_PATH)
+    assert "layer 6" in scorer.variant  # MiniLM-L6's last layer
+    exact, paraphrase, unrelated = scorer.pairwise(
+        ["squats - knees caving in", "squats - knee caved inward", "hello world"],
+        ["squats - knees caving in", "squats - knees caving in", "pushups - elbows flared"],
+    )
+    assert exact == pytest.approx(1.0, abs=1e-5)
+    assert unrelated < paraphrase < exact

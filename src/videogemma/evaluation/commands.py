@@ -102,6 +102,10 @@ def format_summary(result: Any, outputs: dict[str, Path]) -> str:
     for key in ("similarity", "bertscore"):
         if key in result.variants:
             lines.append(f"{key}: {result.variants[key]}")
+    if result.throughput:
+        from videogemma.evaluation.records import format_throughput
+
+        lines.append(format_throughput(result.throughput))
     lines += [f"wrote {path}" for path in outputs.values()]
     return "\n".join(lines)
 
