@@ -375,6 +375,14 @@ def test_collator_drops_or_refills_skipped_samples(tmp_path, dataset_root, proce
     assert refilled["input_ids"].shape[0] == 4  # each skipped sample replaced by the next good one
     assert refilled["video_paths"][2:] == [str(dataset_root / GOOD[1]), str(dataset_root / GOOD[0])]
 
+    # A marker from another dataset sharing the collator is refilled from that dataset, never this one.
+    other = ConversationDataset(_write_json(tmp_path / "v.json", [_record(GOOD[3])]), dataset_root, processor)
+    both = ConversationCollator(processor, refill_from=[other, dataset])(items[:2])
+    assert both["video_paths"] == [str(dataset_root / GOOD[0]), str(dataset_root / GOOD[1])]
+    assert ConversationCollator(processor, refill_from=other)(items[:2])["video_paths"] == [
+        str(dataset_root / GOOD[0])
+    ]
+
     empty = ConversationCollator(processor)([items[1], items[3]])
     assert empty["input_ids"].shape == (0, 0) and empty["video_paths"] == []
     assert dataset.bad_sample_counts()["skipped"] == 2

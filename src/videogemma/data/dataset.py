@@ -269,7 +269,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"bad_sample_policy must be one of {BAD_SAMPLE_POLICIES}, got {bad_sample_policy!r}"
             )
-        self.split_file = str(split_file)
+        self.split_file = str(Path(split_file))  # as its records spell it
         self.dataset_root = Path(dataset_root if dataset_root is not None else Path(split_file).parent)
         self.processor = processor
         self.bad_sample_policy = bad_sample_policy
@@ -393,21 +393,26 @@ def length_grouped_sampler(
 class ConversationCollator:
     """Pads dataset samples into a training batch: right padding, labels -100 on padding, stacked pixels.
 
-    Skipped-sample markers are dropped; with `refill_from` (the dataset), each is replaced by the next good
-    sample so the batch keeps its size. A batch whose samples were all skipped, without refilling, has zero
+    Skipped-sample markers are dropped; with `refill_from` (the dataset, or the datasets sharing this
+    collator, e.g. train and validation), each is replaced by the next good sample of the dataset it came
+    from, so the batch keeps its size. A batch whose samples were all skipped, without refilling, has zero
     rows. The batch also holds `video_paths` (the training feature cache keys on them).
     """
 
-    def __init__(self, processor: Any, refill_from: ConversationDataset | None = None) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        refill_from: ConversationDataset | Sequence[ConversationDataset] | None = None,
+    ) -> None:
         self.processor = processor
-        self.refill_from = refill_from
+        datasets = [refill_from] if isinstance(refill_from, ConversationDataset) else list(refill_from or [])
+        self.refill_from = {dataset.split_file: dataset for dataset in datasets}
 
     def __call__(self, items: Sequence[dict[str, Any] | SkippedSample]) -> BatchFeature:
         samples = [item for item in items if not isinstance(item, SkippedSample)]
-        if self.refill_from is not None:
-            for item in items:
-                if isinstance(item, SkippedSample):
-                    samples.append(self.refill_from.next_good_sample(item.position))
+        for item in items:
+            if isinstance(item, SkippedSample) and item.source_file in self.refill_from:
+                samples.append(self.refill_from[item.source_file].next_good_sample(item.position))
         if not samples:
             empty = torch.zeros((0, 0), dtype=torch.long)
             return BatchFeature(
