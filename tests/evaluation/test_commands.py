@@ -130,6 +130,9 @@ def test_eval_reports_bad_input_by_name(run_cli, tmp_path, capsys):
     assert "'clip_a.mp4'" in capsys.readouterr().err
     assert run_cli(["eval", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "missing.jsonl: no such prediction file" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("")
+    assert run_cli(["eval", str(tmp_path / "empty.jsonl"), "--out", str(out)]) == 2
+    assert "empty.jsonl: no prediction records" in capsys.readouterr().err
     labeled = tmp_path / "labeled.jsonl"
     labeled.write_text(json.dumps({"id": 1, "ground_truth": "a - b", "prediction": "a - b"}) + "\n")
     args = ["eval", str(labeled), "--out", str(out), "--similarity-model", str(tmp_path / "no-model")]

@@ -122,11 +122,18 @@ def evaluate_file(
     """Score a prediction file and write every report into `out_dir`; returns the result and the files."""
     from videogemma.evaluation.metrics import evaluate_records, record_identifiers
     from videogemma.evaluation.plots import make_evaluation_plots
-    from videogemma.evaluation.records import export_csv, read_records, throughput_stats
+    from videogemma.evaluation.records import (
+        PredictionRecordError,
+        export_csv,
+        read_records,
+        throughput_stats,
+    )
     from videogemma.evaluation.report_excel import write_workbook
     from videogemma.evaluation.report_html import write_html
 
     records = read_records(predictions)
+    if not records:
+        raise PredictionRecordError(f"{predictions}: no prediction records")
     identifiers = record_identifiers(records)
     identifiers["predictions_file"] = str(predictions)
     if model_name:
