@@ -187,8 +187,8 @@ def assign_tensors(
             raise ValueError(
                 f"{what}: tensor {key} has shape {tuple(tensor.shape)}, the model expects {tuple(current[key].shape)}"
             )
-        if dtype is not None and tensor.is_floating_point():
-            tensors[key] = tensor.to(dtype)
+        if tensor.is_floating_point():  # checkpoints are often bf16: convert to the model's dtype
+            tensors[key] = tensor.to(dtype if dtype is not None else current[key].dtype)
     module.load_state_dict(tensors, strict=False, assign=True)
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         if name in tensors:
