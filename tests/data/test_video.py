@@ -51,8 +51,14 @@ def _full_decode(path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def test_real_clip_gives_uniform_real_frames(real_clip):
-    decoded = decode_frames(real_clip, 16)
+def _no_full_decode(path):
+    raise AssertionError(f"{path}: planned from the packets, the clip should not need a counting decode")
+
+
+def test_real_clip_gives_uniform_real_frames(real_clip, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(video, "_decoded_timeline", _no_full_decode)
+        decoded = decode_frames(real_clip, 16)
     assert decoded.indices == sample_frame_indices(145, 16)
     assert decoded.frames.shape == (16, 480, 640, 3)
     assert decoded.frames.dtype == np.uint8
@@ -73,8 +79,9 @@ def test_probe_real_clip(real_clip):
     assert probe_video(real_clip, count_frames=True).num_frames == 145
 
 
-def test_small_clip_frames_are_the_chosen_ones(tmp_path, write_clip, level_frames, frame_level):
+def test_small_clip_frames_are_the_chosen_ones(tmp_path, write_clip, level_frames, frame_level, monkeypatch):
     path = write_clip(tmp_path / "clip.mp4", level_frames(20), fps=10)
+    monkeypatch.setattr(video, "_decoded_timeline", _no_full_decode)
     decoded = decode_frames(path, 8)
     assert decoded.indices == [1, 3, 6, 8, 11, 13, 16, 18]
     assert [frame_level(f) for f in decoded.frames] == decoded.indices
