@@ -126,6 +126,36 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# ---- clean -------------------------------------------------------------------------------------------------
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from videogemma.data.qved_clean import SUMMARY_HEADER, CleanThresholds, clean_dataset
+
+    if (args.out is None) == (not args.in_place):
+        raise SystemExit("videogemma data clean: give exactly one of --out DIR and --in-place")
+    thresholds = CleanThresholds(
+        min_width=args.min_width,
+        min_height=args.min_height,
+        min_brightness=args.min_brightness,
+        max_brightness=args.max_brightness,
+        min_sharpness=args.min_sharpness,
+        frame_step=args.frame_step,
+        max_samples=args.max_samples,
+        motion_classes=tuple(args.motion_classes),
+        min_frames=args.min_frames,
+        min_duration=args.min_duration,
+        min_fps=args.min_fps,
+    )
+    result = clean_dataset(args.root, args.out, thresholds, delete_rejected=args.delete_rejected)
+    rows = result.summary_rows()
+    used = [i for i, name in enumerate(SUMMARY_HEADER) if i < 4 or rows[-1][i]]  # reasons that occurred
+    print(format_table([SUMMARY_HEADER[i] for i in used], [[row[i] for i in used] for row in rows]))
+    for path in result.files.values():
+        print(f"wrote {path}")
+    return 0
+
+
 # ---- registration -----------------------------------------------------------------------------------------
 
 
@@ -166,6 +196,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--min-duration", type=float, default=0.0, help="seconds")
     validate.add_argument("--report", help="write the full report here (JSON)")
     validate.set_defaults(func=_validate)
+
+    clean = commands.add_parser(
+        "clean", help="reject dark, bright, blurry, low-resolution, still or broken clips"
+    )
+    clean.add_argument("--root", required=True, help="dataset folder")
+    clean.add_argument("--out", help="write a cleaned copy here (videos hard-linked)")
+    clean.add_argument(
+        "--in-place", action="store_true", help="filter the files in --root (backups as *.bak)"
+    )
+    clean.add_argument("--delete-rejected", action="store_true", help="delete rejected videos from --root")
+    clean.add_argument("--min-width", type=int, default=640)
+    clean.add_argument("--min-height", type=int, default=360)
+    clean.add_argument("--min-brightness", type=float, default=35.0, help="mean grey level")
+    clean.add_argument("--max-brightness", type=float, default=190.0)
+    clean.add_argument("--min-sharpness", type=float, default=50.0, help="variance of the Laplacian")
+    clean.add_argument("--frame-step", type=int, default=15, help="measure every N-th frame")
+    clean.add_argument("--max-samples", type=int, default=20)
+    clean.add_argument("--motion-classes", nargs="*", default=[], help="classes that must show motion")
+    clean.add_argument("--min-frames", type=int, default=8, help="frames the sampler needs")
+    clean.add_argument("--min-duration", type=float, default=0.0, help="seconds")
+    clean.add_argument("--min-fps", type=float, default=0.0)
+    clean.set_defaults(func=_clean)
 
 
 def main(argv: list[str] | None = None) -> int:  # `python -m videogemma.data.commands` for debugging
