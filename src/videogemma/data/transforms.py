@@ -60,12 +60,12 @@ def videomamba_transform(
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased resize of uint8 (N, 3, H, W), keeping uint8 (rounded and clamped, as PIL does)."""
-    if images.device.type == "cpu":
-        return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=True)
-    # Other devices lack the uint8 kernels: the same filter in float, quantised the same way.
-    resized = F.interpolate(images.float(), size=size, mode=mode, align_corners=False, antialias=True)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
+    """Antialiased resize of uint8 (N, 3, H, W), keeping uint8 (rounded and clamped, as PIL does).
+
+    Always on CPU, where torch has the Pillow-matching uint8 kernels (decoded frames are there anyway).
+    """
+    resized = F.interpolate(images.cpu(), size=size, mode=mode, align_corners=False, antialias=True)
+    return resized.to(images.device)
 
 
 def _as_images(frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
