@@ -120,7 +120,7 @@ def load_conversation_records(
     for index, line_number, item in entries:
         try:
             if line_number is not None:
-                item = _parse_json_line(path, line_number, item)
+                item = _parse_json_line(path, index, line_number, item)
             records.append(_check_record(path, index, line_number, item, require_video))
         except RecordError as error:
             if errors is None:
@@ -129,13 +129,13 @@ def load_conversation_records(
     return records
 
 
-def _parse_json_line(path: Path, line_number: int, line: str) -> Any:
+def _parse_json_line(path: Path, index: int, line_number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as error:
         raise RecordError(
             path,
-            f"line {line_number}",
+            f"record {index} (line {line_number})",
             f"invalid JSON at column {error.colno}: {error.msg} (JSON Lines: one record per line)",
         ) from None
 
