@@ -156,6 +156,22 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- augment -----------------------------------------------------------------------------------------------
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from videogemma.data.qved_augment import augment_dataset
+
+    operations = args.ops.split(",") if args.ops else None
+    jobs = augment_dataset(args.root, args.copies, operations, args.seed, args.classes)
+    counts = Counter(job.operation for job in jobs)
+    print(format_table(["operation", "clips"], [*sorted(counts.items()), ["TOTAL", len(jobs)]]))
+    print(f"label files and manifest in {args.root} now list the augmented clips; run `prepare` again")
+    return 0
+
+
 # ---- registration -----------------------------------------------------------------------------------------
 
 
@@ -218,6 +234,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean.add_argument("--min-duration", type=float, default=0.0, help="seconds")
     clean.add_argument("--min-fps", type=float, default=0.0)
     clean.set_defaults(func=_clean)
+
+    augment = commands.add_parser("augment", help="write <stem>_aug<k>.mp4 copies with their labels")
+    augment.add_argument("--root", required=True, help="dataset folder (updated in place)")
+    augment.add_argument("--copies", type=int, default=1, help="augmented clips per source video")
+    augment.add_argument("--ops", help="comma-separated operations (default: all), e.g. hflip,rotate,salt")
+    augment.add_argument("--seed", type=int, default=0)
+    augment.add_argument("--classes", nargs="*", help="only these classes")
+    augment.set_defaults(func=_augment)
 
 
 def main(argv: list[str] | None = None) -> int:  # `python -m videogemma.data.commands` for debugging
