@@ -11,7 +11,12 @@ import importlib
 import sys
 
 # Modules that register subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ("videogemma.data.commands", "videogemma.evaluation.commands", "videogemma.train.commands")
+COMMAND_MODULES = (
+    "videogemma.data.commands",
+    "videogemma.evaluation.commands",
+    "videogemma.train.commands",
+    "videogemma.inference.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

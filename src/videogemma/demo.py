@@ -1,0 +1,213 @@
+"""`videogemma demo`: the whole pipeline on a CPU, end to end, with the real subcommands.
+
+    1. data synth      the synthetic exercise dataset (QVED layout)        → OUT/data/
+    2. data prepare    train / val / test conversation split files         → OUT/data/qved_*.json
+    3. train           the `tiny` preset on the train split (configs/demo_tiny.yaml) → OUT/run/
+    4. infer-batch     answers for the test split                          → OUT/predictions/
+    5. eval            metrics, workbook, HTML report and plots            → OUT/report/
+
+Every step is the `videogemma` subcommand itself, called in-process with its arguments, so the demo is
+exactly what a user would type. A finished step is recorded in OUT/demo_state.json with its arguments and
+skipped on a rerun; an interrupted training or inference step continues (`--resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_NAME = "demo_state.json"
+# The demo's training config; configs/ sits beside src/ in a clone (`make demo` installs it editable).
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_tiny.yaml"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: clips per exercise form variant, training length, answer length."""
+
+    per_variant: int
+    train_overrides: tuple[str, ...]
+    max_new_tokens: int
+    batch_size: int
+
+
+FULL = DemoSize(per_variant=20, train_overrides=(), max_new_tokens=64, batch_size=8)
+# A minute on two cores: one clip per variant (18 clips), a few optimiser steps, short answers.
+QUICK = DemoSize(
+    per_variant=1,
+    train_overrides=("--max_steps", "3", "--eval_steps", "2", "--per_device_batch_size", "4",
+                     "--effective_batch_size", "4"),
+    max_new_tokens=12,
+    batch_size=4,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    argv: tuple[str, ...]
+    output: Path | None = None  # removed before the step reruns after an earlier step changed
+
+
+def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[Step]:
+    """The demo's five subcommand invocations."""
+    data, run, predictions, report = out / "data", out / "run", out / "predictions", out / "report"
+    prediction_file = predictions / "predictions.jsonl"
+    return [
+        Step(
+            "synth",
+            "generate the synthetic exercise dataset",
+            ("data", "synth", "--out", str(data), "--per-variant", str(size.per_variant), "--workers", "2"),
+        ),
+        Step("prepare", "prepare the train / val / test splits", ("data", "prepare", "--root", str(data))),
+        Step(
+            "train",
+            "train the tiny preset",
+            (
+                "train",
+                "--config",
+                str(config),
+                "--resume",
+                "--output_dir",
+                str(run),
+                "--data.train_file",
+                str(data / "qved_train.json"),
+                "--data.val_file",
+                str(data / "qved_val.json"),
+                *size.train_overrides,
+            ),
+            output=run,
+        ),
+        Step(
+            "infer",
+            "answer the test split (batch inference)",
+            (
+                "infer-batch",
+                "--model",
+                str(run),
+                "--data",
+                str(data / "qved_test.json"),
+                "--out",
+                str(prediction_file),
+                "--batch-size",
+                str(size.batch_size),
+                "--max-new-tokens",
+                str(size.max_new_tokens),
+                "--resume",
+            ),
+            output=predictions,
+        ),
+        Step(
+            "eval",
+            "evaluate and write the report",
+            (
+                "eval",
+                str(prediction_file),
+                "--out",
+                str(report),
+                "--model-name",
+                "tiny (demo run)",
+                "--dataset-name",
+                "synthetic QVED test split",
+            ),
+        ),
+    ]
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            print(f"demo: ignoring the unreadable {path}; every step runs again")
+    return {"steps": {}}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+def run(out: str | Path = "demo_output", quick: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run (or finish) the demo in `out`; returns the headline metrics and the report's path."""
+    from videogemma.cli import main as videogemma
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not DEMO_CONFIG.is_file():
+        raise FileNotFoundError(f"the demo's training config {DEMO_CONFIG} is missing (run from a clone)")
+    start = time.perf_counter()
+    run_steps(demo_steps(out, QUICK if quick else FULL), out / STATE_NAME, videogemma, force=force)
+    summary = headline_metrics(out / "report" / "metrics.json")
+    summary["report"] = str(out / "report" / "report.html")
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
+    print(format_headline(summary))
+    return summary
+
+
+def run_steps(
+    steps: list[Step], state_path: Path, runner: Callable[[list[str]], int], force: bool = False
+) -> list[str]:
+    """Run the steps not finished before (per `state_path`) with `runner(argv)`; returns the names run.
+
+    Once a step runs, every later step starts over (its old output came from other inputs). A step that
+    was interrupted, with the same arguments and inputs, continues where it stopped (`--resume`).
+    """
+    state = {"steps": {}} if force else _read_state(state_path)
+    start_over = force
+    ran = []
+    for number, step in enumerate(steps, start=1):
+        header = f"[{number}/{len(steps)}] {step.title}"
+        recorded = state["steps"].get(step.name)
+        same_arguments = recorded is not None and recorded["argv"] == list(step.argv)
+        if not start_over and same_arguments and recorded.get("seconds") is not None:
+            print(f"{header}: done before ({recorded['seconds']:.0f} s), skipped", flush=True)
+            continue
+        if (start_over or (recorded and not same_arguments)) and step.output and step.output.exists():
+            shutil.rmtree(step.output)
+        start_over = True
+        # Forget this step and the later ones until this one finishes.
+        state["steps"] = {
+            s.name: state["steps"][s.name] for s in steps[: number - 1] if s.name in state["steps"]
+        }
+        state["steps"][step.name] = {"argv": list(step.argv), "seconds": None}
+        _write_state(state_path, state)
+        print(f"{header}: videogemma {' '.join(step.argv)}", flush=True)
+        start = time.perf_counter()
+        status = runner(list(step.argv))
+        if status:
+            raise SystemExit(f"demo: step {number} ({step.name}) failed with status {status}")
+        seconds = time.perf_counter() - start
+        print(f"{header}: done in {seconds:.0f} s", flush=True)
+        state["steps"][step.name]["seconds"] = seconds
+        _write_state(state_path, state)
+        ran.append(step.name)
+    return ran
+
+
+def headline_metrics(metrics_path: Path) -> dict[str, Any]:
+    """The few numbers the demo prints, from eval's metrics.json."""
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    means = {name: values["mean"] for name, values in metrics["metrics"].items()}
+    return {
+        "samples": metrics["counts"]["total"],
+        "errors": metrics["counts"]["error"],
+        "exercise_accuracy": metrics["exercise_identification"]["accuracy"],
+        "means": means,
+        "labels": {name: values["label"] for name, values in metrics["metrics"].items()},
+    }
+
+
+def format_headline(summary: dict[str, Any]) -> str:
+    lines = [
+        f"report: {summary['report']}",
+        f"test samples: {summary['samples']} ({summary['errors']} errors)",
+        f"exercise identified: {summary['exercise_accuracy']:.1%}",
+    ]
+    lines += [f"{summary['labels'][name]}: {value:.3f}" for name, value in summary["means"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""`videogemma infer`, `videogemma infer-batch` and `videogemma demo`.
+
+videogemma infer VIDEO [--model tiny|DIR|RUN_DIR | --lm DIR --clip DIR --videomamba FILE]
+                 [--prompt TEXT] [--system TEXT] [--stream] [--max-new-tokens N]
+                 [--do-sample --temperature T --top-p P --top-k K --seed S]
+videogemma infer-batch --data SPLIT.json|VIDEO_DIR --out predictions.jsonl [--batch-size N]
+                 [--num-workers N] [--resume] [model and decoding options as above]
+videogemma demo [--out DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="a preset (tiny, e2b: random weights), a saved model folder, or a training run folder "
+        "(default: tiny)",
+    )
+    group.add_argument("--lm", help="Gemma-3n folder (with --clip and --videomamba, instead of --model)")
+    group.add_argument("--clip", help="CLIP folder (openai/clip-vit-base-patch16 layout)")
+    group.add_argument("--videomamba", help="original VideoMamba .pth checkpoint")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    group.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where it loads)")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (greedy unless --do-sample)")
+    group.add_argument("--max-new-tokens", type=int, default=128)
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--top-k", type=int, default=50)
+    group.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    infer = subparsers.add_parser(
+        "infer", help="answer a question about one video", description="Answer a question about one video."
+    )
+    infer.add_argument("video", type=Path, help="video file")
+    infer.add_argument("--prompt", default=None, help="the question (default: QVED's form-evaluation prompt)")
+    infer.add_argument("--system", default=None, help="system text (folded into the first user turn)")
+    infer.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    add_model_arguments(infer)
+    add_generation_arguments(infer)
+    infer.set_defaults(func=run_infer)
+
+    batch = subparsers.add_parser(
+        "infer-batch",
+        help="answer every sample of a split file or a folder of videos into prediction records",
+        description="Batched generation over a conversation split file or a folder of videos. Writes one "
+        "JSON Lines record per sample as it finishes, then JSON and CSV exports and throughput statistics.",
+    )
+    batch.add_argument("--data", type=Path, required=True, help="split file (.json / .jsonl) or video folder")
+    batch.add_argument("--out", type=Path, required=True, help="prediction file to write (.jsonl)")
+    batch.add_argument(
+        "--dataset-root", type=Path, default=None, help="videos' root (default: split's folder)"
+    )
+    batch.add_argument("--batch-size", type=int, default=4)
+    batch.add_argument(
+        "--num-workers", type=int, default=1, help="processes decoding videos ahead of the model"
+    )
+    batch.add_argument("--resume", action="store_true", help="keep --out and skip the samples it holds")
+    batch.add_argument("--retry-errors", action="store_true", help="with --resume, redo the failed samples")
+    batch.add_argument("--prompt", default=None, help="question for a video folder (default: QVED's prompt)")
+    batch.add_argument("--system", default=None, help="system text (folded into the first user turn)")
+    add_model_arguments(batch)
+    add_generation_arguments(batch)
+    batch.set_defaults(func=run_infer_batch)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline on CPU: synthetic data, training, batch inference, evaluation report",
+        description="Generate the synthetic exercise dataset, prepare its splits, train the tiny preset, "
+        "answer the test split, evaluate and write the report. Rerunning skips finished steps.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="working folder (default: demo_output)"
+    )
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (a minute), for smoke tests")
+    demo.add_argument("--force", action="store_true", help="redo every step even if it finished before")
+    demo.set_defaults(func=run_demo)
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(model, processor, model name) from the model options."""
+    from videogemma.inference.loading import load
+
+    if args.lm or args.clip or args.videomamba:
+        model, processor = load(
+            args.model,
+            lm=args.lm,
+            clip=args.clip,
+            videomamba=args.videomamba,
+            dtype=args.dtype,
+            device=args.device,
+        )
+        return model, processor, f"components(lm={args.lm})"
+    name = args.model or "tiny"
+    model, processor = load(name, dtype=args.dtype, device=args.device)
+    if not Path(name).exists():
+        print(
+            f"note: preset {name!r} has random weights; pass a trained model or run folder", file=sys.stderr
+        )
+    return model, processor, str(name)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from videogemma.inference.generate import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from transformers import TextStreamer
+
+    from videogemma.data.errors import VideoGemmaDataError
+    from videogemma.inference.generate import answer
+
+    model, processor, _ = load_from_args(args)
+    streamer = (
+        TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
+    )
+    try:
+        result = answer(
+            model, processor, args.video, args.prompt, system=args.system, settings=settings_from_args(args),
+            streamer=streamer,
+        )  # fmt: skip
+    except VideoGemmaDataError as error:
+        print(f"videogemma infer: error: {error}", file=sys.stderr)
+        return 2
+    if not args.stream:
+        print(result.text)
+    rate = result.tokens_per_second or 0.0
+    first = result.time_to_first_token or 0.0
+    print(
+        f"[{result.generated_tokens} tokens in {result.generation_time:.2f} s, {rate:.1f} tokens/s, "
+        f"first token after {first:.2f} s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_infer_batch(args: argparse.Namespace) -> int:
+    from videogemma.inference.batch import list_samples, run_batch_inference
+
+    try:
+        samples = list_samples(args.data, dataset_root=args.dataset_root, prompt=args.prompt)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"videogemma infer-batch: error: {error}", file=sys.stderr)
+        return 2
+    model, processor, model_name = load_from_args(args)
+    run_batch_inference(
+        model,
+        processor,
+        samples,
+        args.out,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        resume=args.resume,
+        retry_errors=args.retry_errors,
+        settings=settings_from_args(args),
+        system=args.system,
+        model_name=model_name,
+        dataset_name=str(args.data),
+    )
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from videogemma.demo import run
+
+    run(args.out, quick=args.quick, force=args.force)
+    return 0

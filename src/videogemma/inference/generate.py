@@ -1,0 +1,176 @@
+"""Answering questions about videos: one batch of processor outputs in, one `Answer` per video out.
+
+    model, processor = videogemma.load("tiny")
+    print(answer(model, processor, "squats/00000340.mp4", "How is my form?").text)
+    for piece in stream_answer(model, processor, "squats/00000340.mp4"):
+        print(piece, end="", flush=True)
+
+Generation is greedy unless `GenerationSettings.do_sample` is set. The video enters at prefill only (the
+model's `prepare_inputs_for_generation`); generation stops at `<eos>` or `<end_of_turn>`. Batch inference
+(`batch.py`) calls `generate_answers` on left-padded batches, the single-video helpers call it on a batch of
+one, so both paths produce the same answers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import BatchFeature, TextIteratorStreamer, set_seed
+from transformers.generation.streamers import BaseStreamer
+
+from videogemma.inference.timing import GenerationTimer
+
+PIXEL_INPUTS = ("clip_pixel_values", "videomamba_pixel_values")
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options of `generate` (greedy by default)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.do_sample:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+        }
+
+
+@dataclass
+class Answer:
+    text: str
+    generated_tokens: int  # new tokens up to and including the stop token
+    generation_time: float  # seconds from the start of `generate` (video encoding included) to its last token
+    time_to_first_token: float | None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.generated_tokens / self.generation_time if self.generation_time > 0 else None
+
+
+class _TimedStreamer(GenerationTimer):
+    """A `GenerationTimer` that also forwards every step to the caller's streamer (`generate` takes one)."""
+
+    def __init__(self, inner: BaseStreamer | None) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def put(self, value: Any) -> None:
+        super().put(value)
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self) -> None:
+        super().end()
+        if self.inner is not None:
+            self.inner.end()
+
+
+def stop_token_ids(model: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any,
+    processor: Any,
+    inputs: BatchFeature | dict[str, torch.Tensor],
+    settings: GenerationSettings | None = None,
+    streamer: BaseStreamer | None = None,
+) -> list[Answer]:
+    """Generate for a batch from the processor (left padded when it holds more than one sequence)."""
+    settings = settings or GenerationSettings()
+    inputs = dict(inputs)
+    inputs.pop("labels", None)
+    for name, tensor in inputs.items():
+        dtype = model.dtype if name in PIXEL_INPUTS else None
+        inputs[name] = tensor.to(device=model.device, dtype=dtype)
+    if settings.seed is not None:
+        set_seed(settings.seed)
+    timer = _TimedStreamer(streamer)
+    sequences = model.generate(**inputs, **settings.generate_kwargs(), streamer=timer)
+    if timer.end_time is None:
+        timer.end()
+
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :].tolist()
+    stops = stop_token_ids(model)
+    answers = []
+    for row in new_tokens:
+        # Rows that finished early are padded after their stop token: count up to the first stop.
+        length = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        # step_times[k] is when the k-th new token came (step_times[0] is the prompt).
+        finished = timer.step_times[length] if length < len(timer.step_times) else timer.end_time
+        answers.append(
+            Answer(
+                text=processor.decode(row[:length], skip_special_tokens=True).strip(),
+                generated_tokens=length,
+                generation_time=finished - timer.start,
+                time_to_first_token=timer.time_to_first_token,
+            )
+        )
+    return answers
+
+
+def answer(
+    model: Any,
+    processor: Any,
+    video: Any,
+    question: str | None = None,
+    *,
+    system: str | None = None,
+    settings: GenerationSettings | None = None,
+    streamer: BaseStreamer | None = None,
+) -> Answer:
+    """Answer one question (default: the processor's default prompt) about one video (path or frames)."""
+    inputs = processor(
+        videos=[video], text=None if question is None else [question], system=system, padding_side="left"
+    )
+    return generate_answers(model, processor, inputs, settings, streamer)[0]
+
+
+def stream_answer(
+    model: Any,
+    processor: Any,
+    video: Any,
+    question: str | None = None,
+    *,
+    system: str | None = None,
+    settings: GenerationSettings | None = None,
+) -> Iterator[str]:
+    """Yield the answer's text piece by piece as it is generated (generation runs in a thread)."""
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = processor(
+        videos=[video], text=None if question is None else [question], system=system, padding_side="left"
+    )
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            generate_answers(model, processor, inputs, settings, streamer)
+        except BaseException as error:  # re-raised in the caller's thread below
+            failure.append(error)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if failure:
+        raise failure[0]

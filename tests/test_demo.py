@@ -1,0 +1,85 @@
+"""`videogemma demo --quick`: every step runs through the real subcommands and a rerun skips them all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from videogemma.cli import main as videogemma_cli
+from videogemma.demo import FULL, QUICK, STATE_NAME, _write_state, demo_steps, run_steps
+from videogemma.evaluation.records import read_records
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert videogemma_cli(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    for number in range(1, 6):
+        assert f"[{number}/5]" in printed
+    assert f"report: {out / 'report' / 'report.html'}" in printed
+    assert "exercise identified:" in printed and "ROUGE-L:" in printed
+
+    # Every step left its output: data splits, a trained run, predictions for the whole test split, reports.
+    test_split = json.loads((out / "data" / "qved_test.json").read_text())
+    assert (out / "run" / "train_config.yaml").is_file()
+    records = read_records(out / "predictions" / "predictions.jsonl")
+    assert len(records) == len(test_split) > 0
+    assert all(r.status == "success" and r.ground_truth for r in records)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["counts"]["total"] == len(test_split)
+    assert (out / "report" / "evaluation.xlsx").is_file()
+    state = json.loads((out / STATE_NAME).read_text())
+    assert list(state["steps"]) == ["synth", "prepare", "train", "infer", "eval"]
+
+    # A rerun finds every step done and only prints the summary again.
+    report_time = (out / "report" / "metrics.json").stat().st_mtime_ns
+    assert videogemma_cli(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 5
+    assert (out / "report" / "metrics.json").stat().st_mtime_ns == report_time
+
+
+def test_an_interrupted_step_resumes_and_later_steps_start_over(tmp_path):
+    out = tmp_path / "demo"
+    steps = demo_steps(out, QUICK)
+    assert [step.name for step in steps] == ["synth", "prepare", "train", "infer", "eval"]
+    assert "--resume" in steps[2].argv and "--resume" in steps[3].argv
+    # synth and prepare finished; training was interrupted (its checkpoints are kept for --resume); stale
+    # predictions of an older model lie around.
+    state = {"steps": {s.name: {"argv": list(s.argv), "seconds": 1.0} for s in steps[:2]}}
+    state["steps"]["train"] = {"argv": list(steps[2].argv), "seconds": None}
+    state["steps"]["infer"] = {"argv": list(steps[3].argv), "seconds": 5.0}
+    out.mkdir()
+    _write_state(out / STATE_NAME, state)
+    (out / "run" / "checkpoint-2").mkdir(parents=True)
+    (out / "predictions").mkdir()
+    (out / "predictions" / "predictions.jsonl").write_text('{"id": 0}\n')
+
+    seen = []
+
+    def runner(argv: list[str]) -> int:
+        seen.append((argv[0], (out / "run" / "checkpoint-2").exists(), (out / "predictions").exists()))
+        return 0
+
+    assert run_steps(steps, out / STATE_NAME, runner) == ["train", "infer", "eval"]
+    assert seen == [("train", True, True), ("infer-batch", True, False), ("eval", True, False)]
+    assert run_steps(steps, out / STATE_NAME, runner) == []
+
+    # Other arguments (the full size) redo everything from the first step.
+    assert run_steps(demo_steps(out, FULL), out / STATE_NAME, runner)[0] == "synth"
+    assert not (out / "run").exists()
+
+
+def test_a_failing_step_stops_the_demo_and_is_redone_next_time(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    steps = demo_steps(out, QUICK)
+
+    def failing_train(argv: list[str]) -> int:
+        return 1 if argv[0] == "train" else 0
+
+    with pytest.raises(SystemExit, match="train"):
+        run_steps(steps, out / STATE_NAME, failing_train)
+    assert run_steps(steps, out / STATE_NAME, lambda argv: 0) == ["train", "infer", "eval"]
