@@ -340,6 +340,23 @@ def test_skip_log_file_is_kept_where_asked(tmp_path, dataset_root, processor):
     assert len(entries) == 7 and all(entry["reason"] for entry in entries)
 
 
+def test_temporary_skip_log_is_created_on_demand_and_removed(tmp_path, dataset_root, processor):
+    import gc
+
+    clean = ConversationDataset(_write_json(tmp_path / "a.json", [_record(GOOD[0])]), dataset_root, processor)
+    clean[0]
+    assert clean.skipped_samples == [] and not clean.skip_log.path.exists()
+    dataset = ConversationDataset(
+        _write_json(tmp_path / "b.json", [_record(BROKEN[0])]), dataset_root, processor
+    )
+    dataset[0]
+    log = dataset.skip_log.path
+    assert log.exists() and dataset.bad_sample_counts()["skipped"] == 1
+    del dataset
+    gc.collect()
+    assert not log.exists()
+
+
 # ---- the collator -------------------------------------------------------------------------------------------
 
 

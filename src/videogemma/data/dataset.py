@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -211,15 +212,15 @@ class SkippedSample:
 class SkipLog:
     """Append-only JSON Lines file of skipped samples, shared by the main process and DataLoader workers.
 
-    Appends of one short line from several processes do not interleave (O_APPEND). The file is truncated
-    when the log is created; a temporary one is removed when its dataset is garbage-collected.
+    Appends of one short line from several processes do not interleave (O_APPEND). A given file is
+    truncated when the log is created. Without one, the log goes to a temporary file, created at the first
+    skip (so that a clean dataset leaves nothing behind) and removed when its dataset is garbage-collected.
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         if path is None:
-            handle, name = tempfile.mkstemp(prefix="videogemma-skipped-", suffix=".jsonl")
-            os.close(handle)
-            self.path = Path(name)
+            name = f"videogemma-skipped-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
+            self.path = Path(tempfile.gettempdir()) / name
             self.temporary = True
         else:
             self.path = Path(path)
