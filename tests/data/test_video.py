@@ -191,10 +191,11 @@ def test_wrong_packet_timeline_falls_back_to_decoding(
     expected = decode_frames(path, 8)
     real_timeline = video._packet_timeline
 
-    def overcounting_timeline(p):
-        pts, end, time_base = real_timeline(p)
-        step = pts[1] - pts[0]
-        return [*pts, *(pts[-1] + step * k for k in range(1, 11))], end + 10 * step, time_base
+    def overcounting_timeline(p):  # as if the container promised 10 frames more than there are
+        timeline = real_timeline(p)
+        step = timeline.pts[1] - timeline.pts[0]
+        pts = [*timeline.pts, *(timeline.pts[-1] + step * k for k in range(1, 11))]
+        return video._Timeline(pts, timeline.end + 10 * step, timeline.time_base)
 
     monkeypatch.setattr(video, "_packet_timeline", overcounting_timeline)
     decoded = decode_frames(path, 8)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -79,20 +80,19 @@ def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
 
     timeline = _packet_timeline(path)
     if timeline is not None:
-        pts, end, time_base = timeline
-        indices = _indices_by_time(pts, end, num_frames)
+        indices = timeline.indices(num_frames)
         try:
-            frames = _decode_indices(path, indices, expected_pts=pts)
-            return _assemble(frames, indices, [float(pts[k] * time_base) for k in indices])
+            frames = _decode_indices(path, indices, expected_pts=timeline.pts)
+            return _assemble(frames, indices, [timeline.seconds(k) for k in indices])
         except _TimelineMismatch:
             pass  # the packets did not describe the decoded frames; learn the real timeline below
 
-    pts_or_none, end, time_base = _decoded_timeline(path)
-    if pts_or_none is not None:
-        indices = _indices_by_time(pts_or_none, end, num_frames)
-        timestamps: list[float | None] = [float(pts_or_none[k] * time_base) for k in indices]
+    timeline, count = _decoded_timeline(path)
+    if timeline is not None:
+        indices = timeline.indices(num_frames)
+        timestamps: list[float | None] = [timeline.seconds(k) for k in indices]
     else:
-        indices = sample_frame_indices(end, num_frames)  # `end` is the frame count here
+        indices = sample_frame_indices(count, num_frames)
         timestamps = [None] * num_frames
     try:
         frames = _decode_indices(path, indices, expected_pts=None)
@@ -131,13 +131,12 @@ def probe_video(path: PathLike, count_frames: bool = False) -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     if count_frames:
-        pts, end, time_base = _decoded_timeline(path)
-        num_frames = end if pts is None else len(pts)
-        if pts is not None:
-            duration = float((end - pts[0]) * time_base)
+        timeline, num_frames = _decoded_timeline(path)
+        if timeline is not None:
+            duration = timeline.duration
     elif num_frames is None:
         timeline = _packet_timeline(path)
-        num_frames = len(timeline[0]) if timeline is not None else None
+        num_frames = len(timeline.pts) if timeline is not None else None
     return VideoInfo(str(path), num_frames, fps, duration, width, height, rotation, codec, pix_fmt)
 
 
@@ -146,6 +145,32 @@ def probe_video(path: PathLike, count_frames: bool = False) -> VideoInfo:
 
 class _TimelineMismatch(Exception):
     """The decoder produced other frames than the timeline planned with."""
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """When each frame is shown: strictly increasing presentation timestamps, and the end of the last frame
+    (all in `time_base` units)."""
+
+    pts: list[int]
+    end: int
+    time_base: Fraction
+
+    def indices(self, num_frames: int) -> list[int]:
+        """For each segment centre, the frame on screen at that time (the last one starting at or before it).
+
+        Exact rational arithmetic, so that on a constant-rate clip this equals `sample_frame_indices`.
+        """
+        start, span = self.pts[0], self.end - self.pts[0]
+        centres = [start + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames)]
+        return [max(0, bisect.bisect_right(self.pts, centre) - 1) for centre in centres]
+
+    def seconds(self, index: int) -> float:
+        return float(self.pts[index] * self.time_base)
+
+    @property
+    def duration(self) -> float:
+        return float((self.end - self.pts[0]) * self.time_base)
 
 
 def _check_file(path: PathLike) -> None:
@@ -170,11 +195,11 @@ def _video_stream(path: PathLike, container: av.container.InputContainer) -> av.
     return container.streams.video[0]
 
 
-def _packet_timeline(path: PathLike) -> tuple[list[int], int, Fraction] | None:
-    """Sorted presentation timestamps of all frames and the clip's end, from the packets alone.
+def _packet_timeline(path: PathLike) -> _Timeline | None:
+    """The timeline from the packets alone (no decoding).
 
-    None when the packets do not carry what is needed (no timestamps, no packets); the caller then
-    learns the timeline by decoding.
+    None when the packets do not carry what is needed (timestamps, distinct ones); the caller then learns
+    the timeline by decoding.
     """
     with _open(path) as container:
         stream = _video_stream(path, container)
@@ -192,23 +217,20 @@ def _packet_timeline(path: PathLike) -> tuple[list[int], int, Fraction] | None:
         except (av.FFmpegError, OSError) as error:
             raise VideoDecodeError(path, f"corrupt container: {error}") from None
         time_base = stream.time_base
-    if not pts or time_base is None:
-        return None
     pts.sort()
-    if len(set(pts)) != len(pts):
+    if not pts or time_base is None or len(set(pts)) != len(pts):
         return None
     end = max(ends) if ends else pts[-1] + _typical_step(pts)
-    return pts, max(end, pts[-1] + 1), Fraction(time_base)
+    return _Timeline(pts, max(end, pts[-1] + 1), Fraction(time_base))
 
 
-def _decoded_timeline(path: PathLike) -> tuple[list[int] | None, int, Fraction]:
-    """Decode every frame once, recording timestamps: (pts, end, time_base), or (None, count, 1) when the
-    decoded frames lack strictly increasing timestamps."""
+def _decoded_timeline(path: PathLike) -> tuple[_Timeline | None, int]:
+    """Decode every frame once: (the timeline, or None when the frames lack increasing timestamps; the count)."""
     pts: list[int | None] = []
     last_duration = 0
     with _open(path) as container:
         stream = _video_stream(path, container)
-        time_base = Fraction(stream.time_base) if stream.time_base is not None else None
+        time_base = stream.time_base
         try:
             for frame in container.decode(stream):
                 pts.append(frame.pts)
@@ -217,28 +239,16 @@ def _decoded_timeline(path: PathLike) -> tuple[list[int] | None, int, Fraction]:
             raise VideoDecodeError(path, f"corrupt video data after {len(pts)} frames: {error}") from None
     if not pts:
         raise VideoDecodeError(path, "the video stream has no decodable frames")
-    usable = time_base is not None and all(p is not None for p in pts)
-    if usable and all(a < b for a, b in itertools.pairwise(pts)):
-        known: list[int] = pts  # type: ignore[assignment]
-        end = known[-1] + (last_duration or _typical_step(known))
-        return known, end, time_base  # type: ignore[return-value]
-    return None, len(pts), Fraction(1)
+    known = [p for p in pts if p is not None]
+    if time_base is None or len(known) < len(pts) or any(a >= b for a, b in itertools.pairwise(known)):
+        return None, len(pts)
+    end = known[-1] + (last_duration or _typical_step(known))
+    return _Timeline(known, end, Fraction(time_base)), len(pts)
 
 
 def _typical_step(pts: list[int]) -> int:
     steps = [b - a for a, b in itertools.pairwise(pts)]
     return int(np.median(steps)) if steps else 1
-
-
-def _indices_by_time(pts: list[int], end: int, num_frames: int) -> list[int]:
-    """For each segment centre, the frame on screen at that time (the last one starting at or before it).
-
-    Exact rational arithmetic, so that on a constant-rate clip this equals `sample_frame_indices`.
-    """
-    start = pts[0]
-    span = end - start
-    centres = [start + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames)]
-    return [max(0, min(len(pts) - 1, bisect.bisect_right(pts, c) - 1)) for c in centres]
 
 
 def _decode_indices(
@@ -280,7 +290,7 @@ def _decode_indices(
 def _rotation(frame: av.VideoFrame, stream: av.VideoStream) -> int:
     """Counter-clockwise degrees that show the frame upright, snapped to a multiple of 90."""
     degrees = frame.rotation  # from the display matrix (FFmpeg's av_display_rotation_get)
-    if not degrees:
+    if not degrees or not math.isfinite(degrees):
         # Legacy tag from old muxers: clockwise degrees.
         tags = {key.lower(): value for key, value in stream.metadata.items()}
         try:
