@@ -3,6 +3,7 @@ and the collator, on tiny generated clips and the tiny processor."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -341,8 +342,6 @@ def test_skip_log_file_is_kept_where_asked(tmp_path, dataset_root, processor):
 
 
 def test_temporary_skip_log_is_created_on_demand_and_removed(tmp_path, dataset_root, processor):
-    import gc
-
     clean = ConversationDataset(_write_json(tmp_path / "a.json", [_record(GOOD[0])]), dataset_root, processor)
     clean[0]
     assert clean.skipped_samples == [] and not clean.skip_log.path.exists()
