@@ -223,6 +223,29 @@ def test_decoding_stops_after_the_last_wanted_frame(tmp_path, write_clip, level_
     assert len(converted) == 2  # only the wanted frames are converted to RGB
 
 
+def test_long_clip_jumps_to_keyframes(tmp_path, monkeypatch):
+    path = tmp_path / "long.mp4"
+    with av.open(str(path), "w") as container:  # 120 frames, a keyframe every 10
+        stream = container.add_stream("libx264", rate=10, options={"g": "10", "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(120):
+            image = np.full((48, 64, 3), 10 + 2 * k, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    seeks = []
+    seek = av.container.InputContainer.seek
+    monkeypatch.setattr(
+        av.container.InputContainer, "seek", lambda self, *a, **k: (seeks.append(a), seek(self, *a, **k))[1]
+    )
+    monkeypatch.setattr(video, "_decoded_timeline", _no_full_decode)
+    decoded = decode_frames(path, 4)
+    assert decoded.indices == [15, 45, 75, 105]
+    assert len(seeks) == 4  # to the keyframes 10, 40, 70 and 100
+    reference = _full_decode(path)
+    for frame, k in zip(decoded.frames, decoded.indices):
+        np.testing.assert_array_equal(frame, reference[k])
+
+
 # ---- bad files ------------------------------------------------------------------------------------------
 
 

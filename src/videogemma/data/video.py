@@ -5,9 +5,10 @@ frame shown at the centre of each of `num_frames` equal time segments (ARCHITECT
 than `num_frames` frames repeats frames; it is never padded with black ones.
 
 How the frames are found, cheapest first:
-1. Demux the packets (no decoding) to learn every frame's presentation time and the clip's end, pick the
-   frames by time (this handles variable frame rate), then decode only up to the last wanted frame,
-   converting just the wanted ones to RGB.
+1. Demux the packets (no decoding) to learn every frame's presentation time, the keyframes and the clip's
+   end, pick the frames by time (this handles variable frame rate), then decode only what the wanted frames
+   need: jump to the keyframe before a wanted frame when that skips frames (long clips), stop after the
+   last wanted frame, and convert just the wanted ones to RGB.
 2. If the decoder disagrees with the packets (dropped frames, missing or reordered timestamps), decode the
    whole clip once to learn the real timeline, then pick again and decode a second time. Without usable
    timestamps at all, frames are picked by counting (centre of equal segments of the frame count).
@@ -82,7 +83,7 @@ def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
     if timeline is not None:
         indices = timeline.indices(num_frames)
         try:
-            frames = _decode_indices(path, indices, expected_pts=timeline.pts)
+            frames = _decode_indices(path, indices, timeline)
             return _assemble(frames, indices, [timeline.seconds(k) for k in indices])
         except _TimelineMismatch:
             pass  # the packets did not describe the decoded frames; learn the real timeline below
@@ -95,7 +96,7 @@ def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
         indices = sample_frame_indices(count, num_frames)
         timestamps = [None] * num_frames
     try:
-        frames = _decode_indices(path, indices, expected_pts=None)
+        frames = _decode_indices(path, indices, None)
     except _TimelineMismatch as mismatch:
         raise VideoDecodeError(path, f"decoding is not repeatable ({mismatch})") from None
     return _assemble(frames, indices, timestamps)
@@ -155,6 +156,7 @@ class _Timeline:
     pts: list[int]
     end: int
     time_base: Fraction
+    keyframes: tuple[int, ...] = ()  # indices of the frames decoding can start from (known from packets)
 
     def indices(self, num_frames: int) -> list[int]:
         """For each segment centre, the frame on screen at that time (the last one starting at or before it).
@@ -171,6 +173,11 @@ class _Timeline:
     @property
     def duration(self) -> float:
         return float((self.end - self.pts[0]) * self.time_base)
+
+    def keyframe_before(self, index: int) -> int:
+        """The last keyframe at or before frame `index` (0 when none is known)."""
+        position = bisect.bisect_right(self.keyframes, index)
+        return self.keyframes[position - 1] if position else 0
 
 
 def _check_file(path: PathLike) -> None:
@@ -203,7 +210,7 @@ def _packet_timeline(path: PathLike) -> _Timeline | None:
     """
     with _open(path) as container:
         stream = _video_stream(path, container)
-        pts: list[int] = []
+        packets: list[tuple[int, bool]] = []
         ends: list[int] = []
         try:
             for packet in container.demux(stream):
@@ -211,17 +218,19 @@ def _packet_timeline(path: PathLike) -> _Timeline | None:
                     continue
                 if packet.pts is None:
                     return None
-                pts.append(packet.pts)
+                packets.append((packet.pts, packet.is_keyframe))
                 if packet.duration:
                     ends.append(packet.pts + packet.duration)
         except (av.FFmpegError, OSError) as error:
             raise VideoDecodeError(path, f"corrupt container: {error}") from None
         time_base = stream.time_base
-    pts.sort()
+    packets.sort()
+    pts = [p for p, _ in packets]
     if not pts or time_base is None or len(set(pts)) != len(pts):
         return None
     end = max(ends) if ends else pts[-1] + _typical_step(pts)
-    return _Timeline(pts, max(end, pts[-1] + 1), Fraction(time_base))
+    keyframes = tuple(index for index, (_, is_keyframe) in enumerate(packets) if is_keyframe)
+    return _Timeline(pts, max(end, pts[-1] + 1), Fraction(time_base), keyframes)
 
 
 def _decoded_timeline(path: PathLike) -> tuple[_Timeline | None, int]:
@@ -251,40 +260,85 @@ def _typical_step(pts: list[int]) -> int:
     return int(np.median(steps)) if steps else 1
 
 
-def _decode_indices(
-    path: PathLike, indices: list[int], expected_pts: list[int] | None
-) -> dict[int, np.ndarray]:
-    """Decode up to the last wanted frame; RGB arrays of the wanted ones, by index."""
-    wanted = set(indices)
-    last = max(indices)
-    frames: dict[int, np.ndarray] = {}
-    size: tuple[int, int] | None = None
+def _decode_indices(path: PathLike, indices: list[int], timeline: _Timeline | None) -> dict[int, np.ndarray]:
+    """RGB arrays of the wanted frames, by index, decoding no further than the last one.
+
+    With a timeline (from the packets), decoded frames are known by their timestamps and decoding jumps
+    to the keyframe before a wanted frame when that skips frames; a frame the timeline does not expect, or
+    a wanted one that never comes, is a `_TimelineMismatch`. Without one, frames are counted from the start.
+    """
+    to_rgb = _RgbConverter()
     with _open(path) as container:
         stream = _video_stream(path, container)
-        index = -1
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                if expected_pts is not None and (
-                    index >= len(expected_pts) or frame.pts != expected_pts[index]
-                ):
-                    raise _TimelineMismatch(f"frame {index} has pts {frame.pts}")
-                if index in wanted:
-                    # Keep one size for the whole clip, even if the stream changes resolution midway.
-                    size = size or (frame.width, frame.height)
-                    if (frame.width, frame.height) != size:
-                        frame = frame.reformat(width=size[0], height=size[1])
-                    frames[index] = np.rot90(
-                        frame.to_ndarray(format="rgb24"), k=_rotation(frame, stream) // 90
-                    )
-                if index == last:
-                    break
+            if timeline is None:
+                frames = _decode_counting(container, stream, indices, to_rgb)
+            else:
+                frames = _decode_by_timestamp(container, stream, indices, timeline, to_rgb)
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodeError(path, f"corrupt video data after {index + 1} frames: {error}") from None
-    if index < 0:
+            raise VideoDecodeError(path, f"corrupt video data: {error}") from None
+    if not frames:
         raise VideoDecodeError(path, "the video stream has no decodable frames")
-    if len(frames) < len(wanted):
-        raise _TimelineMismatch(f"only {index + 1} frames decoded, frame {last} wanted")
+    missing = sorted(set(indices) - set(frames))
+    if missing:
+        raise _TimelineMismatch(f"frame {missing[0]} was wanted but not decoded")
     return frames
+
+
+def _decode_counting(container, stream, indices: list[int], to_rgb: _RgbConverter) -> dict[int, np.ndarray]:
+    wanted, last = set(indices), max(indices)
+    frames: dict[int, np.ndarray] = {}
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted:
+            frames[index] = to_rgb(frame, stream)
+        if index == last:
+            break
+    return frames
+
+
+def _decode_by_timestamp(
+    container, stream, indices: list[int], timeline: _Timeline, to_rgb: _RgbConverter
+) -> dict[int, np.ndarray]:
+    index_of = {pts: index for index, pts in enumerate(timeline.pts)}
+    wanted = set(indices)
+    frames: dict[int, np.ndarray] = {}
+    decoded = None  # the running decoder (a generator of frames)
+    previous = -1  # index of the last frame decoded
+    start = 0  # first trustworthy frame of the current run (frames before a keyframe may not decode right)
+    for target in sorted(wanted):
+        if target in frames:
+            continue
+        keyframe = timeline.keyframe_before(target)
+        if decoded is None or keyframe > previous + 1:
+            if keyframe > 0:
+                container.seek(timeline.pts[keyframe], stream=stream, backward=True, any_frame=False)
+            decoded, previous, start = container.decode(stream), None, keyframe
+        for frame in decoded:
+            index = index_of.get(frame.pts)
+            if index is None or (previous is not None and index != previous + 1):
+                raise _TimelineMismatch(f"decoded a frame at pts {frame.pts} after frame {previous}")
+            previous = index
+            if index >= start and index in wanted:
+                frames[index] = to_rgb(frame, stream)
+            if index >= target:
+                break
+        else:
+            break  # the stream ended early: the caller sees what is missing
+    return frames
+
+
+class _RgbConverter:
+    """Decoded frame → upright uint8 RGB array, all at the size of the first one (should the stream change
+    resolution midway)."""
+
+    def __init__(self) -> None:
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, frame: av.VideoFrame, stream: av.VideoStream) -> np.ndarray:
+        self.size = self.size or (frame.width, frame.height)
+        if (frame.width, frame.height) != self.size:
+            frame = frame.reformat(width=self.size[0], height=self.size[1])
+        return np.rot90(frame.to_ndarray(format="rgb24"), k=_rotation(frame, stream) // 90)
 
 
 def _rotation(frame: av.VideoFrame, stream: av.VideoStream) -> int:
