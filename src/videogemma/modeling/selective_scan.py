@@ -1,0 +1,393 @@
+"""Mamba's selective scan (S6), with one entry point and four interchangeable backends.
+
+For every batch b, channel d and state index k, with Δ = softplus(delta + delta_bias):
+
+    s[t] = exp(Δ[t] · A[d, k]) · s[t-1] + Δ[t] · B[b, k, t] · u[t]        (s[-1] = 0, state in fp32)
+    y[t] = Σ_k C[b, k, t] · s[t] + D[d] · u[t]
+
+Backends (all differentiable, all equal to "reference" within fp32 rounding):
+
+- "reference": the equations above as a plain PyTorch loop over time. Slow; the ground truth for tests.
+- "cpu": numba kernels, one pass over time per (batch, channel) with the state kept in registers, and a
+  hand-written backward that recomputes the states of one channel at a time (memory O(L · d_state) per
+  call instead of O(batch · d_inner · L · d_state)). The default on CPU.
+- "chunked": pure PyTorch for GPUs without `mamba_ssm`. The sequence is cut into chunks of about √L steps;
+  a short loop runs inside all chunks at once, a second short loop carries the state across chunks using
+  the cumulative log-decays within each chunk. About 2√L small steps instead of L; autograd does the
+  backward.
+- "mamba_ssm": the CUDA kernels of the `mamba_ssm` package (`selective_scan_fn`), when it is installed.
+
+"auto" picks mamba_ssm on CUDA when importable, chunked on CUDA otherwise, and the numba kernels on CPU.
+Tensor layout is `mamba_ssm`'s: u, delta (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_state, L);
+D, delta_bias (d_inner,).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+BACKENDS = ("auto", "reference", "cpu", "chunked", "mamba_ssm")
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """y = selective scan of u (see the module docstring); returns (batch, d_inner, L) in u's dtype."""
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    backend = resolve_backend(backend, u.device)
+    if backend == "mamba_ssm":
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        return selective_scan_fn(
+            u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=delta_softplus
+        )
+
+    # Δ, the D skip term and the dtype casts are cheap elementwise work: autograd handles them for every
+    # backend, so the backends below only implement the recurrence itself.
+    compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    delta = delta.to(compute_dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute_dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    u_c, A_c, B_c, C_c = (t.to(compute_dtype) for t in (u, A, B, C))
+    if backend == "reference":
+        y = _scan_reference(u_c, delta, A_c, B_c, C_c)
+    elif backend == "cpu":
+        if u.device.type != "cpu":
+            raise ValueError(f"the 'cpu' (numba) scan backend needs CPU tensors, got {u.device}")
+        y = _NumbaScan.apply(u_c, delta, A_c, B_c, C_c)
+    else:
+        y = _scan_chunked(u_c, delta, A_c, B_c, C_c)
+    if D is not None:
+        y = y + D.to(compute_dtype)[:, None] * u_c
+    return y.to(u.dtype)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend "auto" (or an explicit choice) means for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        if device.type == "cuda":
+            return "mamba_ssm" if mamba_ssm_available() else "chunked"
+        return "cpu" if device.type == "cpu" else "chunked"
+    if backend == "mamba_ssm" and not mamba_ssm_available():
+        raise ValueError("scan backend 'mamba_ssm' requested but the mamba_ssm package is not installed")
+    return backend
+
+
+def mamba_ssm_available() -> bool:
+    return importlib.util.find_spec("mamba_ssm") is not None
+
+
+def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, d_inner, L), got shape {tuple(u.shape)}")
+    batch, d_inner, length = u.shape
+    d_state = A.shape[-1]
+    expected = {
+        "delta": (delta, (batch, d_inner, length)),
+        "A": (A, (d_inner, d_state)),
+        "B": (B, (batch, d_state, length)),
+        "C": (C, (batch, d_state, length)),
+        "D": (D, (d_inner,)),
+        "delta_bias": (delta_bias, (d_inner,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_scan: {name} has shape {tuple(tensor.shape)}, expected {shape}")
+
+
+# ---- reference ------------------------------------------------------------------------------------------
+
+
+def _scan_reference(u, delta, A, B, C):
+    """The recurrence, one time step at a time (Δ already includes bias and softplus; no D term)."""
+    batch, d_inner, length = u.shape
+    decay = torch.exp(delta[..., None] * A[:, None, :])  # (b, d, L, n)
+    drive = (delta * u)[..., None] * B.transpose(1, 2)[:, None]  # (b, d, L, n)
+    state = u.new_zeros(batch, d_inner, A.shape[1])
+    ys = []
+    for t in range(length):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    return torch.stack(ys, dim=-1)
+
+
+# ---- chunked (pure PyTorch, for GPUs) --------------------------------------------------------------------
+
+
+def _scan_chunked(u, delta, A, B, C, chunk_size: int | None = None):
+    """Chunked scan: a loop inside all chunks at once, then a loop across chunks (≈2√L steps in all)."""
+    batch, d_inner, length = u.shape
+    d_state = A.shape[1]
+    chunk = chunk_size or max(1, math.isqrt(length - 1) + 1)
+    pad = (-length) % chunk
+    if pad:  # Δ = 0 and u = 0 leave the state unchanged; the padded outputs are cut off below
+        u, delta, B, C = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
+    num_chunks = (length + pad) // chunk
+    # (b, d, chunks, chunk, n): log-decay and input of every step
+    log_decay = delta.view(batch, d_inner, num_chunks, chunk, 1) * A[:, None, None, :]
+    B_chunks = B.view(batch, d_state, num_chunks, chunk).permute(0, 2, 3, 1)[:, None]
+    drive = (delta * u).view(batch, d_inner, num_chunks, chunk, 1) * B_chunks
+    # 1) states of every chunk started from zero, all chunks in parallel
+    decay = torch.exp(log_decay)
+    local = []
+    state = u.new_zeros(batch, d_inner, num_chunks, d_state)
+    for i in range(chunk):
+        state = decay[:, :, :, i] * state + drive[:, :, :, i]
+        local.append(state)
+    local_states = torch.stack(local, dim=3)
+    # 2) the state entering each chunk: carry the last state across chunks with the chunk's total decay
+    cumulative_decay = torch.exp(torch.cumsum(log_decay, dim=3))  # decay from the chunk start to each step
+    carry = u.new_zeros(batch, d_inner, d_state)
+    carried = []
+    for c in range(num_chunks):
+        carried.append(carry)
+        carry = cumulative_decay[:, :, c, -1] * carry + local_states[:, :, c, -1]
+    incoming = torch.stack(carried, dim=2)[:, :, :, None]  # (b, d, chunks, 1, n)
+    # 3) true states = local states + decayed incoming state; contract with C
+    states = local_states + cumulative_decay * incoming
+    C_chunks = C.view(batch, d_state, num_chunks, chunk).permute(0, 2, 3, 1)
+    y = torch.einsum("bdcln,bcln->bdcl", states, C_chunks)
+    return y.reshape(batch, d_inner, num_chunks * chunk)[..., :length]
+
+
+# ---- numba (CPU) ----------------------------------------------------------------------------------------
+#
+# Layout for the kernels: time-major (batch, L, channels), so that a block of CHANNEL_BLOCK neighbouring
+# channels is contiguous and the innermost loop runs over independent channels (SIMD lanes, no reduction
+# across lanes, so it vectorises without fastmath). The exponential of the decay is the hot spot; libm's exp
+# does not vectorise, so float32 uses a Cephes-style expf (Cody-Waite reduction, degree-6 polynomial,
+# relative error ≈ 2e-7, i.e. 1-2 ulp) built from arithmetic only; float64 keeps math.exp.
+
+CHANNEL_BLOCK = 32  # channels per block: the SIMD lanes of the inner loops (2-4 vector registers)
+SEGMENT = 64  # backward: states are recomputed per segment of this many steps from stored checkpoints
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits (how 2**k is built in _exp32)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+def _decay_exp(x):  # pragma: no cover - replaced by the overload below inside numba
+    return math.exp(x)
+
+
+def _exp32(x):  # pragma: no cover - compiled through the overload above
+    x = min(max(x, np.float32(-87.33654)), np.float32(88.72283))
+    k = np.floor(x * np.float32(1.442695) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@overload(_decay_exp)
+def _decay_exp_overload(x):
+    if x == types.float32:
+        return _exp32
+    return lambda x: math.exp(x)  # float64: libm's exp
+
+
+@numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
+def _numba_scan_forward(u, delta, A_t, B, C, y):  # pragma: no cover - compiled
+    """y[b, t, d] = Σ_k C[b, t, k] s[t, d, k]; u, delta, y (b, L, d); A_t (n, d); B, C (b, L, n).
+
+    The innermost loops read and write only small local buffers of one channel block, so that LLVM can
+    vectorise them without aliasing checks against the big arrays.
+    """
+    batch, length, d_inner = u.shape
+    d_state = A_t.shape[0]
+    zero = u.dtype.type(0)
+    state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    A_block = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    dt_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    dt_u_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    y_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    for b in range(batch):
+        for d0 in range(0, d_inner, CHANNEL_BLOCK):
+            width = min(CHANNEL_BLOCK, d_inner - d0)
+            state[:] = zero
+            A_block[:] = zero  # lanes past d_inner compute on zeros and are never written out
+            A_block[:, :width] = A_t[:, d0 : d0 + width]
+            for t in range(length):
+                for j in range(width):
+                    dt_step[j] = delta[b, t, d0 + j]
+                    dt_u_step[j] = delta[b, t, d0 + j] * u[b, t, d0 + j]
+                y_step[:] = zero
+                for k in range(d_state):
+                    b_k = B[b, t, k]
+                    c_k = C[b, t, k]
+                    for j in range(CHANNEL_BLOCK):
+                        s = _decay_exp(dt_step[j] * A_block[k, j]) * state[k, j] + dt_u_step[j] * b_k
+                        state[k, j] = s
+                        y_step[j] += s * c_k
+                for j in range(width):
+                    y[b, t, d0 + j] = y_step[j]
+
+
+@numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
+def _numba_scan_backward(
+    u, delta, A_t, B, C, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C
+):  # pragma: no cover
+    """Gradients of the scan (layouts as in the forward; grad_A_t must start at zero).
+
+    Per channel block: one pass forward stores the state entering every SEGMENT-th step; then, segment by
+    segment from the end, the segment's states are recomputed and the adjoint runs back through them.
+    Memory O((L / SEGMENT + SEGMENT) · d_state · CHANNEL_BLOCK) plus the per-lane dB, dC sums.
+    """
+    batch, length, d_inner = u.shape
+    d_state = A_t.shape[0]
+    zero = u.dtype.type(0)
+    num_segments = (length + SEGMENT - 1) // SEGMENT
+    checkpoints = np.zeros((num_segments, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    states = np.zeros((SEGMENT + 1, d_state, CHANNEL_BLOCK), dtype=u.dtype)  # [0]: state entering segment
+    state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    grad_state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)  # dLoss/ds[t] flowing back from t + 1
+    A_block = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    grad_A_block = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    dt_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    u_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    gy_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    acc_u = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    acc_dt = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
+    # dB and dC sum over channels: accumulate per SIMD lane (vectorisable), reduce over lanes at the end
+    lanes_B = np.zeros((length, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    lanes_C = np.zeros((length, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    for b in range(batch):
+        lanes_B[:] = zero
+        lanes_C[:] = zero
+        for d0 in range(0, d_inner, CHANNEL_BLOCK):
+            width = min(CHANNEL_BLOCK, d_inner - d0)
+            A_block[:] = zero
+            A_block[:, :width] = A_t[:, d0 : d0 + width]
+            grad_A_block[:] = zero
+            gy_step[:] = zero  # lanes past d_inner keep zero gradients
+            # forward, keeping the state that enters every segment
+            state[:] = zero
+            for t in range(length):
+                if t % SEGMENT == 0:
+                    checkpoints[t // SEGMENT] = state
+                for j in range(width):
+                    dt_step[j] = delta[b, t, d0 + j]
+                    u_step[j] = u[b, t, d0 + j]
+                for k in range(d_state):
+                    b_k = B[b, t, k]
+                    for j in range(CHANNEL_BLOCK):
+                        decay = _decay_exp(dt_step[j] * A_block[k, j])
+                        state[k, j] = decay * state[k, j] + dt_step[j] * u_step[j] * b_k
+            # adjoint, segment by segment from the end
+            grad_state[:] = zero
+            for segment in range(num_segments - 1, -1, -1):
+                start = segment * SEGMENT
+                stop = min(start + SEGMENT, length)
+                states[0] = checkpoints[segment]
+                for t in range(start, stop):
+                    i = t - start
+                    for j in range(width):
+                        dt_step[j] = delta[b, t, d0 + j]
+                        u_step[j] = u[b, t, d0 + j]
+                    for k in range(d_state):
+                        b_k = B[b, t, k]
+                        for j in range(CHANNEL_BLOCK):
+                            decay = _decay_exp(dt_step[j] * A_block[k, j])
+                            states[i + 1, k, j] = decay * states[i, k, j] + dt_step[j] * u_step[j] * b_k
+                for t in range(stop - 1, start - 1, -1):
+                    i = t - start
+                    for j in range(width):
+                        dt_step[j] = delta[b, t, d0 + j]
+                        u_step[j] = u[b, t, d0 + j]
+                        gy_step[j] = grad_y[b, t, d0 + j]
+                    acc_u[:] = zero
+                    acc_dt[:] = zero
+                    for k in range(d_state):
+                        b_k = B[b, t, k]
+                        c_k = C[b, t, k]
+                        for j in range(CHANNEL_BLOCK):
+                            dt = dt_step[j]
+                            decay = _decay_exp(dt * A_block[k, j])
+                            g = grad_state[k, j] + gy_step[j] * c_k  # dLoss/ds[t]
+                            lanes_C[t, k, j] += gy_step[j] * states[i + 1, k, j]
+                            # through exp(Δ·A): d/dΔ = A·(.), d/dA = Δ·(.)
+                            g_decay = g * states[i, k, j] * decay
+                            acc_dt[j] += g_decay * A_block[k, j] + g * u_step[j] * b_k
+                            grad_A_block[k, j] += g_decay * dt
+                            acc_u[j] += g * b_k
+                            lanes_B[t, k, j] += g * dt * u_step[j]
+                            grad_state[k, j] = g * decay
+                    for j in range(width):
+                        grad_u[b, t, d0 + j] = acc_u[j] * dt_step[j]
+                        grad_delta[b, t, d0 + j] = acc_dt[j]
+            for k in range(d_state):
+                for j in range(width):
+                    grad_A_t[k, d0 + j] += grad_A_block[k, j]
+        for t in range(length):
+            for k in range(d_state):
+                total_B = zero
+                total_C = zero
+                for j in range(CHANNEL_BLOCK):
+                    total_B += lanes_B[t, k, j]
+                    total_C += lanes_C[t, k, j]
+                grad_B[b, t, k] = total_B
+                grad_C[b, t, k] = total_C
+
+
+class _NumbaScan(torch.autograd.Function):
+    """The numba kernels as an autograd op on (u, Δ, A, B, C) in the (batch, d_inner, L) layout."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        # time-major copies for the kernels (cheap next to the scan itself)
+        u_t, delta_t, B_t, C_t = (x.detach().transpose(1, 2).contiguous() for x in (u, delta, B, C))
+        A_t = A.detach().t().contiguous()
+        y_t = torch.empty_like(u_t)
+        _numba_scan_forward(u_t.numpy(), delta_t.numpy(), A_t.numpy(), B_t.numpy(), C_t.numpy(), y_t.numpy())
+        ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t)
+        return y_t.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u_t, delta_t, A_t, B_t, C_t = ctx.saved_tensors
+        grad_y_t = grad_y.detach().to(u_t.dtype).transpose(1, 2).contiguous()
+        grad_u, grad_delta = torch.empty_like(u_t), torch.empty_like(u_t)
+        grad_A_t, grad_B, grad_C = torch.zeros_like(A_t), torch.empty_like(B_t), torch.empty_like(C_t)
+        _numba_scan_backward(
+            *(x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, grad_y_t, grad_u, grad_delta)),
+            *(x.numpy() for x in (grad_A_t, grad_B, grad_C)),
+        )
+        return (
+            grad_u.transpose(1, 2),
+            grad_delta.transpose(1, 2),
+            grad_A_t.t(),
+            grad_B.transpose(1, 2),
+            grad_C.transpose(1, 2),
+        )
