@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from videogemma.train.callbacks import MetricsLogCallback, PlotCallback
+from videogemma.train.callbacks import MetricsLogCallback, PlotCallback, TimeLimitCallback
 from videogemma.train.feature_cache import FeatureCache, module_weights_hash
 from videogemma.train.model_source import build_model, build_processor
 from videogemma.train.stages import (
@@ -42,17 +43,25 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (its `trainer_state.json`, written last, exists); a checkpoint cut short
-    by a kill is passed over."""
+    """The newest complete checkpoint: its `trainer_state.json`, which the Trainer writes last, reads as JSON.
+    A checkpoint cut short by a kill is passed over."""
     directory = Path(output_dir)
     if not directory.is_dir():
         return None
     complete = [
         (int(match.group(1)), path)
         for path in directory.iterdir()
-        if (match := _CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()
+        if (match := _CHECKPOINT.match(path.name)) and _complete(path)
     ]
     return max(complete)[1] if complete else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def world_size() -> int:
@@ -103,10 +112,11 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         max_steps=config.max_steps,
         max_grad_norm=config.max_grad_norm,
         **precision_flags(config.precision),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps" if has_eval else "no",
         eval_steps=config.eval_steps if has_eval else None,
+        eval_on_start=config.eval_on_start and has_eval,
         save_strategy="steps",
         save_steps=config.resolved_save_steps,
         save_total_limit=config.save_total_limit,
@@ -120,6 +130,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         seed=config.seed,
         data_seed=config.seed,
         dataloader_num_workers=config.data.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         report_to=[],
         deepspeed=config.deepspeed,
@@ -130,8 +141,8 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
     )
 
 
-def run_training(config: TrainConfig, resume: bool = False) -> Path:
-    """Train as `config` says; returns the run directory."""
+def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: list[Any] | None = None) -> Path:
+    """Train as `config` says; returns the run directory. `extra_callbacks`: more Trainer callbacks (timing)."""
     from transformers import set_seed
 
     from videogemma.train.data import build_datasets
@@ -150,7 +161,14 @@ def run_training(config: TrainConfig, resume: bool = False) -> Path:
     model = prepare_model_for_stage(model, config)
     trainable = check_trainable(model, config.stage)
     total = sum(p.numel() for p in model.parameters())
-    logger.info("stage %s: %s of %s parameters train", config.stage, f"{trainable:,}", f"{total:,}")
+    logger.info(
+        "stage %s: %s of %s parameters train; %d processes, gradient accumulation %d",
+        config.stage,
+        f"{trainable:,}",
+        f"{total:,}",
+        world_size(),
+        args.gradient_accumulation_steps,
+    )
 
     augment = False  # the conversation dataset applies no random augmentation (DATA.md augments offline)
     cache = feature_cache_for(config, model, processor, augment)
@@ -161,6 +179,11 @@ def run_training(config: TrainConfig, resume: bool = False) -> Path:
         save_train_config(config, run_dir / CONFIG_NAME)
         processor.save_pretrained(run_dir / "processor")
 
+    callbacks: list[Any] = [MetricsLogCallback(run_dir)]
+    if config.plots:
+        callbacks.append(PlotCallback(run_dir))
+    if config.max_train_minutes is not None:
+        callbacks.append(TimeLimitCallback(config.max_train_minutes))
     trainer = VideoGemmaTrainer(
         model=model,
         args=args,
@@ -169,7 +192,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> Path:
         data_collator=collator,
         train_config=config,
         feature_cache=cache,
-        callbacks=[MetricsLogCallback(run_dir)] + ([PlotCallback(run_dir)] if config.plots else []),
+        callbacks=callbacks + list(extra_callbacks or []),
     )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run_outputs(trainer, config, run_dir)

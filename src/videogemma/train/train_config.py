@@ -122,9 +122,11 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where supported, else fp32) | "bf16" | "fp16" | "fp32"
     gradient_checkpointing: bool = True
     eval_steps: int = 50
+    eval_on_start: bool = False  # a validation pass before the first step (the starting loss)
     save_steps: int | None = None  # default: eval_steps (the best checkpoint needs both on the same steps)
     save_total_limit: int = 2
     logging_steps: int = 1
+    max_train_minutes: float | None = None  # stop (and save) once training has run this long
     seed: int = 42
     # "auto": cache the frozen encoders' features when both encoders are frozen and no augmentation is on.
     feature_cache: str = "auto"  # "auto" | "off"

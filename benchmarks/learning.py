@@ -1,0 +1,178 @@
+"""Learning check: does the `tiny` preset learn the synthetic exercise dataset?
+
+1. Generate the synthetic dataset (QVED layout) and its splits.
+2. Train `tiny` from scratch (`full`, configs/demo_tiny.yaml) within a wall-time budget.
+3. Greedy generation on the test split: exercise identification (the name before " - " matches) and exact
+   label match. Targets: ≥ 90 % and ≥ 60 %.
+4. `finetune` (LoRA + projectors, frozen encoders) starting from that model: the validation loss improves.
+
+    python benchmarks/learning.py --out runs/learning [--minutes 10] [--per-variant 20]
+
+Prints the figures, writes `learning.json` and the training plots of both runs under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def make_dataset(root: Path, per_variant: int, size: int, frames: int, seed: int) -> Path:
+    from videogemma.data.qved_prepare import prepare_splits
+    from videogemma.data.synthetic import generate_dataset
+
+    if not (root / "qved_test.json").is_file():
+        generate_dataset(root, per_variant=per_variant, seed=seed, size=size, num_frames=frames, workers=2)
+        prepare_splits(root)
+    return root
+
+
+@torch.inference_mode()
+def evaluate_generation(run_dir: Path, split_file: Path, batch_size: int = 16) -> dict[str, Any]:
+    """Greedy answers on a split; exercise identification and exact match rates, and some examples."""
+    from videogemma.data.chat_template import normalize_conversation
+    from videogemma.evaluation.metrics import exercise_name
+    from videogemma.inference.generate import GenerationSettings, generate_answers
+    from videogemma.train.export import load_run
+
+    model, processor = load_run(run_dir)
+    records = json.loads(split_file.read_text())
+    root = split_file.parent
+    settings = GenerationSettings(max_new_tokens=64)
+    identified = exact = 0
+    examples = []
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        questions, truths = [], []
+        for record in batch:
+            turns = normalize_conversation(record["conversations"])
+            questions.append(turns[0].text)
+            truths.append(turns[1].text.strip())
+        inputs = processor(
+            videos=[str(root / r["video"]) for r in batch], text=questions, padding_side="left"
+        )
+        answers = generate_answers(model, processor, inputs, settings)
+        for truth, answer in zip(truths, answers):
+            identified += exercise_name(answer.text) == exercise_name(truth)
+            exact += answer.text.strip() == truth
+            if len(examples) < 6:
+                examples.append({"truth": truth, "prediction": answer.text})
+    n = len(records)
+    return {
+        "samples": n,
+        "exercise_identification": identified / n,
+        "exact_match": exact / n,
+        "examples": examples,
+    }
+
+
+def train(config: dict[str, Any], path: Path) -> tuple[Path, float]:
+    from videogemma.train.run import run_training
+    from videogemma.train.train_config import load_train_config
+
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    run_dir = run_training(load_train_config(path))
+    return run_dir, time.perf_counter() - start
+
+
+def eval_losses(run_dir: Path) -> list[tuple[int, float]]:
+    losses = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "eval_loss" in entry:
+            losses.append((entry["step"], entry["eval_loss"]))
+    return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT / "runs" / "learning")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget of the `full` run")
+    parser.add_argument("--per-variant", type=int, default=20, help="synthetic clips per form variant")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=24, help="frames per synthetic clip")
+    parser.add_argument("--finetune-epochs", type=float, default=2.0)
+    parser.add_argument("--config", type=Path, default=PROJECT / "configs" / "demo_tiny.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    data = make_dataset(args.out / "data", args.per_variant, args.size, args.frames, seed=0)
+    splits = {s: data / f"qved_{s}.json" for s in ("train", "val", "test")}
+    counts = {s: len(json.loads(p.read_text())) for s, p in splits.items()}
+    print(f"dataset: {counts}")
+
+    # 1. `full` from scratch, within the budget.
+    full = yaml.safe_load(args.config.read_text())
+    full.update(
+        output_dir=str(args.out / "full"),
+        max_train_minutes=args.minutes,
+        feature_cache_dir=str(args.out / "feature_cache"),
+    )
+    full["data"] = {"train_file": str(splits["train"]), "val_file": str(splits["val"])}
+    full_dir, full_seconds = train(full, args.out / "full.yaml")
+    full_result = evaluate_generation(full_dir, splits["test"])
+    print(f"full: trained {full_seconds / 60:.1f} min; test exercise identification "
+          f"{full_result['exercise_identification']:.1%}, exact label match {full_result['exact_match']:.1%}")  # fmt: skip
+
+    # 2. `finetune` (LoRA + projectors, frozen encoders) from the trained model.
+    from videogemma.train.export import export_run
+
+    pretrained = export_run(full_dir, args.out / "full_merged")
+    finetune = {
+        "stage": "finetune",
+        "output_dir": str(args.out / "finetune"),
+        "model": {"pretrained": str(pretrained)},
+        "data": {"train_file": str(splits["train"]), "val_file": str(splits["val"])},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "learning_rate": 5e-4,
+        "projector_learning_rate": 1e-4,
+        "num_epochs": args.finetune_epochs,
+        "per_device_batch_size": full.get("per_device_batch_size", 8),
+        "effective_batch_size": full.get("effective_batch_size", 8),
+        "eval_steps": full.get("eval_steps", 50),
+        "eval_on_start": True,
+        "save_total_limit": 1,
+        "precision": "fp32",
+        "gradient_checkpointing": False,
+        "feature_cache_dir": str(args.out / "feature_cache"),
+    }
+    finetune_dir, finetune_seconds = train(finetune, args.out / "finetune.yaml")
+    losses = eval_losses(finetune_dir)
+    finetune_result = evaluate_generation(finetune_dir, splits["test"])
+    start_loss, best_loss = losses[0][1], min(loss for _, loss in losses)
+    print(f"finetune: {finetune_seconds / 60:.1f} min; validation loss {start_loss:.4f} → {best_loss:.4f} "
+          f"(best); test exercise identification {finetune_result['exercise_identification']:.1%}, "
+          f"exact {finetune_result['exact_match']:.1%}")  # fmt: skip
+
+    summary = {
+        "dataset": counts,
+        "full": {"minutes": full_seconds / 60, **full_result, "eval_losses": eval_losses(full_dir)},
+        "finetune": {"minutes": finetune_seconds / 60, **finetune_result, "eval_losses": losses},
+        "targets_met": {
+            "exercise_identification_ge_90": full_result["exercise_identification"] >= 0.9,
+            "exact_match_ge_60": full_result["exact_match"] >= 0.6,
+            "finetune_improves_val_loss": best_loss < start_loss,
+        },
+    }
+    (args.out / "learning.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary["targets_met"]))
+    print(f"plots: {full_dir / 'plots'}, {finetune_dir / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Command-line training in subprocesses: SIGKILL + `--resume` ends with the same weights as an uninterrupted
+run; DDP with torchrun (2 CPU processes, gloo); DeepSpeed ZeRO-2 (2 CPU processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "videogemma.modeling.videomamba", reason="the VideoMamba encoder (helper 'scan') has not landed yet"
+)
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _train_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "videogemma.cli", "train", "--config", str(config), *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "videogemma.cli", "train", "--config", str(config), *extra]  # fmt: skip
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    first, second = load_file(a), load_file(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tiny_config_file) -> None:
+    changes = dict(max_steps=8, save_steps=2, eval_steps=2, save_total_limit=3, lora={"dropout": 0.1})
+    reference = tiny_config_file("finetune", "reference", **changes)
+    interrupted = tiny_config_file("finetune", "interrupted", **changes)
+    subprocess.run(_train_command(reference), env=_env(), check=True, capture_output=True, timeout=300)
+
+    run_dir = interrupted.with_suffix("")
+    process = subprocess.Popen(_train_command(interrupted), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint-2" / "trainer_state.json").is_file():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "adapter").exists(), "the run finished before it was killed"
+
+    subprocess.run(
+        _train_command(interrupted, "--resume"), env=_env(), check=True, capture_output=True, timeout=300
+    )
+    reference_dir = reference.with_suffix("")
+    _assert_same_tensors(reference_dir / "adapter" / "adapter_model.safetensors",
+                         run_dir / "adapter" / "adapter_model.safetensors")  # fmt: skip
+    _assert_same_tensors(reference_dir / "projectors.safetensors", run_dir / "projectors.safetensors")
+    steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(steps) == 8  # the steps after the checkpoint, trained twice, are logged once
+
+
+def test_ddp_with_torchrun_on_two_cpu_processes(tiny_config_file) -> None:
+    config = tiny_config_file("finetune", "ddp", per_device_batch_size=1, effective_batch_size=2, max_steps=2)
+    result = _torchrun(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = config.with_suffix("")
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert "2 processes" in result.stderr  # both ranks joined one process group
+    log = (run_dir / "metrics.jsonl").read_text()
+    assert '"loss"' in log and '"eval_loss"' in log
+
+
+def test_deepspeed_zero2_on_two_cpu_processes(tiny_config_file) -> None:
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
+    config = tiny_config_file(
+        "finetune",
+        "zero2",
+        per_device_batch_size=1,
+        effective_batch_size=2,
+        max_steps=2,
+        deepspeed=str(PROJECT / "configs" / "deepspeed" / "zero2.json"),
+        precision="fp32",
+    )
+    result = _torchrun(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = config.with_suffix("")
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    projectors = load_file(run_dir / "projectors.safetensors")
+    assert all(torch.isfinite(t).all() for t in projectors.values())
