@@ -57,6 +57,15 @@ def test_a_distinct_frame_is_kept() -> None:
     assert indices.tolist() == [[0, 1, 2]]
 
 
+def test_scores_stay_fp32_under_autocast() -> None:
+    torch.manual_seed(3)
+    features = torch.randn(1, 4, 16, 32) * 0.5  # spread attention: bf16 would be off by ~1e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = keyframe_scores(features, chunk_size=4, block_size=8)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores.double(), formula_scores(features, 4), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_geometry_is_an_error() -> None:
     features = torch.randn(1, 6, 4, 8)
     with pytest.raises(ValueError, match="chunks of 4"):

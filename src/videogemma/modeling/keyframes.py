@@ -32,10 +32,12 @@ def keyframe_scores(features: torch.Tensor, chunk_size: int, block_size: int = 5
     tokens = features.detach().float().reshape(batch * num_chunks, chunk_size * patches, dim)
     scale = 1.0 / math.sqrt(dim)
     received = torch.zeros(tokens.shape[:2], dtype=torch.float32, device=tokens.device)
-    for start in range(0, tokens.shape[1], block_size):
-        queries = tokens[:, start : start + block_size]
-        attention = torch.softmax(queries @ tokens.transpose(1, 2) * scale, dim=-1)
-        received += attention.sum(dim=1)
+    # fp32 even inside a bf16/fp16 autocast region (mixed-precision training would otherwise downcast)
+    with torch.autocast(tokens.device.type, enabled=False):
+        for start in range(0, tokens.shape[1], block_size):
+            queries = tokens[:, start : start + block_size]
+            attention = torch.softmax(queries @ tokens.transpose(1, 2) * scale, dim=-1)
+            received += attention.sum(dim=1)
     return received.reshape(batch, num_chunks, chunk_size, patches).sum(-1).reshape(batch, frames)
 
 
