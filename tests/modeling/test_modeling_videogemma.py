@@ -195,6 +195,20 @@ def test_loss_at_supervised_positions_equals_full_cross_entropy(
             ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=10, video_features=features
         ).loss
     torch.testing.assert_close(summed, expected_loss * int(supervised.sum()) / 10)
+    # placeholders left in the labels are not supervised
+    with torch.no_grad():
+        unmasked = labels.masked_scatter(ids == IMAGE, ids[ids == IMAGE])
+        assert (unmasked == IMAGE).sum() == 2 * N_VISUAL
+        torch.testing.assert_close(
+            model(ids, attention_mask=attention_mask, labels=unmasked, video_features=features).loss,
+            expected_loss,
+        )
+
+
+def test_package_exports_the_model() -> None:
+    import videogemma
+
+    assert videogemma.VideoGemmaForConditionalGeneration is VideoGemmaForConditionalGeneration
 
 
 # ---- KV cache, KV sharing, gradient checkpointing -----------------------------------------------------

@@ -316,8 +316,8 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         """Language-model logits (and loss) for token ids holding `config.image_token_id` placeholders.
 
         The video comes as pixel values (both preprocessings), `video_features` or `visual_tokens`, or not
-        at all (text only). With `labels` (-100 = unsupervised), the LM head and loss are computed only at the
-        supervised positions: `logits` is then (num_supervised, vocab) in batch-major order (the prediction
+        at all (text only). With `labels` (-100 = unsupervised; placeholder labels are ignored too), the LM head
+        and loss are computed only at the supervised positions: `logits` is then (num_supervised, vocab) in batch-major order (the prediction
         of each supervised label), and the loss equals the mean cross-entropy over them (or their sum divided
         by `num_items_in_batch` when given, for gradient accumulation).
         """
@@ -352,8 +352,9 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             logits = self._lm_logits(slice_logits_to_keep(hidden_states, logits_to_keep))
         else:
             # Position t predicts token t+1: only the positions whose next label is supervised get logits.
+            # A placeholder is never a target, even if the caller left it in the labels.
             targets = labels[:, 1:].to(hidden_states.device)
-            supervised = targets != IGNORE_INDEX
+            supervised = (targets != IGNORE_INDEX) & (targets != self.config.image_token_id)
             logits = self._lm_logits(hidden_states[:, :-1][supervised])
             loss_sum = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
             denominator = (
