@@ -304,15 +304,20 @@ def test_batched_left_padded_greedy_generation_equals_one_by_one(
     assert all(IMAGE not in tokens for tokens in singles)  # a placeholder is never generated
 
 
-def test_sampling_generation_runs_with_video_features(model: VideoGemmaForConditionalGeneration) -> None:
+def test_sampling_and_beam_search_with_video_features(model: VideoGemmaForConditionalGeneration) -> None:
     video = random_video(1, seed=8)
     with torch.no_grad():
         features = model.extract_video_features(**video)
     prompt = torch.tensor([video_ids([11], [12])])
     torch.manual_seed(0)
-    out = model.generate(prompt, video_features=features, max_new_tokens=4, do_sample=True, top_k=20)
-    assert out.shape[0] == 1 and prompt.shape[1] < out.shape[1] <= prompt.shape[1] + 4
-    assert torch.equal(out[:, : prompt.shape[1]], prompt)
+    samples = model.generate(
+        prompt, video_features=features, max_new_tokens=4, do_sample=True, top_k=20, num_return_sequences=3
+    )
+    assert samples.shape[0] == 3 and prompt.shape[1] < samples.shape[1] <= prompt.shape[1] + 4
+    assert torch.equal(samples[:, : prompt.shape[1]], prompt.expand(3, -1))
+    beams = model.generate(prompt, video_features=features, max_new_tokens=4, num_beams=2, do_sample=False)
+    beams_from_pixels = model.generate(prompt, **video, max_new_tokens=4, num_beams=2, do_sample=False)
+    assert torch.equal(beams, beams_from_pixels)
 
 
 # ---- the e2b preset -------------------------------------------------------------------------------------

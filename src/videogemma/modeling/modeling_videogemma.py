@@ -60,6 +60,12 @@ class VideoFeatures:
         """Select videos of the batch (`features[i:j]`)."""
         return VideoFeatures(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def repeat_interleave(self, repeats: int) -> VideoFeatures:
+        """Repeat each video `repeats` times along the batch (beam search, several samples per prompt)."""
+        return VideoFeatures(
+            **{f.name: getattr(self, f.name).repeat_interleave(repeats, 0) for f in fields(self)}
+        )
+
     @classmethod
     def cat(cls, items: list[VideoFeatures]) -> VideoFeatures:
         """Concatenate along the batch."""
@@ -381,6 +387,20 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             for name in VIDEO_INPUT_NAMES:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, dict[str, Any]]:
+        # `generate` repeats tensor inputs for beams / num_return_sequences; VideoFeatures is not a tensor.
+        if expand_size > 1 and model_kwargs.get("video_features") is not None:
+            model_kwargs["video_features"] = model_kwargs["video_features"].repeat_interleave(expand_size)
+        return super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
 
     # ---- building from real checkpoints --------------------------------------------------------------
 
