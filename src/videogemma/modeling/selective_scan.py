@@ -122,13 +122,15 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
 def _scan_reference(u, delta, A, B, C):
     """The recurrence, one time step at a time (Δ already includes bias and softplus; no D term)."""
     batch, d_inner, length = u.shape
-    decay = torch.exp(delta[..., None] * A[:, None, :])  # (b, d, L, n)
-    drive = (delta * u)[..., None] * B.transpose(1, 2)[:, None]  # (b, d, L, n)
+    # time-major (L, b, d, n), so that every step reads contiguous memory
+    decay = torch.exp(delta.permute(2, 0, 1)[..., None] * A)
+    drive = (delta * u).permute(2, 0, 1)[..., None] * B.permute(2, 0, 1)[:, :, None]
+    C = C.permute(2, 0, 1)[:, :, None]  # (L, b, 1, n)
     state = u.new_zeros(batch, d_inner, A.shape[1])
     ys = []
     for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+        state = decay[t] * state + drive[t]
+        ys.append((state * C[t]).sum(-1))
     return torch.stack(ys, dim=-1)
 
 
@@ -138,37 +140,37 @@ def _scan_reference(u, delta, A, B, C):
 def _scan_chunked(u, delta, A, B, C, chunk_size: int | None = None):
     """Chunked scan: a loop inside all chunks at once, then a loop across chunks (≈2√L steps in all)."""
     batch, d_inner, length = u.shape
-    d_state = A.shape[1]
     chunk = chunk_size or max(1, math.isqrt(length - 1) + 1)
     pad = (-length) % chunk
     if pad:  # Δ = 0 and u = 0 leave the state unchanged; the padded outputs are cut off below
         u, delta, B, C = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
     num_chunks = (length + pad) // chunk
-    # (b, d, chunks, chunk, n): log-decay and input of every step
-    log_decay = delta.view(batch, d_inner, num_chunks, chunk, 1) * A[:, None, None, :]
-    B_chunks = B.view(batch, d_state, num_chunks, chunk).permute(0, 2, 3, 1)[:, None]
-    drive = (delta * u).view(batch, d_inner, num_chunks, chunk, 1) * B_chunks
-    # 1) states of every chunk started from zero, all chunks in parallel
+
+    def by_step(x):  # (b, channels, L) -> (chunk, b, channels, num_chunks, 1): step-in-chunk outermost
+        return x.view(x.shape[0], x.shape[1], num_chunks, chunk).permute(3, 0, 1, 2)[..., None]
+
+    # (chunk, b, d, num_chunks, n): log-decay and input of every step
+    log_decay = by_step(delta) * A[:, None, :]
+    drive = by_step(delta * u) * by_step(B).permute(0, 1, 4, 3, 2)
+    # 1) states within every chunk, each started from zero, all chunks in parallel
     decay = torch.exp(log_decay)
+    state = u.new_zeros(batch, d_inner, num_chunks, A.shape[1])
     local = []
-    state = u.new_zeros(batch, d_inner, num_chunks, d_state)
     for i in range(chunk):
-        state = decay[:, :, :, i] * state + drive[:, :, :, i]
+        state = decay[i] * state + drive[i]
         local.append(state)
-    local_states = torch.stack(local, dim=3)
+    local_states = torch.stack(local)
     # 2) the state entering each chunk: carry the last state across chunks with the chunk's total decay
-    cumulative_decay = torch.exp(torch.cumsum(log_decay, dim=3))  # decay from the chunk start to each step
-    carry = u.new_zeros(batch, d_inner, d_state)
-    carried = []
+    cumulative_decay = torch.exp(torch.cumsum(log_decay, dim=0))  # from the chunk's start to each step
+    carry = u.new_zeros(batch, d_inner, A.shape[1])
+    incoming = []
     for c in range(num_chunks):
-        carried.append(carry)
-        carry = cumulative_decay[:, :, c, -1] * carry + local_states[:, :, c, -1]
-    incoming = torch.stack(carried, dim=2)[:, :, :, None]  # (b, d, chunks, 1, n)
-    # 3) true states = local states + decayed incoming state; contract with C
-    states = local_states + cumulative_decay * incoming
-    C_chunks = C.view(batch, d_state, num_chunks, chunk).permute(0, 2, 3, 1)
-    y = torch.einsum("bdcln,bcln->bdcl", states, C_chunks)
-    return y.reshape(batch, d_inner, num_chunks * chunk)[..., :length]
+        incoming.append(carry)
+        carry = cumulative_decay[-1, :, :, c] * carry + local_states[-1, :, :, c]
+    states = local_states + cumulative_decay * torch.stack(incoming, dim=2)
+    # 3) contract with C and put time back in order
+    y = (states * by_step(C).permute(0, 1, 4, 3, 2)).sum(-1)  # (chunk, b, d, num_chunks)
+    return y.permute(1, 2, 3, 0).reshape(batch, d_inner, num_chunks * chunk)[..., :length]
 
 
 # ---- numba (CPU) ----------------------------------------------------------------------------------------
