@@ -11,8 +11,8 @@ import torch
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 REAL_CLIP = SHARED_FIXTURES / "real_clip_00000340.mp4"
 
-# Two cores: keep torch from oversubscribing them in tests.
-torch.set_num_threads(2)
+# Test tensors are small: one thread avoids synchronisation cost, which dominates on 2 shared cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
