@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numba
 import numpy as np
@@ -221,13 +223,14 @@ def _decay_exp_overload(x):
 
 
 @numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
-def _numba_scan_forward(u, delta, A_t, B, C, y):  # pragma: no cover - compiled
-    """y[b, t, d] = Σ_k C[b, t, k] s[t, d, k]; u, delta, y (b, L, d); A_t (n, d); B, C (b, L, n).
+def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no cover - compiled
+    """y[b, t, d] = Σ_k C[b, t, k] s[t, d, k] for channels d_begin..d_end; u, delta, y (b, L, d); A_t (n, d);
+    B, C (b, L, n).
 
     The innermost loops read and write only small local buffers of one channel block, so that LLVM can
     vectorise them without aliasing checks against the big arrays.
     """
-    batch, length, d_inner = u.shape
+    batch, length, _ = u.shape
     d_state = A_t.shape[0]
     zero = u.dtype.type(0)
     state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
@@ -236,10 +239,12 @@ def _numba_scan_forward(u, delta, A_t, B, C, y):  # pragma: no cover - compiled
     dt_u_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     y_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     for b in range(batch):
-        for d0 in range(0, d_inner, CHANNEL_BLOCK):
-            width = min(CHANNEL_BLOCK, d_inner - d0)
+        for d0 in range(d_begin, d_end, CHANNEL_BLOCK):
+            width = min(CHANNEL_BLOCK, d_end - d0)
             state[:] = zero
-            A_block[:] = zero  # lanes past d_inner compute on zeros and are never written out
+            dt_step[:] = zero  # lanes past d_end compute on zeros and are never written out
+            dt_u_step[:] = zero
+            A_block[:] = zero
             A_block[:, :width] = A_t[:, d0 : d0 + width]
             for t in range(length):
                 for j in range(width):
@@ -259,7 +264,7 @@ def _numba_scan_forward(u, delta, A_t, B, C, y):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
 def _numba_scan_backward(
-    u, delta, A_t, B, C, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C
+    u, delta, A_t, B, C, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C, d_begin, d_end
 ):  # pragma: no cover
     """Gradients of the scan (layouts as in the forward; grad_A_t must start at zero).
 
@@ -267,7 +272,7 @@ def _numba_scan_backward(
     segment from the end, the segment's states are recomputed and the adjoint runs back through them.
     Memory O((L / SEGMENT + SEGMENT) · d_state · CHANNEL_BLOCK) plus the per-lane dB, dC sums.
     """
-    batch, length, d_inner = u.shape
+    batch, length, _ = u.shape
     d_state = A_t.shape[0]
     zero = u.dtype.type(0)
     num_segments = (length + SEGMENT - 1) // SEGMENT
@@ -288,12 +293,14 @@ def _numba_scan_backward(
     for b in range(batch):
         lanes_B[:] = zero
         lanes_C[:] = zero
-        for d0 in range(0, d_inner, CHANNEL_BLOCK):
-            width = min(CHANNEL_BLOCK, d_inner - d0)
+        for d0 in range(d_begin, d_end, CHANNEL_BLOCK):
+            width = min(CHANNEL_BLOCK, d_end - d0)
             A_block[:] = zero
             A_block[:, :width] = A_t[:, d0 : d0 + width]
             grad_A_block[:] = zero
-            gy_step[:] = zero  # lanes past d_inner keep zero gradients
+            dt_step[:] = zero  # lanes past d_end compute on zeros: zero states, zero gradients
+            u_step[:] = zero
+            gy_step[:] = zero
             # forward, keeping the state that enters every segment
             state[:] = zero
             for t in range(length):
@@ -363,6 +370,23 @@ def _numba_scan_backward(
                 grad_C[b, t, k] = total_C
 
 
+def _channel_ranges(d_inner: int) -> list[tuple[int, int]]:
+    """Split the channels, in whole blocks, over torch's thread count (the kernels release the GIL)."""
+    blocks = -(-d_inner // CHANNEL_BLOCK)
+    workers = max(1, min(torch.get_num_threads(), blocks))
+    bounds = [CHANNEL_BLOCK * (blocks * i // workers) for i in range(workers + 1)]
+    return [(begin, min(end, d_inner)) for begin, end in pairwise(bounds)]
+
+
+def _run_threaded(kernel, ranges: list[tuple[int, int]], args_for) -> None:
+    if len(ranges) == 1:
+        kernel(*args_for(0), *ranges[0])
+        return
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        for future in [pool.submit(kernel, *args_for(i), *r) for i, r in enumerate(ranges)]:
+            future.result()
+
+
 class _NumbaScan(torch.autograd.Function):
     """The numba kernels as an autograd op on (u, Δ, A, B, C) in the (batch, d_inner, L) layout."""
 
@@ -372,7 +396,8 @@ class _NumbaScan(torch.autograd.Function):
         u_t, delta_t, B_t, C_t = (x.detach().transpose(1, 2).contiguous() for x in (u, delta, B, C))
         A_t = A.detach().t().contiguous()
         y_t = torch.empty_like(u_t)
-        _numba_scan_forward(u_t.numpy(), delta_t.numpy(), A_t.numpy(), B_t.numpy(), C_t.numpy(), y_t.numpy())
+        arrays = [x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, y_t)]
+        _run_threaded(_numba_scan_forward, _channel_ranges(u.shape[1]), lambda i: arrays)
         ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t)
         return y_t.transpose(1, 2)
 
@@ -381,15 +406,17 @@ class _NumbaScan(torch.autograd.Function):
         u_t, delta_t, A_t, B_t, C_t = ctx.saved_tensors
         grad_y_t = grad_y.detach().to(u_t.dtype).transpose(1, 2).contiguous()
         grad_u, grad_delta = torch.empty_like(u_t), torch.empty_like(u_t)
-        grad_A_t, grad_B, grad_C = torch.zeros_like(A_t), torch.empty_like(B_t), torch.empty_like(C_t)
-        _numba_scan_backward(
-            *(x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, grad_y_t, grad_u, grad_delta)),
-            *(x.numpy() for x in (grad_A_t, grad_B, grad_C)),
-        )
+        grad_A_t = torch.zeros_like(A_t)
+        ranges = _channel_ranges(u_t.shape[2])
+        # dB and dC sum over channels: one partial sum per thread, added up below
+        grad_B = B_t.new_empty(len(ranges), *B_t.shape)
+        grad_C = C_t.new_empty(len(ranges), *C_t.shape)
+        shared = [x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, grad_y_t, grad_u, grad_delta, grad_A_t)]
+        _run_threaded(_numba_scan_backward, ranges, lambda i: [*shared, grad_B[i].numpy(), grad_C[i].numpy()])
         return (
             grad_u.transpose(1, 2),
             grad_delta.transpose(1, 2),
             grad_A_t.t(),
-            grad_B.transpose(1, 2),
-            grad_C.transpose(1, 2),
+            grad_B.sum(0).transpose(1, 2),
+            grad_C.sum(0).transpose(1, 2),
         )
