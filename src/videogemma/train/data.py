@@ -39,14 +39,12 @@ def build_datasets(config: TrainConfig, processor: Any, cache: FeatureCache | No
         raise TrainConfigError(f"data.train_file {config.data.train_file}: no usable sample")
     val = load(config.data.val_file) if config.data.val_file else None
     if cache is None:
-        return train, val, ConversationCollator(processor, refill_from=[d for d in (train, val) if d is not None])
+        datasets = [d for d in (train, val) if d is not None]
+        return train, val, ConversationCollator(processor, refill_from=datasets)
     train = CachedFeatureDataset(train, cache)
     val = CachedFeatureDataset(val, cache) if val is not None else None
-    return (
-        train,
-        val,
-        CachedFeatureCollator(processor, refill_from=[d for d in (train, val) if d is not None]),
-    )
+    datasets = [d for d in (train, val) if d is not None]
+    return train, val, CachedFeatureCollator(processor, refill_from=datasets)
 
 
 class CachedFeatureDataset(torch.utils.data.Dataset):

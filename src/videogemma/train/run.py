@@ -95,10 +95,33 @@ def feature_cache_for(
     return FeatureCache(directory, module_weights_hash(videogemma.clip, videogemma.videomamba), settings)
 
 
+def _deepspeed_cpu_state() -> dict[str, Any]:
+    """DeepSpeed without CUDA: set up the process group ourselves (gloo) and have the Trainer use it.
+
+    `transformers` starts DeepSpeed without a backend name, and `accelerate` then counts a CPU process group
+    as one process (each rank would train alone on the whole data); naming gloo gives the right world size.
+    """
+    from datetime import timedelta
+
+    from accelerate.state import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo", timeout=timedelta(minutes=30))
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
 def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
     from transformers import TrainingArguments
 
     distributed = world_size() > 1
+    deepspeed_cpu = (
+        _deepspeed_cpu_state()
+        if config.deepspeed is not None and distributed and not torch.cuda.is_available()
+        else {}
+    )
     return TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.per_device_batch_size,
@@ -138,6 +161,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         # LoRA on KV-shared layers' unused k/v projections and similar receive no gradient.
         ddp_find_unused_parameters=True if distributed else None,
         disable_tqdm=False,
+        **deepspeed_cpu,
     )
 
 
