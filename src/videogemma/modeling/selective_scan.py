@@ -179,9 +179,11 @@ def _scan_chunked(u, delta, A, B, C, chunk_size: int | None = None):
 #
 # Layout for the kernels: time-major (batch, L, channels), so that a block of CHANNEL_BLOCK neighbouring
 # channels is contiguous and the innermost loop runs over independent channels (SIMD lanes, no reduction
-# across lanes, so it vectorises without fastmath). The exponential of the decay is the hot spot; libm's exp
-# does not vectorise, so float32 uses a Cephes-style expf (Cody-Waite reduction, degree-6 polynomial,
-# relative error ≈ 2e-7, i.e. 1-2 ulp) built from arithmetic only; float64 keeps math.exp.
+# across lanes, so it vectorises without reassociating sums). The exponential of the decay is the hot spot;
+# libm's exp does not vectorise, so float32 uses a Cephes-style expf (Cody-Waite reduction, degree-6
+# polynomial, relative error ≈ 2e-7, i.e. 1-2 ulp) built from arithmetic only; float64 keeps math.exp.
+# The only fast-math flag is "contract" (fused multiply-add): no reassociation, no NaN/inf assumptions;
+# it makes the kernels ~1.4× faster.
 
 CHANNEL_BLOCK = 32  # channels per block: the SIMD lanes of the inner loops (2-4 vector registers)
 SEGMENT = 64  # backward: states are recomputed per segment of this many steps from stored checkpoints
@@ -222,7 +224,7 @@ def _decay_exp_overload(x):
     return lambda x: math.exp(x)  # float64: libm's exp
 
 
-@numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
+@numba.njit(cache=True, fastmath={"contract"}, parallel=False, nogil=True)
 def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no cover - compiled
     """y[b, t, d] = Σ_k C[b, t, k] s[t, d, k] for channels d_begin..d_end; u, delta, y (b, L, d); A_t (n, d);
     B, C (b, L, n).
@@ -262,7 +264,7 @@ def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no c
                     y[b, t, d0 + j] = y_step[j]
 
 
-@numba.njit(cache=True, fastmath=False, parallel=False, nogil=True)
+@numba.njit(cache=True, fastmath={"contract"}, parallel=False, nogil=True)
 def _numba_scan_backward(
     u, delta, A_t, B, C, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C, d_begin, d_end
 ):  # pragma: no cover
