@@ -142,3 +142,26 @@ def test_backend_choice():
     if not scan_module.mamba_ssm_available():
         with pytest.raises(ValueError, match="mamba_ssm package is not installed"):
             selective_scan(**make_inputs(batch=1, d_inner=2, length=3), backend="mamba_ssm")
+
+
+def test_mamba_ssm_backend_passes_mamba_ssm_arguments(monkeypatch):
+    """No GPU here: a stand-in `selective_scan_fn` with mamba_ssm's signature checks what it is given."""
+    import sys
+    import types
+
+    calls = []
+
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **kwargs):
+        calls.append(dict(z=z, delta_softplus=delta_softplus, **kwargs))
+        return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend="reference")
+
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn = selective_scan_fn
+    for name in ("mamba_ssm", "mamba_ssm.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, interface.__name__, interface)
+    monkeypatch.setattr(scan_module, "mamba_ssm_available", lambda: True)
+    inputs = make_inputs(batch=1, d_inner=6, length=12, seed=5)
+    y = selective_scan(**inputs, backend="mamba_ssm")
+    assert calls == [dict(z=None, delta_softplus=True)]
+    assert_close_scaled(y, selective_scan(**inputs, backend="reference"), "y")

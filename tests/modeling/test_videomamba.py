@@ -70,6 +70,16 @@ def test_numba_backend_equals_reference_backend_on_the_whole_encoder():
         torch.testing.assert_close(fast(frames), reference(frames), rtol=1e-4, atol=1e-5)
 
 
+def test_bfloat16_encoder_stays_close_to_float32():
+    model = small_model()
+    frames = frames_for(model.config)
+    with torch.no_grad():
+        expected = model(frames)
+        features = model.to(torch.bfloat16)(frames)
+    assert features.dtype == torch.bfloat16
+    torch.testing.assert_close(features.float(), expected, rtol=0.05, atol=0.05)
+
+
 def test_sequence_order_cls_then_frame_major_patches():
     """Patch i of frame f is token f·h·w + i: changing one pixel block changes that output token most."""
     model = small_model()
