@@ -139,6 +139,8 @@ def test_backend_choice():
     assert resolve_backend("auto", torch.device("cuda")) == expected_gpu
     with pytest.raises(ValueError, match="unknown selective-scan backend 'fast'"):
         resolve_backend("fast", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"'cpu' \(numba\) needs CPU tensors, got cuda"):
+        resolve_backend("cpu", torch.device("cuda"))
     if not scan_module.mamba_ssm_available():
         with pytest.raises(ValueError, match="mamba_ssm package is not installed"):
             selective_scan(**make_inputs(batch=1, d_inner=2, length=3), backend="mamba_ssm")
@@ -161,6 +163,9 @@ def test_mamba_ssm_backend_passes_mamba_ssm_arguments(monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, interface.__name__, interface)
     monkeypatch.setattr(scan_module, "mamba_ssm_available", lambda: True)
+    with pytest.raises(ValueError, match="'mamba_ssm' needs CUDA tensors, got cpu"):
+        resolve_backend("mamba_ssm", torch.device("cpu"))
+    monkeypatch.setattr(scan_module, "resolve_backend", lambda backend, device: backend)  # pretend CUDA
     inputs = make_inputs(batch=1, d_inner=6, length=12, seed=5)
     y = selective_scan(**inputs, backend="mamba_ssm")
     assert calls == [dict(z=None, delta_softplus=True)]

@@ -8,9 +8,10 @@ For every batch b, channel d and state index k, with Δ = softplus(delta + delta
 Backends (all differentiable, all equal to "reference" within fp32 rounding):
 
 - "reference": the equations above as a plain PyTorch loop over time. Slow; the ground truth for tests.
-- "cpu": numba kernels, one pass over time per (batch, channel) with the state kept in registers, and a
-  hand-written backward that recomputes the states of one channel at a time (memory O(L · d_state) per
-  call instead of O(batch · d_inner · L · d_state)). The default on CPU.
+- "cpu": numba kernels, one pass over time per block of 32 channels (the SIMD lanes), and a hand-written
+  backward that recomputes the states from checkpoints every 64 steps (memory O(L · d_state) per thread
+  instead of O(batch · d_inner · L · d_state)). Channel blocks are split over torch's thread count. The
+  default on CPU.
 - "chunked": pure PyTorch for GPUs without `mamba_ssm`. The sequence is cut into chunks of about √L steps;
   a short loop runs inside all chunks at once, a second short loop carries the state across chunks using
   the cumulative log-decays within each chunk. About 2√L small steps instead of L; autograd does the
@@ -73,8 +74,6 @@ def selective_scan(
     if backend == "reference":
         y = _scan_reference(u_c, delta, A_c, B_c, C_c)
     elif backend == "cpu":
-        if u.device.type != "cpu":
-            raise ValueError(f"the 'cpu' (numba) scan backend needs CPU tensors, got {u.device}")
         y = _NumbaScan.apply(u_c, delta, A_c, B_c, C_c)
     else:
         y = _scan_chunked(u_c, delta, A_c, B_c, C_c)
@@ -93,6 +92,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "cpu" if device.type == "cpu" else "chunked"
     if backend == "mamba_ssm" and not mamba_ssm_available():
         raise ValueError("scan backend 'mamba_ssm' requested but the mamba_ssm package is not installed")
+    if backend == "mamba_ssm" and device.type != "cuda":
+        raise ValueError(f"scan backend 'mamba_ssm' needs CUDA tensors, got {device}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"scan backend 'cpu' (numba) needs CPU tensors, got {device}")
     return backend
 
 
