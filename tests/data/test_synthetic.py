@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import videogemma
 from videogemma.data import synthetic
 from videogemma.data.qved_io import write_mp4
 from videogemma.data.synthetic import EXERCISES, Body, clip_rng, clip_specs, generate_dataset, render_clip
@@ -69,6 +73,42 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
     clips = [f for f in files if f.suffix == ".mp4"]
     assert all((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in clips)
+
+
+# Run in a fresh interpreter that first decodes a video (which once made x264's output vary between
+# processes); the package is registered by path so its transformers-importing __init__ is skipped.
+_GENERATE_IN_A_FRESH_PROCESS = """
+import sys, types
+package = types.ModuleType("videogemma")
+package.__path__ = [sys.argv[2]]
+sys.modules["videogemma"] = package
+from videogemma.data.video import read_video_frames
+from videogemma.data.synthetic import EXERCISES, generate_dataset
+read_video_frames(sys.argv[3], 4)
+generate_dataset(sys.argv[1], seed=11, exercises=EXERCISES[3:4], per_variant=1, size=64, num_frames=12, progress=False)
+"""
+
+
+def test_same_bytes_in_separate_processes(tmp_path, real_clip):
+    package_dir = str(Path(videogemma.__file__).parent)
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _GENERATE_IN_A_FRESH_PROCESS,
+                str(tmp_path / n),
+                package_dir,
+                str(real_clip),
+            ]
+        )
+        for n in ("a", "b")
+    ]
+    assert [run.wait(timeout=120) for run in runs] == [0, 0]
+    clips = sorted((tmp_path / "a").rglob("*.mp4"))
+    assert len(clips) == 3
+    for clip in clips:
+        assert clip.read_bytes() == (tmp_path / "b" / clip.relative_to(tmp_path / "a")).read_bytes()
 
 
 def test_parallel_generation_writes_the_same_bytes(tmp_path):

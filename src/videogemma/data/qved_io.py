@@ -164,8 +164,11 @@ def write_mp4(
 ) -> None:
     """Encode RGB uint8 frames (T, H, W, 3) to an H.264 (yuv420p) mp4, bit-identical for identical input.
 
-    One encoder thread keeps the output deterministic. Odd sizes are cropped by one pixel (yuv420p needs
-    even ones). Written to a temporary name first, so an interrupted run never leaves a truncated clip.
+    Determinism: one encoder thread, explicit timestamps, RGB→YUV done here in numpy, and x264's
+    macroblock tree off: with it, the bytes of noisy clips changed from process to process once other
+    video had been decoded in the process (it reads memory it never wrote). Odd sizes are cropped by one
+    pixel (yuv420p needs even ones). Written to a temporary name first, so an interrupted run never
+    leaves a truncated clip.
     """
     import av  # heavy; only the commands that write video need it
 
@@ -182,13 +185,34 @@ def write_mp4(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "18"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            params = "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0:rc-lookahead=0"
+            stream.options = {"preset": "veryfast", "crf": "18", "x264-params": params}
+        for index, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            video_frame.pts = index  # explicit: x264's rate control reads timestamps
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     os.replace(temporary, path)
+
+
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3), H and W even → planar yuv420p as PyAV wants it: (H·3/2, W) uint8.
+
+    BT.601 limited range (what decoders assume for untagged SD video); chroma is the mean of each 2×2 block.
+    """
+    rgb = frame.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    height, width = y.shape
+    u = u.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+    v = v.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    # PyAV reads the array flat: the luma plane, then U, then V (H/2 rows of width W for both together).
+    return np.concatenate([p.ravel() for p in planes]).reshape(height * 3 // 2, width)
 
 
 def _fps_fraction(fps: float) -> Any:
