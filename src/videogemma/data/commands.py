@@ -172,6 +172,29 @@ def _augment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- stats -------------------------------------------------------------------------------------------------
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from videogemma.data.qved_stats import collect_stats, plot_stats
+
+    stats = collect_stats(args.root, args.splits)
+    print(format_table(stats.table_header(), stats.table_rows()))
+    print(format_table(["resolution", "videos"], list(stats.resolutions().items())))
+    unreadable = [v for v in stats.videos if v.error]
+    for video in unreadable:
+        print(f"unreadable: {video.path}: {video.error}", file=sys.stderr)
+    out = Path(args.out or args.root)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_stats(stats, out / "dataset_stats.png")
+    (out / "dataset_stats.json").write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out / 'dataset_stats.png'} and {out / 'dataset_stats.json'}")
+    return 0
+
+
 # ---- registration -----------------------------------------------------------------------------------------
 
 
@@ -242,6 +265,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     augment.add_argument("--seed", type=int, default=0)
     augment.add_argument("--classes", nargs="*", help="only these classes")
     augment.set_defaults(func=_augment)
+
+    stats = commands.add_parser(
+        "stats", help="videos per class and split, durations, resolutions (table + plot)"
+    )
+    stats.add_argument("--root", required=True, help="dataset folder")
+    stats.add_argument("--splits", help="folder holding the split files (default: --root)")
+    stats.add_argument("--out", help="where dataset_stats.png/.json go (default: --root)")
+    stats.set_defaults(func=_stats)
 
 
 def main(argv: list[str] | None = None) -> int:  # `python -m videogemma.data.commands` for debugging
