@@ -53,7 +53,7 @@ def test_load_from_components_keeps_their_weights_and_answers(components, real_c
         videomamba.state_dict()["patch_embed.proj.weight"],
     )
     clip_weights = model.clip.vision_model.state_dict()
-    for name, tensor in clip.vision_model.state_dict().items():
+    for name, tensor in clip.state_dict().items():
         assert torch.equal(clip_weights[name], tensor), name
     assert processor.image_token_id == model.config.image_token_id
     result = answer(model, processor, real_clip, settings=GenerationSettings(max_new_tokens=4))
