@@ -102,10 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget of the `full` run")
     parser.add_argument("--per-variant", type=int, default=20, help="synthetic clips per form variant")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=24, help="frames per synthetic clip")
+    parser.add_argument("--frames", type=int, default=36, help="frames per synthetic clip")
+    parser.add_argument("--epochs", type=float, help="epochs of the `full` run (default: the config's)")
+    parser.add_argument(
+        "--learning-rate", type=float, help="learning rate of the `full` run (default: the config's)"
+    )
     parser.add_argument("--finetune-epochs", type=float, default=2.0)
     parser.add_argument("--config", type=Path, default=PROJECT / "configs" / "demo_tiny.yaml")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest for `tiny` on a shared 2-core machine)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         feature_cache_dir=str(args.out / "feature_cache"),
     )
     full["data"] = {"train_file": str(splits["train"]), "val_file": str(splits["val"])}
+    if args.epochs is not None:
+        full["num_epochs"] = args.epochs
+    if args.learning_rate is not None:
+        full["learning_rate"] = args.learning_rate
     full_dir, full_seconds = train(full, args.out / "full.yaml")
     full_result = evaluate_generation(full_dir, splits["test"])
     print(f"full: trained {full_seconds / 60:.1f} min; test exercise identification "

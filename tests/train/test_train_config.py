@@ -100,3 +100,13 @@ def test_shipped_configs_parse(name: str, tmp_path: Path, split_file: Path) -> N
     if "preset" not in raw["model"]:  # real-model paths do not exist here
         raw["model"] = {"preset": "tiny"}
     load_train_config(_write(tmp_path, raw))
+
+
+def test_train_command_keeps_unknown_options_as_overrides() -> None:
+    from videogemma.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--config", "c.yaml", "--lora.r", "16", "--resume", "--stage=full"]
+    )
+    assert args.config == "c.yaml" and args.resume
+    assert parse_overrides(args.overrides) == [("lora.r", 16), ("stage", "full")]

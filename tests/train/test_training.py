@@ -39,7 +39,8 @@ def _initial_projectors() -> dict[str, torch.Tensor]:
     ],
 )
 def test_each_stage_trains_and_writes_its_run_directory(train_tiny, stage: str, trained: set[str]) -> None:
-    run_dir = train_tiny(stage, plots=stage == "full")
+    # finetune also runs with (non-reentrant) gradient checkpointing, as the real-model configs do.
+    run_dir = train_tiny(stage, plots=stage == "full", gradient_checkpointing=stage == "finetune")
     assert (run_dir / "train_config.yaml").is_file()
     assert (run_dir / "processor" / "processor_config.json").is_file()
     assert (run_dir / "trainer_state.json").is_file()
@@ -69,8 +70,9 @@ def test_each_stage_trains_and_writes_its_run_directory(train_tiny, stage: str, 
 
 
 def test_load_run_merges_lora_and_export_round_trips(tmp_path: Path, tiny_dataset: Path, train_tiny) -> None:
+    from videogemma.cli import main
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
-    from videogemma.train.export import export_run, load_run
+    from videogemma.train.export import load_run
 
     run_dir = train_tiny("finetune", learning_rate=1e-2)
     model, processor = load_run(run_dir)
@@ -89,7 +91,8 @@ def test_load_run_merges_lora_and_export_round_trips(tmp_path: Path, tiny_datase
     for key, value in projectors.items():
         assert torch.equal(model.state_dict()[key], value)
 
-    out_dir = export_run(run_dir, tmp_path / "merged")
+    out_dir = tmp_path / "merged"
+    assert main(["export", str(run_dir), "--merge", str(out_dir)]) == 0
     reloaded = VideoGemmaForConditionalGeneration.from_pretrained(out_dir).eval()
     videos = [str(tiny_dataset / json.loads((tiny_dataset / "qved_test.json").read_text())[0]["video"])]
     batch = processor(videos=videos, text=["How is my form?"], padding_side="left")
