@@ -407,25 +407,25 @@ def _draw_capsules(
     """Paint thick anti-aliased segments (pixel coordinates (N, 2), x right, y down) onto `canvas` (H, W, 3)
     in order, later ones on top; each touches only its bounding box."""
     height, width = canvas.shape[:2]
-    for a, b, radius, color in zip(starts, ends, radii, colors):
-        x0 = max(int(min(a[0], b[0]) - radius - 1), 0)
-        x1 = min(int(max(a[0], b[0]) + radius + 2), width)
-        y0 = max(int(min(a[1], b[1]) - radius - 1), 0)
-        y1 = min(int(max(a[1], b[1]) + radius + 2), height)
+    centres = np.arange(max(height, width), dtype=np.float32) + 0.5  # pixel centres
+    for (ax, ay), (bx, by), radius, color in zip(starts.tolist(), ends.tolist(), radii.tolist(), colors):
+        x0, x1 = max(int(min(ax, bx) - radius - 1), 0), min(int(max(ax, bx) + radius + 2), width)
+        y0, y1 = max(int(min(ay, by) - radius - 1), 0), min(int(max(ay, by) + radius + 2), height)
         if x0 >= x1 or y0 >= y1:
             continue
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - a[1])
-        xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - a[0])
-        bx, by = np.float32(b[0] - a[0]), np.float32(b[1] - a[1])
-        length2 = bx * bx + by * by
+        ys = centres[y0:y1, None] - np.float32(ay)
+        xs = centres[None, x0:x1] - np.float32(ax)
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
         if length2 > 0:  # distance to the segment: project onto it, clamp to its ends
-            t = np.clip((xs * bx + ys * by) / length2, 0.0, 1.0)
-            distance = np.sqrt((xs - t * bx) ** 2 + (ys - t * by) ** 2)
-        else:
-            distance = np.sqrt(xs * xs + ys * ys)
-        alpha = np.clip(np.float32(radius + 0.5) - distance, 0.0, 1.0)[..., None]
+            t = (xs * np.float32(dx / length2)) + (ys * np.float32(dy / length2))
+            np.minimum(np.maximum(t, 0.0, out=t), 1.0, out=t)
+            xs = xs - t * np.float32(dx)
+            ys = ys - t * np.float32(dy)
+        alpha = np.float32(radius + 0.5) - np.sqrt(xs * xs + ys * ys)
+        np.minimum(np.maximum(alpha, 0.0, out=alpha), 1.0, out=alpha)
         region = canvas[y0:y1, x0:x1]
-        region += alpha * (color.astype(np.float32) - region)
+        region += alpha[..., None] * (color - region)
 
 
 def _random_color(rng: np.random.Generator, luminance: float) -> np.ndarray:
@@ -510,26 +510,22 @@ def render_frame(joints: Joints, scene: Scene, frame_index: int, exercise: Exerc
     mirror = scene.facing
     body = scene.body
 
-    def to_pixels(point: np.ndarray) -> np.ndarray:
-        return offset + scene.scale_px * np.array([mirror * point[0], -point[1]])
-
+    names = list(joints)
+    index = {name: i for i, name in enumerate(names)}
+    pixels = offset + scene.scale_px * np.array([joints[n] for n in names]) * np.array([mirror, -1.0])
     radius_px = {
         "limb": body.limb_radius * scene.scale_px,
         "torso": body.torso_radius * scene.scale_px,
         "neck": body.limb_radius * scene.scale_px * 0.8,
     }
-    bones = [bone for bone in _BONES if bone[0] in joints and bone[1] in joints]
-    starts = [to_pixels(joints[start]) for start, _, _, _ in bones]
-    ends = [to_pixels(joints[end]) for _, end, _, _ in bones]
-    radii = [radius_px[radius_role] for _, _, _, radius_role in bones]
-    colors = [scene.colors[color_role] for _, _, color_role, _ in bones]
-    head = to_pixels(joints["head"])  # a zero-length capsule is a disc
+    bones = [bone for bone in _BONES if bone[0] in index and bone[1] in index]
+    head = index["head"]  # drawn last, as a zero-length capsule (a disc)
     _draw_capsules(
         canvas,
-        np.array([*starts, head]),
-        np.array([*ends, head]),
-        np.array([*radii, body.head * scene.scale_px]),
-        np.array([*colors, scene.colors["skin"]]),
+        pixels[[index[start] for start, _, _, _ in bones] + [head]],
+        pixels[[index[end] for _, end, _, _ in bones] + [head]],
+        np.array([radius_px[role] for _, _, _, role in bones] + [body.head * scene.scale_px]),
+        [scene.colors[role] for _, _, role, _ in bones] + [scene.colors["skin"]],
     )
     return canvas
 
@@ -547,12 +543,11 @@ def render_clip(
     scene = random_scene(exercise, rng, size, num_frames)
     times = np.arange(num_frames) / fps
     poses = pose_sequence(exercise, variant, scene.body, times, scene.period_s, scene.phase0)
-    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    for index, joints in enumerate(poses):
-        frame = render_frame(joints, scene, index, exercise)
-        frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(scene.noise_std)
-        frames[index] = np.clip(frame, 0, 255).astype(np.uint8)
-    return frames
+    frames = np.stack([render_frame(joints, scene, index, exercise) for index, joints in enumerate(poses)])
+    noise = rng.standard_normal(frames.shape, dtype=np.float32)
+    noise *= np.float32(scene.noise_std)
+    frames += noise
+    return np.clip(frames, 0, 255, out=frames).astype(np.uint8)
 
 
 # ---- the dataset -------------------------------------------------------------------------------------------
