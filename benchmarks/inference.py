@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -108,9 +109,18 @@ def build_model(preset: str, dtype: Any) -> Any:
 
 
 def measure(
-    preset: str, video: Path, new_tokens: int, repeats: int, compare_gemma_vision: bool
+    preset: str,
+    video: Path,
+    new_tokens: int,
+    repeats: int,
+    compare_gemma_vision: bool,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     import torch
+
+    # The tiny preset's matrices are too small to split between threads (a second one only adds
+    # synchronisation); E2B's use every core.
+    torch.set_num_threads(threads or (1 if preset == "tiny" else os.cpu_count() or 1))
 
     from videogemma.data.processor import VideoGemmaProcessor
     from videogemma.inference.timing import GenerationTimer
@@ -233,6 +243,7 @@ def format_results(results: list[dict[str, Any]]) -> str:
         lines.append(f"{label:<28}{cells}")
 
     row("dtype", "dtype", "s")
+    row("threads", "threads", "d")
     row("prompt tokens (visual)", "prompt_tokens", "d")
     row("visual tokens", "visual_tokens", "d")
     for stage in STAGES:
@@ -261,13 +272,18 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer")
     parser.add_argument("--tiny-repeats", type=int, default=3, help="tiny runs (the last is reported)")
     parser.add_argument("--no-compare", action="store_true", help="skip the Gemma-vision prefill comparison")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: tiny 1, e2b all cores)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one preset, print JSON
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = measure(args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare)
+        result = measure(
+            args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare, threads=args.threads
+        )
         print("RESULT " + json.dumps(result))
         return
 
@@ -280,6 +296,8 @@ def main() -> None:
                    "--new-tokens", str(args.new_tokens), "--repeats", str(repeats)]  # fmt: skip
         if args.no_compare:
             command.append("--no-compare")
+        if args.threads:
+            command += ["--threads", str(args.threads)]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
         if completed.returncode or not lines:
