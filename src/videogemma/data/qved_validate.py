@@ -1,6 +1,7 @@
 """Check conversation split files before training on them: every record, every video, every problem.
 
-For each record of each file: the schema (DATA.md's conversation formats), that its video path stays
+For each record of each file: the schema (parsed by the training loader's own
+`dataset.load_conversation_records`, plus: there is an answer turn), that its video path stays
 inside the dataset root, that the file exists, is not empty, decodes from start to end, and has enough
 frames and duration for the model's sampler. Nothing stops at the first problem: the report lists each
 one with its file, record index and video, and `ok` is False if there was any.
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from videogemma.data.errors import VideoDecodeError
+from videogemma.data.dataset import load_conversation_records, resolve_video_path
+from videogemma.data.errors import PathOutsideRootError, RecordError, VideoDecodeError
 from videogemma.data.qved_prepare import SPLIT_FILE_NAMES
-
-ROLES = {"human", "user", "gpt", "assistant", "model", "system"}
-ASSISTANT_ROLES = {"gpt", "assistant", "model"}
 
 
 @dataclass
@@ -107,50 +107,12 @@ def split_files_in(paths: list[str | os.PathLike[str]]) -> tuple[list[Path], lis
     return files, problems
 
 
-def read_records(path: Path) -> list[Any]:
-    """The records of a JSON list or JSON Lines file; raises ValueError/OSError on an unreadable file."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{" and "\n{" in text.strip()):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ValueError(f"expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def schema_problems(record: Any) -> list[str]:
-    """What is wrong with a record's shape (DATA.md: `conversations` or flat `question`/`answer`)."""
-    if not isinstance(record, dict):
-        return [f"a record must be an object, got {type(record).__name__}"]
-    problems = []
-    if not isinstance(record.get("video"), str) or not record["video"].strip():
-        problems.append("missing or empty 'video' (a path relative to the dataset root)")
-    if "conversations" in record:
-        turns = record["conversations"]
-        if not isinstance(turns, list) or not turns:
-            return [*problems, "'conversations' must be a non-empty list of turns"]
-        for index, turn in enumerate(turns):
-            if not isinstance(turn, dict) or turn.get("from") not in ROLES:
-                problems.append(f"turn {index}: 'from' must be one of {sorted(ROLES)}")
-            elif not isinstance(turn.get("value"), str):
-                problems.append(f"turn {index}: 'value' must be a string")
-        if not any(isinstance(t, dict) and t.get("from") in ASSISTANT_ROLES for t in turns):
-            problems.append("no answer turn (from gpt/assistant/model)")
-    elif "question" in record or "answer" in record:
-        for key in ("question", "answer"):
-            if not isinstance(record.get(key), str):
-                problems.append(f"'{key}' must be a string")
-    else:
-        problems.append("needs 'conversations' (a list of turns) or 'question' and 'answer'")
-    return problems
-
-
-def resolve_video(root: Path, video: str) -> Path | None:
-    """The video's path under `root`, or None when the path escapes the root."""
-    relative = PurePosixPath(video.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts:
-        return None
-    return root / relative
+def _record_index(error: RecordError) -> int | None:
+    """The 0-based record index of a `RecordError` ("record 3 (line 4)" → 3)."""
+    if isinstance(error.record, int):
+        return error.record
+    match = re.match(r"record (\d+)", str(error.record or ""))
+    return int(match.group(1)) if match else None
 
 
 def check_video(path: Path, min_frames: int, min_duration: float) -> VideoCheck:
@@ -200,27 +162,30 @@ def validate_split_files(
     for path in files:
         report = FileReport(str(path))
         reports.append(report)
+        errors: list[RecordError] = []
         try:
-            records = read_records(path)
-        except (OSError, ValueError) as error:
-            report.problems.append(Problem(str(path), None, None, "bad_json", str(error)))
+            # The training data loader's own parser: what it would reject, validation reports.
+            records = load_conversation_records(path, errors=errors)
+        except RecordError as error:
+            report.problems.append(Problem(str(path), None, None, "bad_json", error.reason))
             continue
-        report.records = len(records)
+        report.records = len(records) + len(errors)
+        for error in errors:
+            report.problems.append(Problem(str(path), _record_index(error), None, "bad_schema", error.reason))
         dataset_root = Path(root) if root is not None else path.parent
-        for index, record in enumerate(records):
-            video = record.get("video") if isinstance(record, dict) else None
-            video = video if isinstance(video, str) else None
-            problems = schema_problems(record)
-            for message in problems:
-                report.problems.append(Problem(str(path), index, video, "bad_schema", message))
-            if video is None or not video.strip():
+        for record in records:
+            if not any(turn.role == "model" for turn in record.turns):
+                message = "no answer turn (from gpt/assistant): nothing to train or score on"
+                report.problems.append(Problem(str(path), record.index, record.video, "bad_schema", message))
+            try:
+                resolved = resolve_video_path(
+                    record.video, dataset_root, source_file=path, record=record.index
+                )
+            except PathOutsideRootError as error:
+                kind = "path_outside_root"
+                report.problems.append(Problem(str(path), record.index, record.video, kind, error.reason))
                 continue
-            resolved = resolve_video(dataset_root, video)
-            if resolved is None:
-                message = f"{video!r} lies outside the dataset root {dataset_root}"
-                report.problems.append(Problem(str(path), index, video, "path_outside_root", message))
-                continue
-            pending.append((report, index, video, resolved))
+            pending.append((report, record.index, record.video, resolved))
 
     videos: dict[str, VideoCheck] = {}
     unique = sorted({str(resolved) for _, _, _, resolved in pending})
