@@ -21,16 +21,16 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-# `tiny` with CLIP and VideoMamba scaled up (128-pixel frames, wider and deeper); the LM stays tiny.
+# `tiny` with CLIP and VideoMamba scaled up (160-pixel frames, wider and deeper); the LM stays tiny.
 LARGER_ENCODERS = {
     "vision_config": {
-        "hidden_size": 256,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "image_size": 128,
+        "hidden_size": 384,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 6,
+        "image_size": 160,
     },
-    "videomamba_config": {"embed_dim": 192, "depth": 8, "image_size": 128},
+    "videomamba_config": {"embed_dim": 256, "depth": 12, "image_size": 160},
 }
 
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "data"
-        generate_dataset(data, per_variant=args.per_variant, size=128, num_frames=16, progress=False)
+        generate_dataset(data, per_variant=args.per_variant, size=160, num_frames=16, progress=False)
         prepare_splits(data)
         uncached, uncached_loss = run(work, data, cache=False, epochs=args.epochs)
         cached, cached_loss = run(work, data, cache=True, epochs=args.epochs)
