@@ -33,6 +33,14 @@ def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
     state = json.loads((out / STATE_NAME).read_text())
     assert list(state["steps"]) == ["synth", "prepare", "train", "infer", "eval"]
 
+    # The trained run answers single videos too (`videogemma infer --model RUN_DIR`), as batch inference did.
+    first = records[0]
+    video = out / "data" / first.video_path
+    assert videogemma_cli(["infer", str(video), "--model", str(out / "run"), "--max-new-tokens", "12"]) == 0
+    single = capsys.readouterr()
+    assert single.out.strip() == first.prediction
+    assert "random weights" not in single.err
+
     # A rerun finds every step done and only prints the summary again.
     report_time = (out / "report" / "metrics.json").stat().st_mtime_ns
     assert videogemma_cli(["demo", "--out", str(out), "--quick"]) == 0
