@@ -140,7 +140,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
-def run(out: str | Path = "demo_output", quick: bool = False, force: bool = False) -> dict[str, Any]:
+def run(out: str | Path = "outputs/demo", quick: bool = False, force: bool = False) -> dict[str, Any]:
     """Run (or finish) the demo in `out`; returns the headline metrics and the report's path."""
     import torch
 

@@ -17,7 +17,7 @@ from videogemma.inference.generate import GenerationSettings, answer, generate_a
 README_EXAMPLE = """\
 import videogemma
 
-model, processor = videogemma.load("tiny")  # or a trained run: videogemma.load("demo_output/run")
+model, processor = videogemma.load("tiny")  # or a trained run: videogemma.load("outputs/demo/run")
 inputs = processor(videos=["exercise.mp4"], text=["How is my squat form?"], padding_side="left")
 output_ids = model.generate(**inputs, max_new_tokens=32)
 print(processor.batch_decode(output_ids[:, inputs["input_ids"].shape[1]:])[0])

@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "answer the test split, evaluate and write the report. Rerunning skips finished steps.",
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("demo_output"), help="working folder (default: demo_output)"
+        "--out", type=Path, default=Path("outputs/demo"), help="working folder (default: outputs/demo)"
     )
     demo.add_argument("--quick", action="store_true", help="a much smaller run (a minute), for smoke tests")
     demo.add_argument("--force", action="store_true", help="redo every step even if it finished before")
