@@ -158,7 +158,8 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         report_to=[],
         deepspeed=config.deepspeed,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-        # LoRA on KV-shared layers' unused k/v projections and similar receive no gradient.
+        # Some parameters take no part in a given step (Gemma-3n's KV-shared layers reuse earlier K/V);
+        # DDP must not wait for their gradients.
         ddp_find_unused_parameters=True if distributed else None,
         disable_tqdm=False,
         **deepspeed_cpu,
