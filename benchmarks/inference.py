@@ -3,6 +3,7 @@
     python benchmarks/inference.py                       # tiny only (seconds)
     python benchmarks/inference.py --e2b                 # + E2B dimensions, random weights (minutes, ~10 GB)
     python benchmarks/inference.py --e2b --new-tokens 4 --out bench_inference.json
+    python benchmarks/inference.py --batch [--batch-data SPLIT.json --batch-model RUN_DIR]
 
 Per preset, in a fresh process (so that peak memory is the preset's own), on one video:
 decode, preprocessing, CLIP, keyframe selection, VideoMamba, projectors, LM prefill, generation, tokens per
@@ -13,6 +14,10 @@ Weights are random (the time does not depend on their values); bf16 where the CP
 Beside it, in the same process: the prefill of the same language model on the visual tokens Gemma-3n's own
 vision path would use for the same frames (256 per frame: 16 × 256 = 4096 for E2B) against ours
 (16 × 144 + 2 × 49 = 2402), as a ratio.
+
+With `--batch`: batch inference over the same samples at batch size 1 without decoding workers, batch size
+8 without, and batch size 8 with one worker decoding ahead of the model; videos per second, the speed-up
+over the first, and whether the greedy answers are the same.
 """
 
 from __future__ import annotations
@@ -261,6 +266,67 @@ def format_results(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BATCH_CONFIGS = ((1, 0), (8, 0), (8, 1))  # (batch size, decoding workers)
+
+
+def batch_throughput(data: Path | None, model_name: str, new_tokens: int) -> list[dict[str, Any]]:
+    """`run_batch_inference` on the same samples with each (batch size, workers), side by side.
+
+    Without `data`, a small synthetic dataset (36 clips) is generated in a temporary folder.
+    """
+    import tempfile
+
+    import torch
+
+    import videogemma
+    from videogemma.data.synthetic import generate_dataset
+    from videogemma.evaluation.records import read_records
+    from videogemma.inference.batch import list_samples, run_batch_inference
+    from videogemma.inference.generate import GenerationSettings
+
+    torch.set_num_threads(1)  # the tiny model on one core; the decoding worker takes the other
+    model, processor = videogemma.load(model_name)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        if data is None:
+            data = Path(folder) / "clips"
+            generate_dataset(data, per_variant=2, progress=False)
+        samples = list_samples(data)
+        predictions = None
+        for batch_size, workers in BATCH_CONFIGS:
+            out = Path(folder) / f"predictions_{batch_size}_{workers}.jsonl"
+            stats = run_batch_inference(
+                model, processor, samples, out, batch_size=batch_size, num_workers=workers,
+                settings=GenerationSettings(max_new_tokens=new_tokens), show_progress=False,
+            )  # fmt: skip
+            texts = [record.prediction for record in read_records(out)]
+            predictions = predictions or texts
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "workers": workers,
+                    "videos": stats["records"],
+                    "wall_time_s": stats["wall_time_s"],
+                    "videos_per_second": stats["videos_per_second"],
+                    "speedup": stats["videos_per_second"] / rows[0]["videos_per_second"] if rows else 1.0,
+                    "same_predictions_as_batch_1": texts == predictions,
+                }
+            )
+    return rows
+
+
+def format_batch(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'batch':>6}{'workers':>9}{'videos':>8}{'wall (s)':>10}{'videos/s':>10}{'speedup':>9}  same answers"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['batch_size']:>6}{r['workers']:>9}{r['videos']:>8}{r['wall_time_s']:>10.1f}"
+            f"{r['videos_per_second']:>10.2f}{r['speedup']:>9.2f}  {r['same_predictions_as_batch_1']}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,6 +341,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: tiny 1, e2b all cores)"
     )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="also batch-inference throughput by batch size and decoding workers",
+    )
+    parser.add_argument(
+        "--batch-data", type=Path, default=None, help="split file or video folder for --batch"
+    )
+    parser.add_argument("--batch-model", default="tiny", help="model for --batch (preset, saved model, run)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one preset, print JSON
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
@@ -305,8 +380,13 @@ def main() -> None:
             raise SystemExit(f"the {preset} measurement failed (exit {completed.returncode})")
         results.append(json.loads(lines[-1].removeprefix("RESULT ")))
     print(format_results(results))
+    output: dict[str, Any] = {"per_video": results}
+    if args.batch:
+        print("measuring batch inference ...", file=sys.stderr, flush=True)
+        output["batch"] = batch_throughput(args.batch_data, args.batch_model, max(args.new_tokens, 32))
+        print(format_batch(output["batch"]))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
 
 
