@@ -100,13 +100,15 @@ def main() -> None:
         expected = scans["reference"](**inputs)
         for name, scan in scans.items():
             error = (scan(**inputs) - expected).abs().max().item()
-            print(f"  {name:<10} max |y - reference| = {error:.2e}")
+            print(f"  {name:<10} max |y - reference| = {error:.2e}", flush=True)
 
     times: dict[tuple[str, str], list[float]] = {}
     for mode in ("forward", "forward+backward"):
-        for _ in range(repeats):
+        for repeat in range(repeats):
             for name, scan in scans.items():
-                times.setdefault((name, mode), []).append(time_call(scan, inputs, mode != "forward"))
+                seconds = time_call(scan, inputs, mode != "forward")
+                times.setdefault((name, mode), []).append(seconds)
+                print(f"  {mode} {repeat + 1}/{repeats} {name}: {seconds:.3f} s", flush=True)
 
     median = {key: statistics.median(values) for key, values in times.items()}
     print(f"\n{'backend':<10} {'forward ms':>11} {'× ref':>7} {'fwd+bwd ms':>11} {'× ref':>7}")
