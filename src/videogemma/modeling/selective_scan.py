@@ -126,16 +126,17 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
 
 def _scan_reference(u, delta, A, B, C):
     """The recurrence, one time step at a time (Δ already includes bias and softplus; no D term)."""
-    batch, d_inner, length = u.shape
+    batch, d_inner, _ = u.shape
     # time-major (L, b, d, n), so that every step reads contiguous memory
     decay = torch.exp(delta.permute(2, 0, 1)[..., None] * A)
     drive = (delta * u).permute(2, 0, 1)[..., None] * B.permute(2, 0, 1)[:, :, None]
     C = C.permute(2, 0, 1)[:, :, None]  # (L, b, 1, n)
     state = u.new_zeros(batch, d_inner, A.shape[1])
     ys = []
-    for t in range(length):
-        state = decay[t] * state + drive[t]
-        ys.append((state * C[t]).sum(-1))
+    # unbind, not decay[t]: autograd then gathers the per-step gradients once instead of once per step
+    for decay_t, drive_t, C_t in zip(decay.unbind(0), drive.unbind(0), C.unbind(0)):
+        state = decay_t * state + drive_t
+        ys.append((state * C_t).sum(-1))
     return torch.stack(ys, dim=-1)
 
 
@@ -161,17 +162,17 @@ def _scan_chunked(u, delta, A, B, C, chunk_size: int | None = None):
     decay = torch.exp(log_decay)
     state = u.new_zeros(batch, d_inner, num_chunks, A.shape[1])
     local = []
-    for i in range(chunk):
-        state = decay[i] * state + drive[i]
+    for decay_i, drive_i in zip(decay.unbind(0), drive.unbind(0)):
+        state = decay_i * state + drive_i
         local.append(state)
     local_states = torch.stack(local)
     # 2) the state entering each chunk: carry the last state across chunks with the chunk's total decay
     cumulative_decay = torch.exp(torch.cumsum(log_decay, dim=0))  # from the chunk's start to each step
     carry = u.new_zeros(batch, d_inner, A.shape[1])
     incoming = []
-    for c in range(num_chunks):
+    for chunk_decay, chunk_end in zip(cumulative_decay[-1].unbind(2), local_states[-1].unbind(2)):
         incoming.append(carry)
-        carry = cumulative_decay[-1, :, :, c] * carry + local_states[-1, :, :, c]
+        carry = chunk_decay * carry + chunk_end
     states = local_states + cumulative_decay * torch.stack(incoming, dim=2)
     # 3) contract with C and put time back in order
     y = (states * by_step(C).permute(0, 1, 4, 3, 2)).sum(-1)  # (chunk, b, d, num_chunks)
@@ -189,7 +190,7 @@ def _scan_chunked(u, delta, A, B, C, chunk_size: int | None = None):
 # it makes the kernels ~1.4× faster.
 
 CHANNEL_BLOCK = 32  # channels per block: the SIMD lanes of the inner loops (2-4 vector registers)
-SEGMENT = 64  # backward: states are recomputed per segment of this many steps from stored checkpoints
+SEGMENT = 64  # the forward stores the state every SEGMENT steps; the backward recomputes the steps between
 
 
 @intrinsic
@@ -228,9 +229,10 @@ def _decay_exp_overload(x):
 
 
 @numba.njit(cache=True, fastmath={"contract"}, parallel=False, nogil=True)
-def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no cover - compiled
+def _numba_scan_forward(u, delta, A_t, B, C, y, checkpoints, d_begin, d_end):  # pragma: no cover
     """y[b, t, d] = Σ_k C[b, t, k] s[t, d, k] for channels d_begin..d_end; u, delta, y (b, L, d); A_t (n, d);
-    B, C (b, L, n).
+    B, C (b, L, n). Also stores the state entering every SEGMENT-th step in checkpoints (b, L/SEGMENT, n, d),
+    from which the backward recomputes the rest.
 
     The innermost loops read and write only small local buffers of one channel block, so that LLVM can
     vectorise them without aliasing checks against the big arrays.
@@ -252,6 +254,8 @@ def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no c
             A_block[:] = zero
             A_block[:, :width] = A_t[:, d0 : d0 + width]
             for t in range(length):
+                if t % SEGMENT == 0:
+                    checkpoints[b, t // SEGMENT, :, d0 : d0 + width] = state[:, :width]
                 for j in range(width):
                     dt_step[j] = delta[b, t, d0 + j]
                     dt_u_step[j] = delta[b, t, d0 + j] * u[b, t, d0 + j]
@@ -269,62 +273,51 @@ def _numba_scan_forward(u, delta, A_t, B, C, y, d_begin, d_end):  # pragma: no c
 
 @numba.njit(cache=True, fastmath={"contract"}, parallel=False, nogil=True)
 def _numba_scan_backward(
-    u, delta, A_t, B, C, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C, d_begin, d_end
-):  # pragma: no cover
-    """Gradients of the scan (layouts as in the forward; grad_A_t must start at zero).
+    u, delta, A_t, B, C, checkpoints, grad_y, grad_u, grad_delta, grad_A_t, grad_B, grad_C, d_begin, d_end
+):  # pragma: no cover - compiled
+    """Gradients of the scan for channels d_begin..d_end (layouts as in the forward; grad_A_t starts at 0).
 
-    Per channel block: one pass forward stores the state entering every SEGMENT-th step; then, segment by
-    segment from the end, the segment's states are recomputed and the adjoint runs back through them.
-    Memory O((L / SEGMENT + SEGMENT) · d_state · CHANNEL_BLOCK) plus the per-lane dB, dC sums.
+    Segment by segment from the end, and within a segment block by block: the segment's states and decays
+    are recomputed from the forward's checkpoint, then the adjoint runs back through them. dB and dC sum
+    over channels: they collect per SIMD lane over all blocks of the segment and are reduced once per
+    segment. Memory O(SEGMENT · d_state · CHANNEL_BLOCK + d_inner · d_state), all of it cache-resident.
     """
     batch, length, _ = u.shape
     d_state = A_t.shape[0]
     zero = u.dtype.type(0)
-    num_segments = (length + SEGMENT - 1) // SEGMENT
-    checkpoints = np.zeros((num_segments, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    num_segments = checkpoints.shape[1]
+    num_blocks = (d_end - d_begin + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
     states = np.zeros((SEGMENT + 1, d_state, CHANNEL_BLOCK), dtype=u.dtype)  # [0]: state entering segment
-    state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
-    grad_state = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)  # dLoss/ds[t] flowing back from t + 1
-    A_block = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
-    grad_A_block = np.zeros((d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    decays = np.zeros((SEGMENT, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    lanes_B = np.zeros((SEGMENT, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    lanes_C = np.zeros((SEGMENT, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    A_blocks = np.zeros((num_blocks, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    grad_A_blocks = np.zeros((num_blocks, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    grad_states = np.zeros((num_blocks, d_state, CHANNEL_BLOCK), dtype=u.dtype)  # dLoss/ds from later steps
     dt_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     u_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     gy_step = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     acc_u = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
     acc_dt = np.zeros(CHANNEL_BLOCK, dtype=u.dtype)
-    # dB and dC sum over channels: accumulate per SIMD lane (vectorisable), reduce over lanes at the end
-    lanes_B = np.zeros((length, d_state, CHANNEL_BLOCK), dtype=u.dtype)
-    lanes_C = np.zeros((length, d_state, CHANNEL_BLOCK), dtype=u.dtype)
+    for block in range(num_blocks):
+        d0 = d_begin + block * CHANNEL_BLOCK
+        width = min(CHANNEL_BLOCK, d_end - d0)
+        A_blocks[block, :, :width] = A_t[:, d0 : d0 + width]
     for b in range(batch):
-        lanes_B[:] = zero
-        lanes_C[:] = zero
-        for d0 in range(d_begin, d_end, CHANNEL_BLOCK):
-            width = min(CHANNEL_BLOCK, d_end - d0)
-            A_block[:] = zero
-            A_block[:, :width] = A_t[:, d0 : d0 + width]
-            grad_A_block[:] = zero
-            dt_step[:] = zero  # lanes past d_end compute on zeros: zero states, zero gradients
-            u_step[:] = zero
-            gy_step[:] = zero
-            # forward, keeping the state that enters every segment
-            state[:] = zero
-            for t in range(length):
-                if t % SEGMENT == 0:
-                    checkpoints[t // SEGMENT] = state
-                for j in range(width):
-                    dt_step[j] = delta[b, t, d0 + j]
-                    u_step[j] = u[b, t, d0 + j]
-                for k in range(d_state):
-                    b_k = B[b, t, k]
-                    for j in range(CHANNEL_BLOCK):
-                        decay = _decay_exp(dt_step[j] * A_block[k, j])
-                        state[k, j] = decay * state[k, j] + dt_step[j] * u_step[j] * b_k
-            # adjoint, segment by segment from the end
-            grad_state[:] = zero
-            for segment in range(num_segments - 1, -1, -1):
-                start = segment * SEGMENT
-                stop = min(start + SEGMENT, length)
-                states[0] = checkpoints[segment]
+        grad_states[:] = zero
+        for segment in range(num_segments - 1, -1, -1):
+            start = segment * SEGMENT
+            stop = min(start + SEGMENT, length)
+            lanes_B[:] = zero
+            lanes_C[:] = zero
+            for block in range(num_blocks):
+                d0 = d_begin + block * CHANNEL_BLOCK
+                width = min(CHANNEL_BLOCK, d_end - d0)
+                dt_step[:] = zero  # lanes past d_end compute on zeros: zero states, zero gradients
+                u_step[:] = zero
+                gy_step[:] = zero
+                states[0] = zero
+                states[0, :, :width] = checkpoints[b, segment, :, d0 : d0 + width]
                 for t in range(start, stop):
                     i = t - start
                     for j in range(width):
@@ -333,7 +326,8 @@ def _numba_scan_backward(
                     for k in range(d_state):
                         b_k = B[b, t, k]
                         for j in range(CHANNEL_BLOCK):
-                            decay = _decay_exp(dt_step[j] * A_block[k, j])
+                            decay = _decay_exp(dt_step[j] * A_blocks[block, k, j])
+                            decays[i, k, j] = decay
                             states[i + 1, k, j] = decay * states[i, k, j] + dt_step[j] * u_step[j] * b_k
                 for t in range(stop - 1, start - 1, -1):
                     i = t - start
@@ -348,31 +342,32 @@ def _numba_scan_backward(
                         c_k = C[b, t, k]
                         for j in range(CHANNEL_BLOCK):
                             dt = dt_step[j]
-                            decay = _decay_exp(dt * A_block[k, j])
-                            g = grad_state[k, j] + gy_step[j] * c_k  # dLoss/ds[t]
-                            lanes_C[t, k, j] += gy_step[j] * states[i + 1, k, j]
+                            decay = decays[i, k, j]
+                            g = grad_states[block, k, j] + gy_step[j] * c_k  # dLoss/ds[t]
+                            lanes_C[i, k, j] += gy_step[j] * states[i + 1, k, j]
                             # through exp(Δ·A): d/dΔ = A·(.), d/dA = Δ·(.)
                             g_decay = g * states[i, k, j] * decay
-                            acc_dt[j] += g_decay * A_block[k, j] + g * u_step[j] * b_k
-                            grad_A_block[k, j] += g_decay * dt
+                            acc_dt[j] += g_decay * A_blocks[block, k, j] + g * u_step[j] * b_k
+                            grad_A_blocks[block, k, j] += g_decay * dt
                             acc_u[j] += g * b_k
-                            lanes_B[t, k, j] += g * dt * u_step[j]
-                            grad_state[k, j] = g * decay
+                            lanes_B[i, k, j] += g * dt * u_step[j]
+                            grad_states[block, k, j] = g * decay
                     for j in range(width):
                         grad_u[b, t, d0 + j] = acc_u[j] * dt_step[j]
                         grad_delta[b, t, d0 + j] = acc_dt[j]
-            for k in range(d_state):
-                for j in range(width):
-                    grad_A_t[k, d0 + j] += grad_A_block[k, j]
-        for t in range(length):
-            for k in range(d_state):
-                total_B = zero
-                total_C = zero
-                for j in range(CHANNEL_BLOCK):
-                    total_B += lanes_B[t, k, j]
-                    total_C += lanes_C[t, k, j]
-                grad_B[b, t, k] = total_B
-                grad_C[b, t, k] = total_C
+            for t in range(start, stop):
+                for k in range(d_state):
+                    total_B = zero
+                    total_C = zero
+                    for j in range(CHANNEL_BLOCK):
+                        total_B += lanes_B[t - start, k, j]
+                        total_C += lanes_C[t - start, k, j]
+                    grad_B[b, t, k] = total_B
+                    grad_C[b, t, k] = total_C
+    for block in range(num_blocks):
+        d0 = d_begin + block * CHANNEL_BLOCK
+        width = min(CHANNEL_BLOCK, d_end - d0)
+        grad_A_t[:, d0 : d0 + width] += grad_A_blocks[block, :, :width]
 
 
 def _channel_ranges(d_inner: int) -> list[tuple[int, int]]:
@@ -401,14 +396,16 @@ class _NumbaScan(torch.autograd.Function):
         u_t, delta_t, B_t, C_t = (x.detach().transpose(1, 2).contiguous() for x in (u, delta, B, C))
         A_t = A.detach().t().contiguous()
         y_t = torch.empty_like(u_t)
-        arrays = [x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, y_t)]
-        _run_threaded(_numba_scan_forward, _channel_ranges(u.shape[1]), lambda i: arrays)
-        ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t)
+        batch, length, d_inner = u_t.shape
+        checkpoints = u_t.new_empty(batch, -(-length // SEGMENT), A_t.shape[0], d_inner)
+        arrays = [x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, y_t, checkpoints)]
+        _run_threaded(_numba_scan_forward, _channel_ranges(d_inner), lambda i: arrays)
+        ctx.save_for_backward(u_t, delta_t, A_t, B_t, C_t, checkpoints)
         return y_t.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_y):
-        u_t, delta_t, A_t, B_t, C_t = ctx.saved_tensors
+        u_t, delta_t, A_t, B_t, C_t, checkpoints = ctx.saved_tensors
         grad_y_t = grad_y.detach().to(u_t.dtype).transpose(1, 2).contiguous()
         grad_u, grad_delta = torch.empty_like(u_t), torch.empty_like(u_t)
         grad_A_t = torch.zeros_like(A_t)
@@ -416,7 +413,10 @@ class _NumbaScan(torch.autograd.Function):
         # dB and dC sum over channels: one partial sum per thread, added up below
         grad_B = B_t.new_empty(len(ranges), *B_t.shape)
         grad_C = C_t.new_empty(len(ranges), *C_t.shape)
-        shared = [x.numpy() for x in (u_t, delta_t, A_t, B_t, C_t, grad_y_t, grad_u, grad_delta, grad_A_t)]
+        shared = [
+            x.numpy()
+            for x in (u_t, delta_t, A_t, B_t, C_t, checkpoints, grad_y_t, grad_u, grad_delta, grad_A_t)
+        ]
         _run_threaded(_numba_scan_backward, ranges, lambda i: [*shared, grad_B[i].numpy(), grad_C[i].numpy()])
         return (
             grad_u.transpose(1, 2),
