@@ -180,6 +180,8 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
         logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
     args = training_arguments(config, has_eval=config.data.val_file is not None)
 
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
     set_seed(config.seed)
     model = build_model(config.model, config.seed)
     processor = build_processor(config.model, model.config)
