@@ -156,14 +156,11 @@ def stream_answer(
 ) -> Iterator[str]:
     """Yield the answer's text piece by piece as it is generated (generation runs in a thread)."""
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    inputs = processor(
-        videos=[video], text=None if question is None else [question], system=system, padding_side="left"
-    )
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            generate_answers(model, processor, inputs, settings, streamer)
+            answer(model, processor, video, question, system=system, settings=settings, streamer=streamer)
         except BaseException as error:  # re-raised in the caller's thread below
             failure.append(error)
             streamer.end()
