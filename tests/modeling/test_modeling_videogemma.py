@@ -68,6 +68,35 @@ def test_text_only_logits_equal_gemma3n_causal_lm(model: VideoGemmaForConditiona
     assert (embeds_only - reference).abs().max() > 1e-2
 
 
+def test_a_fresh_model_starts_with_spread_attention_and_loaded_weights_keep_theirs(tmp_path) -> None:
+    """Gemma-3n's attention has no 1/sqrt(head_dim): at q-norm weights of 1 a random model attends nearly one-hot
+    and, trained from scratch, learns to ignore the video. A fresh model starts at head_dim^-0.5 instead."""
+    model = build_tiny_model()
+    head_dim = CONFIG.text_config.head_dim
+    config = model.config.text_config
+    config._attn_implementation = "eager"  # attention weights are returned by the eager path only
+    ids = torch.randint(
+        8, CONFIG.text_config.vocab_size_per_layer_input, (2, 80), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions
+        last = torch.stack([a[:, :, -1] for a in attentions if a is not None])  # (layers, batch, heads, keys)
+        entropy = -(last * last.clamp_min(1e-12).log()).sum(-1)
+    # Full-attention layers see 80 keys (uniform: 4.4 nats); at q-norm weights of 1 the mean was about 1.
+    assert float(entropy.mean()) > 2.0
+    for layer in model.language_model.model.layers:
+        assert torch.equal(layer.self_attn.q_norm.weight, torch.full((head_dim,), head_dim**-0.5))
+
+    with torch.no_grad():
+        model.language_model.model.layers[0].self_attn.q_norm.weight.fill_(0.7)
+    config._attn_implementation = "sdpa"
+    model.save_pretrained(tmp_path)
+    loaded = VideoGemmaForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(
+        loaded.language_model.model.layers[0].self_attn.q_norm.weight, torch.full((head_dim,), 0.7)
+    )
+
+
 def test_visual_tokens_fill_the_placeholders_and_per_layer_inputs_treat_them_as_pad(
     model: VideoGemmaForConditionalGeneration,
 ) -> None:
