@@ -174,3 +174,14 @@ def test_configurations_that_cannot_work_fail_before_training(tmp_path: Path, tr
     with pytest.raises(TrainConfigError, match="does not exist"):
         train_tiny("full", data={"val_file": str(tmp_path / "missing_val.json")})
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_console_shows_one_progress_bar_with_the_loss_and_a_line_per_evaluation(train_tiny, capsys) -> None:
+    # The stock Trainer bar prints the whole log dict on a new line at every step, burying the bar.
+    train_tiny("video-proj", max_steps=4, eval_steps=2, logging_steps=1)
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert "{'loss'" not in console and "step 1: loss" not in console
+    assert "loss=" in captured.err  # the latest loss sits in the bar's postfix
+    assert len([line for line in console.splitlines() if "eval_loss" in line]) == 2
+    assert "train_runtime" in console  # the final summary gets its line

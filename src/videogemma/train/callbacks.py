@@ -1,4 +1,4 @@
-"""Trainer callbacks: the JSON Lines metrics log and its plots.
+"""Trainer callbacks: the JSON Lines metrics log and its plots, a quiet progress bar and the time limit.
 
 The log has one object per line, `{"step": ..., "epoch": ..., "loss": ..., "learning_rate": ...}` (training),
 `{"step": ..., "eval_loss": ...}` (validation) and the final summary; `plot_training_log` (evaluation) reads it.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 METRICS_LOG_NAME = "metrics.jsonl"
 
@@ -71,6 +72,40 @@ class MetricsLogCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps({k: _json_value(v) for k, v in entry.items()}) + "\n")
+
+
+class CompactProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (rate, ETA) with the latest loss, learning rate and gradient norm shown in
+    the bar itself; only evaluations and the final summary get a line of their own.
+
+    The stock bar prints the whole log dict on a new line at every logging step, which buries the bar.
+    """
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "eval_loss" in logs or "train_runtime" in logs:
+            shown = {k: v for k, v in logs.items() if k != "total_flos"}
+            self.training_bar.write(
+                f"step {state.global_step}: "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            )
+            return
+        self.training_bar.set_postfix(
+            {
+                k: f"{logs[k]:.4g}"
+                for k in ("loss", "learning_rate", "grad_norm")
+                if isinstance(logs.get(k), float)
+            },
+            refresh=False,
+        )
 
 
 class PlotCallback(TrainerCallback):

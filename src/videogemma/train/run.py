@@ -22,8 +22,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from transformers.trainer_callback import ProgressCallback
 
-from videogemma.train.callbacks import MetricsLogCallback, PlotCallback, TimeLimitCallback
+from videogemma.train.callbacks import (
+    CompactProgressCallback,
+    MetricsLogCallback,
+    PlotCallback,
+    TimeLimitCallback,
+)
 from videogemma.train.feature_cache import FeatureCache, module_weights_hash
 from videogemma.train.model_source import build_model, build_processor
 from videogemma.train.stages import (
@@ -221,6 +227,9 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
         feature_cache=cache,
         callbacks=callbacks + list(extra_callbacks or []),
     )
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgressCallback)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run_outputs(trainer, config, run_dir)
     return run_dir
