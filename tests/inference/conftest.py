@@ -54,15 +54,3 @@ def corrupt_clip() -> Callable[[Path], Path]:
         return path
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model's matrices are so small that a second thread only adds synchronisation (and with other
-    processes on the cores, a lot of it): these tests run single-threaded, then restore the setting."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

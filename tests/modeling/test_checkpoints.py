@@ -35,16 +35,6 @@ FOREIGN_TENSORS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny model's tensors are too small for a thread pool: with the 2 cores shared, two threads spin
-    # against each other and every op gets ~10x slower; one thread is as fast on an idle machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Components:
     def __init__(self, root: Path) -> None:
         torch.manual_seed(0)

@@ -14,16 +14,6 @@ N_VISUAL = CONFIG.num_visual_tokens
 IMAGE = CONFIG.image_token_id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny model's tensors are too small for a thread pool: with the 2 cores shared, two threads spin
-    # against each other and every op gets ~10x slower; one thread is as fast on an idle machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def build_tiny_model(seed: int = 0) -> VideoGemmaForConditionalGeneration:
     torch.manual_seed(seed)
     model = VideoGemmaForConditionalGeneration(VideoGemmaConfig.from_preset("tiny"))
