@@ -38,14 +38,12 @@ def make_dataset(root: Path, per_variant: int, size: int, frames: int, seed: int
 
 
 @torch.inference_mode()
-def evaluate_generation(run_dir: Path, split_file: Path, batch_size: int = 16) -> dict[str, Any]:
+def evaluate_generation(model: Any, processor: Any, split_file: Path, batch_size: int = 16) -> dict[str, Any]:
     """Greedy answers on a split; exercise identification and exact match rates, and some examples."""
     from videogemma.data.chat_template import normalize_conversation
     from videogemma.evaluation.metrics import exercise_name
     from videogemma.inference.generate import GenerationSettings, generate_answers
-    from videogemma.train.export import load_run
 
-    model, processor = load_run(run_dir)
     records = json.loads(split_file.read_text())
     root = split_file.parent
     settings = GenerationSettings(max_new_tokens=64)
@@ -77,12 +75,9 @@ def evaluate_generation(run_dir: Path, split_file: Path, batch_size: int = 16) -
 
 
 @torch.inference_mode()
-def video_reliance(run_dir: Path, split_file: Path, batch_size: int = 16) -> dict[str, float]:
+def video_reliance(model: Any, processor: Any, split_file: Path, batch_size: int = 16) -> dict[str, float]:
     """Teacher-forced answer loss on a split with each clip's own video and with the videos rotated by one
     within each batch: equal losses mean the model answers from the text prior alone."""
-    from videogemma.train.export import load_run
-
-    model, processor = load_run(run_dir)
     records = json.loads(split_file.read_text())
     root = split_file.parent
     totals = {"own_video": 0.0, "other_video": 0.0}
@@ -162,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.learning_rate is not None:
         full["learning_rate"] = args.learning_rate
     full_dir, full_seconds = train(full, args.out / "full.yaml")
-    full_result = evaluate_generation(full_dir, splits["test"])
-    full_result["answer_loss"] = video_reliance(full_dir, splits["test"])
+    from videogemma.train.export import export_run, load_run
+
+    full_model, full_processor = load_run(full_dir)
+    full_result = evaluate_generation(full_model, full_processor, splits["test"])
+    full_result["answer_loss"] = video_reliance(full_model, full_processor, splits["test"])
     print(f"full: trained {full_seconds / 60:.1f} min; test exercise identification "
           f"{full_result['exercise_identification']:.1%}, exact label match {full_result['exact_match']:.1%}; answer loss with its own video {full_result['answer_loss']['own_video']:.4f}, "
           f"with another clip's {full_result['answer_loss']['other_video']:.4f}")  # fmt: skip
 
     # 2. `finetune` (LoRA + projectors, frozen encoders) from the trained model.
-    from videogemma.train.export import export_run
-
     pretrained = export_run(full_dir, args.out / "full_merged")
     finetune = {
         "stage": "finetune",
@@ -192,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     finetune_dir, finetune_seconds = train(finetune, args.out / "finetune.yaml")
     losses = eval_losses(finetune_dir)
-    finetune_result = evaluate_generation(finetune_dir, splits["test"])
+    finetune_result = evaluate_generation(*load_run(finetune_dir), splits["test"])
     start_loss, best_loss = losses[0][1], min(loss for _, loss in losses)
     print(f"finetune: {finetune_seconds / 60:.1f} min; validation loss {start_loss:.4f} → {best_loss:.4f} "
           f"(best); test exercise identification {finetune_result['exercise_identification']:.1%}, "

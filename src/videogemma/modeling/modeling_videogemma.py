@@ -84,7 +84,7 @@ def init_attention_scale(language_model: nn.Module) -> None:
     """
     with torch.no_grad():
         for module in language_model.modules():
-            if isinstance(module, Gemma3nTextAttention) and module.q_norm.weight.device.type != "meta":
+            if isinstance(module, Gemma3nTextAttention):
                 module.q_norm.weight.fill_(module.head_dim**-0.5)
 
 

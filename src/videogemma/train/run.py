@@ -227,9 +227,10 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
         feature_cache=cache,
         callbacks=callbacks + list(extra_callbacks or []),
     )
-    if not args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(CompactProgressCallback)
+    trainer.remove_callback(
+        ProgressCallback
+    )  # the stock bar (disable_tqdm is off): replaced by the quiet one
+    trainer.add_callback(CompactProgressCallback)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run_outputs(trainer, config, run_dir)
     return run_dir
