@@ -163,6 +163,18 @@ def test_pixels_features_and_visual_tokens_give_the_same_logits(
     torch.testing.assert_close(from_cat, from_pixels)
 
 
+def test_the_output_carries_the_visual_tokens_the_decoder_read(
+    model: VideoGemmaForConditionalGeneration,
+) -> None:
+    # Training losses on the video side read them from here instead of running the encoders a second time.
+    video = random_video(2, seed=4)
+    ids = torch.tensor([video_ids([11], [12]), video_ids([14], [15])])
+    with torch.no_grad():
+        output = model(ids, **video)
+        torch.testing.assert_close(output.video_hidden_states, model.encode_video(**video))
+        assert model(torch.tensor([[2, 11, 12]])).video_hidden_states is None
+
+
 def test_frozen_encoders_stay_in_eval_mode_and_get_no_gradients() -> None:
     model = build_tiny_model()
     model.train()

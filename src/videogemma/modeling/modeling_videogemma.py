@@ -73,6 +73,17 @@ class VideoFeatures:
         return cls(**{f.name: torch.cat([getattr(i, f.name) for i in items]) for f in fields(cls)})
 
 
+@dataclass
+class VideoGemmaOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the visual tokens the decoder read (Hugging Face's `image_hidden_states`).
+
+    video_hidden_states: (batch, num_visual_tokens, hidden), the projectors' outputs; None without a video.
+    Training losses on the video side (`train/answer_alignment.py`) read them without running the encoders twice.
+    """
+
+    video_hidden_states: torch.FloatTensor | None = None
+
+
 def init_attention_scale(language_model: nn.Module) -> None:
     """Start each Gemma-3n attention's q-norm weights at head_dim^-0.5 (pretrained weights overwrite them).
 
@@ -335,7 +346,7 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> VideoGemmaOutput:
         """Language-model logits (and loss) for token ids holding `config.image_token_id` placeholders.
 
         The video comes as pixel values (both preprocessings), `video_features` or `visual_tokens`, or not
@@ -387,12 +398,13 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
                 denominator = denominator.to(loss_sum.device)
             loss = loss_sum / denominator
 
-        return CausalLMOutputWithPast(
+        return VideoGemmaOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            video_hidden_states=visual,
         )
 
     def prepare_inputs_for_generation(
