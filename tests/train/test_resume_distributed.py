@@ -81,15 +81,29 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tiny_config_fil
     assert len(steps) == 8  # the steps after the checkpoint, trained twice, are logged once
 
 
-def test_ddp_with_torchrun_on_two_cpu_processes(tiny_config_file) -> None:
-    config = tiny_config_file("finetune", "ddp", per_device_batch_size=1, effective_batch_size=2, max_steps=2)
+@pytest.mark.parametrize(
+    ("stage", "changes", "weights"),
+    [
+        ("finetune", {}, "adapter/adapter_model.safetensors"),
+        # From scratch with the video-answer alignment loss, which reads the visual tokens off the DDP output.
+        ("full", {"answer_alignment_weight": 1.0}, "model/model.safetensors"),
+    ],
+)
+def test_ddp_with_torchrun_on_two_cpu_processes(
+    tiny_config_file, stage: str, changes: dict, weights: str
+) -> None:
+    config = tiny_config_file(
+        stage, f"ddp_{stage}", per_device_batch_size=1, effective_batch_size=2, max_steps=2, **changes
+    )
     result = _torchrun(config)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = config.with_suffix("")
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / weights).is_file()
     assert "2 processes" in result.stderr  # both ranks joined one process group
     log = (run_dir / "metrics.jsonl").read_text()
     assert '"loss"' in log and '"eval_loss"' in log
+    if changes:
+        assert '"answer_alignment_loss"' in log
 
 
 def test_deepspeed_zero2_on_two_cpu_processes(tiny_config_file) -> None:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ProgressCallback
 
+from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     CompactProgressCallback,
     MetricsLogCallback,
@@ -99,6 +100,20 @@ def feature_cache_for(
         "precision": config.precision,
     }
     return FeatureCache(directory, module_weights_hash(videogemma.clip, videogemma.videomamba), settings)
+
+
+def answer_alignment_for(
+    config: TrainConfig, train_dataset: Any, processor: Any, model_config: Any
+) -> AnswerAlignment | None:
+    """The video-answer alignment loss over the training split's distinct answers, when the config asks."""
+    if config.answer_alignment_weight <= 0:
+        return None
+    records = getattr(train_dataset, "dataset", train_dataset).records  # under the feature-cache wrapper
+    alignment = AnswerAlignment.from_records(
+        records, processor, config.answer_alignment_temperature, model_config.image_token_id
+    )
+    logger.info("answer alignment: %d distinct answers in %s", len(alignment), config.data.train_file)
+    return alignment
 
 
 def _deepspeed_cpu_state() -> dict[str, Any]:
@@ -206,6 +221,7 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     augment = False  # the conversation dataset applies no random augmentation (DATA.md augments offline)
     cache = feature_cache_for(config, model, processor, augment)
     train_dataset, eval_dataset, collator = build_datasets(config, processor, cache)
+    alignment = answer_alignment_for(config, train_dataset, processor, base_model(model).config)
 
     if args.process_index == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +241,7 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
         data_collator=collator,
         train_config=config,
         feature_cache=cache,
+        answer_alignment=alignment,
         callbacks=callbacks + list(extra_callbacks or []),
     )
     trainer.remove_callback(

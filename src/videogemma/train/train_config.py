@@ -119,6 +119,10 @@ class TrainConfig:
     # Samples per optimiser step over all processes; gradient accumulation makes up the difference.
     effective_batch_size: int = 64
     max_grad_norm: float = 1.0
+    # Video-answer alignment (train/answer_alignment.py), stage `full` only: this weight times that auxiliary
+    # loss is added to the LM loss; it gives encoders trained from scratch a direct signal. 0 = off.
+    answer_alignment_weight: float = 0.0
+    answer_alignment_temperature: float = 0.1
     precision: str = "auto"  # "auto" (bf16 where supported, else fp32) | "bf16" | "fp16" | "fp32"
     gradient_checkpointing: bool = True
     eval_steps: int = 50
@@ -189,6 +193,16 @@ class TrainConfig:
             )
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise TrainConfigError(f"deepspeed: config file {self.deepspeed} does not exist")
+        if self.answer_alignment_weight < 0 or self.answer_alignment_temperature <= 0:
+            raise TrainConfigError(
+                f"answer_alignment_weight must be ≥ 0 and answer_alignment_temperature > 0, got "
+                f"{self.answer_alignment_weight} and {self.answer_alignment_temperature}"
+            )
+        if self.answer_alignment_weight > 0 and self.stage != "full":
+            raise TrainConfigError(
+                f"answer_alignment_weight: for stage full (encoders trained from scratch), not {self.stage!r}; "
+                "set it to 0"
+            )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,5 +1,5 @@
-"""`VideoGemmaTrainer`: the `transformers` Trainer with projector parameter groups, the frozen-feature cache
-and a guard against non-finite losses.
+"""`VideoGemmaTrainer`: the `transformers` Trainer with projector parameter groups, the frozen-feature cache,
+the optional video-answer alignment loss and a guard against non-finite losses.
 
 Everything else (gradient accumulation, clipping, checkpointing, DDP / DeepSpeed, evaluation, best checkpoint,
 resumption with RNG and data order) is the Trainer's own.
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.feature_cache import FeatureCache
 from videogemma.train.stages import base_model, parameter_groups
 from videogemma.train.train_config import TrainConfig
@@ -32,12 +33,19 @@ class NonFiniteLossError(RuntimeError):
 
 class VideoGemmaTrainer(Trainer):
     def __init__(
-        self, *args: Any, train_config: TrainConfig, feature_cache: FeatureCache | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        train_config: TrainConfig,
+        feature_cache: FeatureCache | None = None,
+        answer_alignment: AnswerAlignment | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.train_config = train_config
         self.feature_cache = feature_cache
+        self.answer_alignment = answer_alignment
         self.skipped_nonfinite_batches = 0
+        self._alignment_losses: list[float] = []  # since the last log
 
     # ---- optimiser: the projectors at their own learning rate -------------------------------------------
 
@@ -88,12 +96,25 @@ class VideoGemmaTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
         paths = self._attach_video_features(model, inputs)
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if return_outputs else result
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if self.answer_alignment is not None and model.training:
+            loss = loss + self._alignment_term(model, outputs, inputs["labels"], num_items_in_batch)
         if model.training and not torch.isfinite(loss).all():
             loss = self._nonfinite(model, loss, paths)
-            result = (loss, result[1]) if return_outputs else loss
-        return result
+        return (loss, outputs) if return_outputs else loss
+
+    def _alignment_term(
+        self, model: nn.Module, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any
+    ) -> torch.Tensor:
+        """`answer_alignment_weight` × the alignment loss of this micro-batch, scaled as the Trainer scales
+        the LM loss: that one is already normalized over the accumulated batch, this per-batch mean is not."""
+        assert self.answer_alignment is not None
+        embed_tokens = base_model(self.accelerator.unwrap_model(model)).get_input_embeddings()
+        alignment = self.answer_alignment.loss(outputs.video_hidden_states, labels, embed_tokens)
+        self._alignment_losses.append(float(alignment.detach()))
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            alignment = alignment / self.current_gradient_accumulation_steps
+        return self.train_config.answer_alignment_weight * alignment
 
     def _nonfinite(self, model: nn.Module, loss: torch.Tensor, paths: list[str] | None) -> torch.Tensor:
         step = self.state.global_step + 1
@@ -121,6 +142,10 @@ class VideoGemmaTrainer(Trainer):
         metrics: dict[str, Any] = {}
         if self.skipped_nonfinite_batches:
             metrics["skipped_nonfinite_batches"] = self.skipped_nonfinite_batches
+        if self._alignment_losses:
+            # The unweighted alignment loss (mean since the last log); `loss` includes its weighted part.
+            metrics["answer_alignment_loss"] = sum(self._alignment_losses) / len(self._alignment_losses)
+            self._alignment_losses.clear()
         if self.feature_cache is not None:
             metrics["feature_cache_hits"] = self.feature_cache.hits
             metrics["feature_cache_misses"] = self.feature_cache.misses
