@@ -109,6 +109,8 @@ class VideoGemmaTrainer(Trainer):
         """`answer_alignment_weight` × the alignment loss of this micro-batch, scaled as the Trainer scales
         the LM loss: that one is already normalized over the accumulated batch, this per-batch mean is not."""
         assert self.answer_alignment is not None
+        if outputs.video_hidden_states is None:  # a batch without video (none is aligned)
+            return torch.zeros((), device=labels.device)
         embed_tokens = base_model(self.accelerator.unwrap_model(model)).get_input_embeddings()
         alignment = self.answer_alignment.loss(outputs.video_hidden_states, labels, embed_tokens)
         self._alignment_losses.append(float(alignment.detach()))
