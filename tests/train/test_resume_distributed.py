@@ -85,8 +85,9 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tiny_config_fil
     ("stage", "changes", "weights"),
     [
         ("finetune", {}, "adapter/adapter_model.safetensors"),
-        # From scratch with the video-answer alignment loss, which reads the visual tokens off the DDP output.
-        ("full", {"answer_alignment_weight": 1.0}, "model/model.safetensors"),
+        # From scratch with the video-answer alignment loss, which reads the visual tokens off the DDP output,
+        # and a time limit that has passed after the first step: both ranks must stop at the same step.
+        ("full", {"answer_alignment_weight": 1.0, "max_train_minutes": 1e-6}, "model/model.safetensors"),
     ],
 )
 def test_ddp_with_torchrun_on_two_cpu_processes(
@@ -104,6 +105,7 @@ def test_ddp_with_torchrun_on_two_cpu_processes(
     assert '"loss"' in log and '"eval_loss"' in log
     if changes:
         assert '"answer_alignment_loss"' in log
+        assert (run_dir / "checkpoint-1").is_dir() and not (run_dir / "checkpoint-2").exists()
 
 
 def test_deepspeed_zero2_on_two_cpu_processes(tiny_config_file) -> None:

@@ -135,7 +135,11 @@ class PlotCallback(TrainerCallback):
 
 
 class TimeLimitCallback(TrainerCallback):
-    """Stop training (with a final checkpoint and evaluation) once it has run `minutes` of wall time."""
+    """Stop training (with a final checkpoint and evaluation) once it has run `minutes` of wall time.
+
+    With several processes, rank 0's clock decides for all: ranks stopping at different steps would leave the
+    others waiting in their next gradient all-reduce forever.
+    """
 
     def __init__(self, minutes: float) -> None:
         self.seconds = minutes * 60.0
@@ -149,7 +153,20 @@ class TimeLimitCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if time.monotonic() - self.start >= self.seconds:
+        if _on_every_rank(time.monotonic() - self.start >= self.seconds):
             control.should_training_stop = True
             control.should_save = True
             control.should_evaluate = args.eval_strategy != "no"
+
+
+def _on_every_rank(decision: bool) -> bool:
+    """Rank 0's `decision`, on every process of the default process group (or `decision` without one)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decision
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([int(decision)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
