@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,14 +98,27 @@ def video_reliance(model: Any, processor: Any, split_file: Path, batch_size: int
     return {name: total / len(records) for name, total in totals.items()}
 
 
-def train(config: dict[str, Any], path: Path) -> tuple[Path, float]:
+def train(config: dict[str, Any], path: Path, processes: int = 1) -> tuple[Path, float]:
+    """One training run, in this process or (processes > 1) as DDP ranks under torchrun."""
     from videogemma.train.run import run_training
     from videogemma.train.train_config import load_train_config
 
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
-    run_dir = run_training(load_train_config(path))
+    if processes == 1:
+        run_dir = run_training(load_train_config(path))
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_port", str(_free_port()), "-m", "videogemma.cli", "train", "--config", str(path)]  # fmt: skip
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        run_dir = Path(config["output_dir"])
     return run_dir, time.perf_counter() - start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def eval_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -131,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--learning-rate", type=float, help="learning rate of the `full` run (default: the config's)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="DDP processes of the `full` run (torchrun, gloo): one per core, each a batch of 8 decoding its own clips",
     )
     parser.add_argument("--finetune-epochs", type=float, default=2.0)
     parser.add_argument("--config", type=Path, default=PROJECT / "configs" / "demo_tiny.yaml")
@@ -163,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Validation (and the checkpoint the best of them keeps) at a third, two thirds and the last step.
     full.update(max_steps=args.steps, eval_steps=max(args.steps // 3, 1))
+    if args.processes > 1:  # every core runs a rank: no spare core for DataLoader workers
+        full["effective_batch_size"] = full.get("per_device_batch_size", 8) * args.processes
+        full["data"]["num_workers"] = 0
     if args.learning_rate is not None:
         full["learning_rate"] = args.learning_rate
-    full_dir, full_seconds = train(full, args.out / "full.yaml")
+    full_dir, full_seconds = train(full, args.out / "full.yaml", args.processes)
     from videogemma.train.export import export_run, load_run
 
     full_model, full_processor = load_run(full_dir)
