@@ -100,7 +100,8 @@ def test_ddp_with_torchrun_on_two_cpu_processes(
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = config.with_suffix("")
     assert (run_dir / weights).is_file()
-    assert "2 processes" in result.stderr  # both ranks joined one process group
+    # One process group, and the Trainer's DDP wrapper around it: gradients are averaged across the ranks.
+    assert "2 processes (parallel mode distributed)" in result.stderr
     log = (run_dir / "metrics.jsonl").read_text()
     assert '"loss"' in log and '"eval_loss"' in log
     if changes:

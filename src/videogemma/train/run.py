@@ -179,6 +179,9 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         report_to=[],
         deepspeed=config.deepspeed,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        # Without it, `accelerate` sets up the gloo process group but treats the run as one process: no DDP
+        # wrapper, each rank training alone on its shard with its own gradients.
+        use_cpu=not torch.cuda.is_available(),
         # Some parameters take no part in a given step (Gemma-3n's KV-shared layers reuse earlier K/V);
         # DDP must not wait for their gradients.
         ddp_find_unused_parameters=True if distributed else None,
@@ -200,6 +203,12 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     if resume and checkpoint is None:
         logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
     args = training_arguments(config, has_eval=config.data.val_file is not None)
+    if world_size() > 1 and args.parallel_mode.value != "distributed":
+        # Each rank would train its own model on its shard, with nothing averaged between them.
+        raise RuntimeError(
+            f"{world_size()} processes were launched but the Trainer runs them in parallel mode "
+            f"{args.parallel_mode.value!r}, not 'distributed': no gradient would be shared"
+        )
 
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
@@ -210,11 +219,12 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     trainable = check_trainable(model, config.stage)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
-        "stage %s: %s of %s parameters train; %d processes, gradient accumulation %d",
+        "stage %s: %s of %s parameters train; %d processes (parallel mode %s), gradient accumulation %d",
         config.stage,
         f"{trainable:,}",
         f"{total:,}",
         world_size(),
+        args.parallel_mode.value,
         args.gradient_accumulation_steps,
     )
 
