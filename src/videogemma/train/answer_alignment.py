@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videogemma.data.chat_template import IGNORE_INDEX
 from videogemma.data.errors import VideoGemmaDataError
-
-IGNORE_INDEX = -100
 
 
 class AnswerAlignment:

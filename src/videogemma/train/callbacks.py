@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
@@ -161,9 +163,6 @@ class TimeLimitCallback(TrainerCallback):
 
 def _on_every_rank(decision: bool) -> bool:
     """Rank 0's `decision`, on every process of the default process group (or `decision` without one)."""
-    import torch
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return decision
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"

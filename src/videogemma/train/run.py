@@ -108,9 +108,9 @@ def answer_alignment_for(
     """The video-answer alignment loss over the training split's distinct answers, when the config asks."""
     if config.answer_alignment_weight <= 0:
         return None
-    records = getattr(train_dataset, "dataset", train_dataset).records  # under the feature-cache wrapper
+    # Stage `full` trains the encoders, so the dataset is never the feature-cache wrapper.
     alignment = AnswerAlignment.from_records(
-        records, processor, config.answer_alignment_temperature, model_config.image_token_id
+        train_dataset.records, processor, config.answer_alignment_temperature, model_config.image_token_id
     )
     logger.info("answer alignment: %d distinct answers in %s", len(alignment), config.data.train_file)
     return alignment
@@ -254,9 +254,8 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
         answer_alignment=alignment,
         callbacks=callbacks + list(extra_callbacks or []),
     )
-    trainer.remove_callback(
-        ProgressCallback
-    )  # the stock bar (disable_tqdm is off): replaced by the quiet one
+    # The stock bar (disable_tqdm is off), replaced by the quiet one.
+    trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run_outputs(trainer, config, run_dir)
