@@ -270,6 +270,82 @@ def test_prompt_too_long_names_the_record(tmp_path, dataset_root):
     assert skipping.bad_sample_counts() == {"skipped": 1, "PromptTooLongError": 1}
 
 
+def test_prompt_too_long_is_caught_before_decoding_with_a_frame_cache(tmp_path, dataset_root, monkeypatch):
+    processor = VideoGemmaProcessor.from_preset("tiny", max_length=40)
+    split = _write_json(tmp_path / "train.json", [_record(GOOD[0])])
+    dataset = ConversationDataset(split, dataset_root, processor, frame_cache_bytes=2**20)
+    monkeypatch.setattr(processor, "load_frames", lambda video: pytest.fail(f"decoded {video}"))
+    assert isinstance(dataset[0], SkippedSample)
+    assert dataset.bad_sample_counts() == {"skipped": 1, "PromptTooLongError": 1}
+
+
+# ---- the decoded-frame cache --------------------------------------------------------------------------------
+
+
+def _counting_decoder(monkeypatch, processor) -> list:
+    decoded = []
+    load_frames = processor.load_frames
+
+    def counting(video):
+        if isinstance(video, str):
+            decoded.append(video)
+        return load_frames(video)
+
+    monkeypatch.setattr(processor, "load_frames", counting)
+    return decoded
+
+
+def test_frame_cache_serves_later_epochs_the_same_samples_without_decoding(
+    tmp_path, dataset_root, processor, monkeypatch
+):
+    split = _write_json(tmp_path / "train.json", [_record(v) for v in GOOD])
+    plain = ConversationDataset(split, dataset_root, processor)
+    cached = ConversationDataset(split, dataset_root, processor, frame_cache_bytes=2**20)
+    decoded = _counting_decoder(monkeypatch, processor)
+    for _epoch in range(3):
+        for position in range(len(GOOD)):
+            sample, reference = cached[position], plain[position]
+            assert sample.keys() == reference.keys()
+            for key in ("input_ids", "labels", "clip_pixel_values", "videomamba_pixel_values"):
+                assert torch.equal(sample[key], reference[key]), key
+            assert sample["video_path"] == reference["video_path"]
+    # The plain dataset decodes every time (3 × 4); the cached one once per clip.
+    assert len(decoded) == 3 * len(GOOD) + len(GOOD)
+    assert len(cached.frame_cache) == len(GOOD)
+
+
+def test_frame_cache_stays_within_its_budget(tmp_path, dataset_root, processor, monkeypatch):
+    split = _write_json(tmp_path / "train.json", [_record(v) for v in GOOD])
+    one_clip = processor.load_frames(str(dataset_root / GOOD[0])).nbytes
+    dataset = ConversationDataset(split, dataset_root, processor, frame_cache_bytes=2 * one_clip + 1)
+    decoded = _counting_decoder(monkeypatch, processor)
+    for _epoch in range(2):
+        for position in range(len(GOOD)):
+            dataset[position]
+    assert len(dataset.frame_cache) == 2 and dataset.frame_cache.bytes == 2 * one_clip
+    assert len(decoded) == len(GOOD) + (len(GOOD) - 2)  # the two that did not fit decode again
+
+
+def test_frame_cache_keeps_the_bad_sample_policy(tmp_path, dataset_root, processor):
+    dataset = ConversationDataset(
+        _mixed_split(tmp_path), dataset_root, processor, bad_sample_policy="skip", frame_cache_bytes=2**20
+    )
+    for _epoch in range(2):
+        for position in range(len(dataset)):
+            dataset[position]
+    _check_skips(dataset)
+    assert len(dataset.frame_cache) == len(GOOD)
+    strict = ConversationDataset(
+        _write_json(tmp_path / "s.json", [_record("broken/garbage.mp4")]),
+        dataset_root,
+        processor,
+        bad_sample_policy="strict",
+        frame_cache_bytes=2**20,
+    )
+    with pytest.raises(VideoGemmaDataError, match=r"garbage\.mp4"):
+        strict[0]
+
+
 def _mixed_split(tmp_path) -> Path:
     """Good records interleaved with every kind of bad one, as JSON Lines."""
     lines = [

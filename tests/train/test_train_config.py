@@ -57,6 +57,7 @@ def test_overrides_are_typed_by_field(tmp_path: Path, split_file: Path) -> None:
         ({"learning_rate": "fast"}, "learning_rate"),
         ({"eval_steps": 10, "save_steps": 15}, "multiple of eval_steps"),
         ({"nonfinite_loss": "ignore"}, "nonfinite_loss"),
+        ({"data": {"frame_cache_mb": -1}}, "data.frame_cache_mb"),
     ],
 )
 def test_invalid_configs_fail_naming_the_key(

@@ -9,6 +9,9 @@
         ...
     dataset.skipped_samples, dataset.bad_sample_counts()  # every skip, from every worker process
 
+`frame_cache_bytes` keeps each video's decoded frames in memory (per process) up to that many bytes: training
+reads every clip once an epoch, and decoding is most of a small model's data cost.
+
 A bad sample is a record that does not parse, a video path outside the dataset root, a video that does not
 decode, or a conversation the chat template cannot render (e.g. a prompt too long for the limit):
 
@@ -34,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from transformers import BatchFeature
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -240,6 +244,33 @@ class SkipLog:
         return [SkippedSample(**json.loads(line)) for line in lines if line.strip()]
 
 
+class DecodedFrameCache:
+    """Decoded frames (uint8) of the videos read so far, by dataset position, up to `max_bytes` in this process.
+
+    The processor's transforms start from these frames, so a sample built from them equals one decoded afresh.
+    Once full it keeps what it holds: with shuffled epochs, any fixed subset saves as much as any other.
+    DataLoader workers each hold their own (the Trainer keeps them alive across epochs).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"a frame cache needs max_bytes >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, position: int) -> np.ndarray | None:
+        return self._frames.get(position)
+
+    def put(self, position: int, frames: np.ndarray) -> None:
+        if position not in self._frames and self.bytes + frames.nbytes <= self.max_bytes:
+            self._frames[position] = frames
+            self.bytes += frames.nbytes
+
+
 def _remove_file(path: Path, owner_pid: int) -> None:
     if os.getpid() == owner_pid:  # never from a forked worker holding a copy of the dataset
         path.unlink(missing_ok=True)
@@ -265,6 +296,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         bad_sample_policy: BadSamplePolicy = "skip",
         *,
         skip_log: str | os.PathLike | None = None,
+        frame_cache_bytes: int = 0,
     ) -> None:
         if bad_sample_policy not in BAD_SAMPLE_POLICIES:
             raise ValueError(
@@ -279,6 +311,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             weakref.finalize(self, _remove_file, self.skip_log.path, os.getpid())
         self._bad_positions: set[int] = set()  # per process: positions known to fail (for refilling)
         self._lengths: list[int] | None = None
+        self.frame_cache = DecodedFrameCache(frame_cache_bytes) if frame_cache_bytes > 0 else None
 
         strict = bad_sample_policy == "strict"
         record_errors: list[RecordError] | None = None if strict else []
@@ -307,7 +340,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         record, path = self.records[position], self.video_paths[position]
         try:
             # The text renders first: a sample whose prompt cannot fit fails before its video is decoded.
-            sample = self.processor.process_sample(str(path), list(record.turns), record=record.name)
+            video = self._video(position, record, path)
+            sample = self.processor.process_sample(video, list(record.turns), record=record.name)
         except VideoGemmaDataError as error:
             if self.bad_sample_policy == "strict":
                 if record.name in str(error):
@@ -317,6 +351,17 @@ class ConversationDataset(torch.utils.data.Dataset):
             return self._log_skip(record.source_file, record.index, record.label, str(path), error, position)
         sample["video_path"] = str(path)
         return sample
+
+    def _video(self, position: int, record: ConversationRecord, path: Path) -> str | np.ndarray:
+        """What the processor reads: the path, or (with a frame cache) the video's decoded frames."""
+        if self.frame_cache is None:
+            return str(path)
+        frames = self.frame_cache.get(position)
+        if frames is None:
+            self.processor.encode_conversation(list(record.turns), record=record.name)  # the text first
+            frames = self.processor.load_frames(str(path))
+            self.frame_cache.put(position, frames)
+        return frames
 
     def next_good_sample(self, position: int) -> dict[str, Any]:
         """The first sample after `position` (wrapping around) that loads: what replaces a skipped one."""

@@ -29,7 +29,11 @@ def build_datasets(config: TrainConfig, processor: Any, cache: FeatureCache | No
     def load(split_file: str) -> ConversationDataset:
         try:
             return ConversationDataset(
-                split_file, config.data.dataset_root, processor, config.data.bad_sample_policy
+                split_file,
+                config.data.dataset_root,
+                processor,
+                config.data.bad_sample_policy,
+                frame_cache_bytes=config.data.frame_cache_mb * 2**20,
             )
         except VideoGemmaDataError as error:
             raise TrainConfigError(f"{split_file}: {error}") from error

@@ -174,6 +174,8 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         seed=config.seed,
         data_seed=config.seed,
         dataloader_num_workers=config.data.num_workers,
+        # Workers live across epochs: their frame caches (data.frame_cache_mb) with them.
+        dataloader_persistent_workers=config.data.num_workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         report_to=[],

@@ -89,6 +89,8 @@ class DataSettings:
     dataset_root: str | None = None
     bad_sample_policy: str = "skip"  # "skip" | "strict"
     num_workers: int = 0
+    # Decoded frames kept in memory, per data-loading process, so later epochs skip decoding. 0 = off.
+    frame_cache_mb: int = 0
 
 
 @dataclass
@@ -174,6 +176,9 @@ class TrainConfig:
         if self.data.dataset_root is not None and not Path(self.data.dataset_root).is_dir():
             raise TrainConfigError(f"data.dataset_root: {self.data.dataset_root} is not a directory")
         _check_choice("data.bad_sample_policy", self.data.bad_sample_policy, ("skip", "strict"))
+        for key in ("num_workers", "frame_cache_mb"):
+            if getattr(self.data, key) < 0:
+                raise TrainConfigError(f"data.{key}: must be ≥ 0, got {getattr(self.data, key)}")
         _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
