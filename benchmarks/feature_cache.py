@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from videogemma.data.qved_prepare import prepare_splits
-    from videogemma.data.synthetic import generate_dataset
+    from videogemma.datasets.qved.prepare import prepare_splits
+    from videogemma.datasets.synthetic.generate import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -77,7 +77,7 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
     import torch
 
     from videogemma.config import GEMMA3N_BOS_ID, GEMMA3N_END_OF_TURN_ID, GEMMA3N_START_OF_IMAGE_ID
-    from videogemma.data.processor import DEFAULT_PROMPT, VideoGemmaProcessor
+    from videogemma.processing.processor import DEFAULT_PROMPT, VideoGemmaProcessor
 
     processor = VideoGemmaProcessor.from_preset("tiny", num_visual_tokens=num_visual_tokens, max_length=None)
     ids = processor.encode_conversation([{"from": "human", "value": DEFAULT_PROMPT}])["input_ids"]
@@ -127,8 +127,8 @@ def measure(
     # synchronisation); E2B's use every core.
     torch.set_num_threads(threads or (1 if preset == "tiny" else os.cpu_count() or 1))
 
-    from videogemma.data.processor import VideoGemmaProcessor
     from videogemma.inference.timing import GenerationTimer
+    from videogemma.processing.processor import VideoGemmaProcessor
 
     dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     start = time.perf_counter()
@@ -279,10 +279,10 @@ def batch_throughput(data: Path | None, model_name: str, new_tokens: int) -> lis
     import torch
 
     import videogemma
-    from videogemma.data.synthetic import generate_dataset
-    from videogemma.evaluation.records import read_records
+    from videogemma.datasets.synthetic.generate import generate_dataset
     from videogemma.inference.batch import list_samples, run_batch_inference
     from videogemma.inference.generate import GenerationSettings
+    from videogemma.inference.records import read_records
 
     torch.set_num_threads(1)  # the tiny model on one core; the decoding worker takes the other
     model, processor = videogemma.load(model_name)

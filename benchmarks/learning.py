@@ -31,8 +31,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def make_dataset(root: Path, per_variant: int, size: int, frames: int, seed: int) -> Path:
-    from videogemma.data.qved_prepare import prepare_splits
-    from videogemma.data.synthetic import generate_dataset
+    from videogemma.datasets.qved.prepare import prepare_splits
+    from videogemma.datasets.synthetic.generate import generate_dataset
 
     if not (root / "qved_test.json").is_file():
         generate_dataset(root, per_variant=per_variant, seed=seed, size=size, num_frames=frames, workers=2)
@@ -43,9 +43,9 @@ def make_dataset(root: Path, per_variant: int, size: int, frames: int, seed: int
 @torch.inference_mode()
 def evaluate_generation(model: Any, processor: Any, split_file: Path, batch_size: int = 16) -> dict[str, Any]:
     """Greedy answers on a split; exercise identification and exact match rates, and some examples."""
-    from videogemma.data.chat_template import normalize_conversation
     from videogemma.evaluation.metrics import exercise_name
     from videogemma.inference.generate import GenerationSettings, generate_answers
+    from videogemma.processing.chat_template import normalize_conversation
 
     records = json.loads(split_file.read_text())
     root = split_file.parent

@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 
-from videogemma.data.synthetic import EXERCISES, generate_dataset
+from videogemma.datasets.synthetic.exercises import EXERCISES
+from videogemma.datasets.synthetic.generate import generate_dataset
 
 TARGET_CLIPS_PER_SECOND = 10.0
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 
@@ -31,3 +34,66 @@ def real_clip() -> Path:
     if not REAL_CLIP.exists():
         pytest.fail(f"the shared fixture {REAL_CLIP} is missing (expected ../shared beside the project)")
     return REAL_CLIP
+
+
+# ---- tiny video clips written with PyAV (the processing and datasets tests) ----------------------------------
+# - `write_clip(path, frames, fps=10, pix_fmt="yuv420p", codec="libx264", pts=None, time_base=None,
+#  rotation=None) -> Path` encodes uint8 frames (T, H, W, 3) RGB or (T, H, W) grey into a video file.
+#  `pts` (with `time_base`) gives each frame's presentation time, for variable-frame-rate clips; `rotation`
+#  stores a display matrix (counter-clockwise degrees, as `VideoFrame.rotation` reads it back).
+# - `level_frames(num_frames, height=48, width=64) -> uint8 (T, H, W, 3)`: frame k is a flat grey of level
+#  `20 + 10 k`, so `frame_level(decoded_frame)` recovers k after lossy compression.
+
+
+def write_clip(
+    path: Path | str,
+    frames: np.ndarray,
+    fps: int = 10,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    rotation: int | None = None,
+) -> Path:
+    frames = np.asarray(frames, dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        if time_base is not None:
+            stream.time_base = time_base
+            stream.codec_context.time_base = time_base
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for k, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="gray" if image.ndim == 2 else "rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[k], time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return Path(path)
+
+
+def level_frames(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
+    levels = 20 + 10 * np.arange(num_frames, dtype=np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def frame_level(frame: np.ndarray) -> int:
+    """The k of a decoded `level_frames` frame."""
+    return round((float(frame.mean()) - 20) / 10)
+
+
+@pytest.fixture(name="write_clip")
+def write_clip_fixture() -> Callable[..., Path]:
+    return write_clip
+
+
+@pytest.fixture(name="level_frames")
+def level_frames_fixture() -> Callable[..., np.ndarray]:
+    return level_frames
+
+
+@pytest.fixture(name="frame_level")
+def frame_level_fixture() -> Callable[[np.ndarray], int]:
+    return frame_level

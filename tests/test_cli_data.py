@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from videogemma.cli import main
-from videogemma.data.qved_prepare import SPLIT_FILE_NAMES
+from videogemma.datasets.qved.prepare import SPLIT_FILE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from videogemma.cli import main as videogemma_cli
 from videogemma.demo import FULL, QUICK, STATE_NAME, _write_state, demo_steps, run_steps
-from videogemma.evaluation.records import read_records
+from videogemma.inference.records import read_records
 
 
 @pytest.mark.slow

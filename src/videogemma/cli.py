@@ -12,7 +12,7 @@ import sys
 
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "videogemma.data.commands",
+    "videogemma.datasets.commands",
     "videogemma.evaluation.commands",
     "videogemma.train.commands",
     "videogemma.inference.commands",

@@ -14,7 +14,7 @@ from videogemma.evaluation.metrics import (
     exercise_name,
     sentence_bleu,
 )
-from videogemma.evaluation.records import PredictionRecord, PredictionRecordError
+from videogemma.inference.records import PredictionRecord, PredictionRecordError
 
 
 def _bleu_by_hand(precisions: list[float]) -> float:

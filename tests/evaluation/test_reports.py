@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 from openpyxl import load_workbook
 
 from videogemma.evaluation.metrics import evaluate_records
-from videogemma.evaluation.plots import make_evaluation_plots, plot_training_log
-from videogemma.evaluation.records import PredictionRecord
+from videogemma.evaluation.plots import make_evaluation_plots
 from videogemma.evaluation.report_excel import write_workbook
 from videogemma.evaluation.report_html import render_html
+from videogemma.inference.records import PredictionRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,27 +129,3 @@ def test_evaluation_plots_are_pngs(plots):
     assert set(plots) == {"metric_distributions", "exercise_accuracy", "score_bands"}
     for path in plots.values():
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
-
-
-def test_training_log_plots(tmp_path):
-    log = tmp_path / "train_log.jsonl"
-    lines = [
-        {"step": s, "epoch": s / 20, "loss": 2.0 / s, "learning_rate": 1e-4, "grad_norm": 0.8}
-        for s in range(1, 41)
-    ]
-    lines += [{"step": 20, "eval_loss": 1.1}, {"step": 40, "eval_loss": 0.9}]
-    log.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"step": 41, "lo')
-    with pytest.warns(UserWarning, match="incomplete last line"):
-        written = plot_training_log(log, tmp_path / "plots")
-    assert set(written) == {"loss", "learning_rate", "grad_norm"}
-    for path in written.values():
-        assert path.parent == tmp_path / "plots" and path.read_bytes()[:8] == PNG_MAGIC
-
-
-def test_training_log_without_grad_norm_skips_that_plot(tmp_path):
-    log = tmp_path / "train_log.jsonl"
-    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "eval_loss": 0.5}\n')
-    assert set(plot_training_log(log, tmp_path)) == {"loss"}
-    log.write_text('{"loss": 1.0}\n')
-    with pytest.raises(ValueError, match=r"train_log\.jsonl, line 1"):
-        plot_training_log(log, tmp_path)

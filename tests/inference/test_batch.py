@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from videogemma.cli import main as videogemma_cli
-from videogemma.evaluation.records import read_records
 from videogemma.inference.batch import list_samples, run_batch_inference
 from videogemma.inference.generate import GenerationSettings
+from videogemma.inference.records import read_records
 
 SETTINGS = GenerationSettings(max_new_tokens=6)
 # Questions of different lengths, so that a batch really is left padded.

@@ -10,7 +10,7 @@ import torch
 
 import videogemma
 from videogemma.cli import main as videogemma_cli
-from videogemma.data.errors import VideoDecodeError
+from videogemma.errors import VideoDecodeError
 from videogemma.inference.generate import GenerationSettings, answer, generate_answers, stream_answer
 
 # The README's Python example, run verbatim (in a folder holding `exercise.mp4`).

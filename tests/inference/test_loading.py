@@ -8,9 +8,9 @@ from transformers import CLIPVisionModel, Gemma3nForCausalLM
 
 import videogemma
 from videogemma.config import VideoGemmaConfig
-from videogemma.data.tokenizer import build_tiny_tokenizer
 from videogemma.inference.generate import GenerationSettings, answer
 from videogemma.modeling.videomamba import VideoMamba
+from videogemma.processing.tokenizer import build_tiny_tokenizer
 
 TINY = VideoGemmaConfig.from_preset("tiny")
 # A text-only Gemma-3n folder carries no multimodal config: the tiny geometry comes as overrides.

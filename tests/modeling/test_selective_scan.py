@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from videogemma.modeling import selective_scan as scan_module
+import videogemma.modeling.selective_scan as scan_module
 from videogemma.modeling.selective_scan import resolve_backend, selective_scan
+from videogemma.modeling.selective_scan.chunked import scan_chunked
+from videogemma.modeling.selective_scan.reference import scan_reference
 
 # fp32 tolerance of every comparison with the reference
 RTOL, ATOL = 1e-4, 1e-5
@@ -100,8 +102,8 @@ def test_chunked_any_chunk_length(chunk_size):
     inputs = make_inputs(batch=1, d_inner=8, length=64, seed=2)
     delta = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
     args = (inputs["u"], delta, inputs["A"], inputs["B"], inputs["C"])
-    expected = scan_module._scan_reference(*args)
-    actual = scan_module._scan_chunked(*args, chunk_size=chunk_size)
+    expected = scan_reference(*args)
+    actual = scan_chunked(*args, chunk_size=chunk_size)
     assert_close_scaled(actual, expected, f"chunk {chunk_size}")
 
 

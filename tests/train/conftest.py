@@ -17,8 +17,8 @@ import yaml
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the clips and qved_{train,val,test}.json (video paths relative to it)."""
-    from videogemma.data.qved_prepare import prepare_splits
-    from videogemma.data.synthetic import generate_dataset
+    from videogemma.datasets.qved.prepare import prepare_splits
+    from videogemma.datasets.synthetic.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny_qved")
     generate_dataset(root, per_variant=1, seed=0, size=32, num_frames=8, fps=8.0, progress=False)

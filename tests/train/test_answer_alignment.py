@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from videogemma.data.dataset import ConversationCollator, ConversationDataset
-from videogemma.data.processor import VideoGemmaProcessor
+from videogemma.datasets.collator import ConversationCollator
+from videogemma.datasets.dataset import ConversationDataset
+from videogemma.processing.processor import VideoGemmaProcessor
 from videogemma.train.answer_alignment import IGNORE_INDEX, AnswerAlignment
 from videogemma.train.train_config import TrainConfigError
 

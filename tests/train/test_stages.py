@@ -12,7 +12,7 @@ pytest.importorskip(
 )
 import torch
 
-from videogemma.train.model_source import build_model, build_processor
+from videogemma.loading import build_model, build_processor
 from videogemma.train.stages import (
     check_trainable,
     lora_target_modules,

@@ -14,7 +14,7 @@ pytest.importorskip(
 import torch
 from safetensors.torch import load_file
 
-from videogemma.train.model_source import build_model
+from videogemma.loading import build_model
 from videogemma.train.train_config import ModelSource, TrainConfigError
 
 pytestmark = pytest.mark.slow

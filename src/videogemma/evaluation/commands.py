@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from videogemma.data.errors import VideoGemmaDataError
+from videogemma.errors import VideoGemmaDataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +103,7 @@ def format_summary(result: Any, outputs: dict[str, Path]) -> str:
         if key in result.variants:
             lines.append(f"{key}: {result.variants[key]}")
     if result.throughput:
-        from videogemma.evaluation.records import format_throughput
+        from videogemma.inference.records import format_throughput
 
         lines.append(format_throughput(result.throughput))
     lines += [f"wrote {path}" for path in outputs.values()]
@@ -122,14 +122,14 @@ def evaluate_file(
     """Score a prediction file and write every report into `out_dir`; returns the result and the files."""
     from videogemma.evaluation.metrics import evaluate_records, record_identifiers
     from videogemma.evaluation.plots import make_evaluation_plots
-    from videogemma.evaluation.records import (
+    from videogemma.evaluation.report_excel import write_workbook
+    from videogemma.evaluation.report_html import write_html
+    from videogemma.inference.records import (
         PredictionRecordError,
         export_csv,
         read_records,
         throughput_stats,
     )
-    from videogemma.evaluation.report_excel import write_workbook
-    from videogemma.evaluation.report_html import write_html
 
     records = read_records(predictions)
     if not records:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from videogemma.evaluation.records import PredictionRecord, PredictionRecordError
+from videogemma.inference.records import PredictionRecord, PredictionRecordError
 
 # Display names, in report column order. Optional metrics appear only when they ran.
 METRIC_LABELS = {

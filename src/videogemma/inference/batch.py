@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from videogemma.data.errors import VideoGemmaDataError
-from videogemma.evaluation.records import (
+from videogemma.errors import VideoGemmaDataError
+from videogemma.inference.generate import GenerationSettings, generate_answers
+from videogemma.inference.records import (
     STATUS_ERROR,
     STATUS_SUCCESS,
     PredictionRecord,
@@ -36,7 +37,6 @@ from videogemma.evaluation.records import (
     format_throughput,
     throughput_stats,
 )
-from videogemma.inference.generate import GenerationSettings, generate_answers
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
@@ -67,9 +67,9 @@ def list_samples(
     relative to the folder (so a resumed run finds the same ids) and asked `prompt` (default: QVED's
     fine-grained prompt).
     """
-    from videogemma.data.dataset import load_conversation_records, resolve_video_path
-    from videogemma.data.errors import RecordError
-    from videogemma.data.processor import DEFAULT_PROMPT
+    from videogemma.datasets.records import load_conversation_records, resolve_video_path
+    from videogemma.errors import RecordError
+    from videogemma.processing.processor import DEFAULT_PROMPT
 
     data = Path(data)
     if data.is_dir():

@@ -129,7 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def run_infer(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from videogemma.data.errors import VideoGemmaDataError
+    from videogemma.errors import VideoGemmaDataError
     from videogemma.inference.generate import answer
 
     model, processor, _ = load_from_args(args)

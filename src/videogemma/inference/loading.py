@@ -41,8 +41,8 @@ def load(
     `torch.bfloat16` or "bfloat16") and `device` move the loaded model; `config_overrides` change
     `VideoGemmaConfig` fields of a preset, saved model or components (not of a training run).
     """
+    from videogemma.loading import build_model, build_processor
     from videogemma.train.export import load_run
-    from videogemma.train.model_source import build_model, build_processor
     from videogemma.train.run import CONFIG_NAME
     from videogemma.train.train_config import ModelSource
 

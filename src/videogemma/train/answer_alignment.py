@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videogemma.data.chat_template import IGNORE_INDEX
-from videogemma.data.errors import VideoGemmaDataError
+from videogemma.errors import VideoGemmaDataError
+from videogemma.processing.chat_template import IGNORE_INDEX
 
 
 class AnswerAlignment:

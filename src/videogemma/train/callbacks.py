@@ -1,7 +1,7 @@
 """Trainer callbacks: the JSON Lines metrics log and its plots, a quiet progress bar and the time limit.
 
 The log has one object per line, `{"step": ..., "epoch": ..., "loss": ..., "learning_rate": ...}` (training),
-`{"step": ..., "eval_loss": ...}` (validation) and the final summary; `plot_training_log` (evaluation) reads it.
+`{"step": ..., "eval_loss": ...}` (validation) and the final summary; `plots.plot_training_log` reads it.
 It is appended to as training goes, so a killed run keeps its history; a resumed run first drops the lines
 of the steps after its checkpoint (they are trained again and would otherwise appear twice).
 """
@@ -121,7 +121,7 @@ class PlotCallback(TrainerCallback):
     def _plot(self, state: TrainerState) -> None:
         if not state.is_world_process_zero or not self.log_path.exists():
             return
-        from videogemma.evaluation.plots import plot_training_log
+        from videogemma.train.plots import plot_training_log
 
         plot_training_log(self.log_path, self.out_dir)
 

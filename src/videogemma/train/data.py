@@ -23,8 +23,9 @@ PIXEL_KEYS = ("clip_pixel_values", "videomamba_pixel_values")
 
 def build_datasets(config: TrainConfig, processor: Any, cache: FeatureCache | None) -> tuple[Any, Any, Any]:
     """(train dataset, validation dataset or None, collator)."""
-    from videogemma.data.dataset import ConversationCollator, ConversationDataset
-    from videogemma.data.errors import VideoGemmaDataError
+    from videogemma.datasets.collator import ConversationCollator
+    from videogemma.datasets.dataset import ConversationDataset
+    from videogemma.errors import VideoGemmaDataError
 
     def load(split_file: str) -> ConversationDataset:
         try:
@@ -62,7 +63,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, position: int) -> Any:
-        from videogemma.data.errors import VideoGemmaDataError
+        from videogemma.errors import VideoGemmaDataError
 
         path = self.dataset.video_paths[position]
         try:
@@ -84,7 +85,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         return sample
 
     def next_good_sample(self, position: int) -> Any:
-        from videogemma.data.dataset import SkippedSample
+        from videogemma.datasets.bad_samples import SkippedSample
 
         for step in range(1, len(self) + 1):
             sample = self[(position + step) % len(self)]
@@ -110,12 +111,9 @@ class CachedFeatureCollator:
         self.refill_from = {dataset.dataset.split_file: dataset for dataset in refill_from}
 
     def __call__(self, items: list[Any]) -> BatchFeature:
-        from videogemma.data.dataset import SkippedSample
+        from videogemma.datasets.bad_samples import refill
 
-        samples = [item for item in items if not isinstance(item, SkippedSample)]
-        for item in items:
-            if isinstance(item, SkippedSample) and item.source_file in self.refill_from:
-                samples.append(self.refill_from[item.source_file].next_good_sample(item.position))
+        samples = refill(items, self.refill_from)
         pixels = {key: [s.pop(key) for s in samples if key in s] for key in PIXEL_KEYS}
         batch = self.processor.collate(samples, padding_side="right", return_labels=True)
         batch[VIDEO_PATHS_KEY] = [s["video_path"] for s in samples]

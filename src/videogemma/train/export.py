@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from videogemma.train.model_source import build_model, load_projector_weights
+from videogemma.loading import build_model, load_projector_weights
 from videogemma.train.run import CONFIG_NAME, PROJECTORS_NAME
 from videogemma.train.train_config import load_train_config
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any]:
     """(model, processor) of a finished training run, LoRA merged, ready for `generate`."""
-    from videogemma.data.processor import VideoGemmaProcessor
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
+    from videogemma.processing.processor import VideoGemmaProcessor
 
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ProgressCallback
 
+from videogemma.loading import build_model, build_processor
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     CompactProgressCallback,
@@ -32,7 +33,6 @@ from videogemma.train.callbacks import (
     TimeLimitCallback,
 )
 from videogemma.train.feature_cache import FeatureCache, module_weights_hash
-from videogemma.train.model_source import build_model, build_processor
 from videogemma.train.stages import (
     PROJECTORS,
     base_model,

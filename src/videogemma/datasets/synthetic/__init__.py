@@ -1,0 +1,1 @@
+"""The synthetic exercise dataset (DATA.md): exercises, rendering, generation."""
