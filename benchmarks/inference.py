@@ -76,15 +76,21 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
     tokens mapped by name to the ids of `config`'s vocabulary (Gemma-3n's for E2B)."""
     import torch
 
-    from videogemma.config import GEMMA3N_BOS_ID, GEMMA3N_END_OF_TURN_ID, GEMMA3N_START_OF_IMAGE_ID
-    from videogemma.processing.processor import DEFAULT_PROMPT, VideoGemmaProcessor
+    from videogemma.config import (
+        GEMMA3N_BOS_ID,
+        GEMMA3N_END_OF_TURN_ID,
+        GEMMA3N_START_OF_IMAGE_ID,
+        GEMMA3N_START_OF_TURN_ID,
+    )
+    from videogemma.constants import DEFAULT_PROMPT, START_OF_TURN
+    from videogemma.processing.processor import VideoGemmaProcessor
 
     processor = VideoGemmaProcessor.from_preset("tiny", num_visual_tokens=num_visual_tokens, max_length=None)
     ids = processor.encode_conversation([{"from": "human", "value": DEFAULT_PROMPT}])["input_ids"]
     tokenizer = processor.tokenizer
     gemma_ids = {
         "<bos>": GEMMA3N_BOS_ID,
-        "<start_of_turn>": 105,
+        START_OF_TURN: GEMMA3N_START_OF_TURN_ID,
         "<end_of_turn>": GEMMA3N_END_OF_TURN_ID,
         "<start_of_image>": GEMMA3N_START_OF_IMAGE_ID,
     }

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.learning_rate is not None:
         full["learning_rate"] = args.learning_rate
     full_dir, full_seconds = train(full, args.out / "full.yaml", args.processes)
-    from videogemma.train.export import load_run
+    from videogemma.loading import load_run
 
     full_model, full_processor = load_run(full_dir)
     full_result = evaluate_generation(full_model, full_processor, splits["test"])
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def finetune_from(full_dir: Path, full: dict[str, Any], splits: dict[str, Path], args: Any) -> dict[str, Any]:
     """`finetune` (LoRA + projectors, frozen encoders) from the trained model: its figures for the summary."""
-    from videogemma.train.export import export_run, load_run
+    from videogemma.loading import load_run
+    from videogemma.train.export import export_run
 
     pretrained = export_run(full_dir, args.out / "full_merged")
     finetune = {

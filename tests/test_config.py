@@ -41,12 +41,19 @@ def test_other_frame_counts_work():
     assert config.num_visual_tokens == 24 * 4 + 4 * 4
 
 
+def test_num_frames_is_the_one_frame_knob():
+    # VideoMamba reads chunks × keyframes per chunk: its frame count follows, never set apart.
+    assert VideoGemmaConfig.from_preset("tiny", chunk_size=2).videomamba_config.num_frames == 8
+    sixteen = VideoGemmaConfig.from_preset("tiny", num_frames=16)
+    assert sixteen.videomamba_config.num_frames == 8 and sixteen.num_visual_tokens == 16 * 4 + 4 * 4
+    assert VideoGemmaConfig.from_preset("e2b").videomamba_config.num_frames == 8
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         (dict(num_frames=10), "multiple of chunk_size"),
         (dict(keyframes_per_chunk=5), "keyframes_per_chunk"),
-        (dict(chunk_size=2), "VideoMamba reads"),
         (dict(image_token_id=5), "image_token_id"),
     ],
 )

@@ -1,7 +1,7 @@
 """VideoGemma: Mobile-VideoGPT (VideoMamba + CLIP + ETP projectors) on Gemma-3n-E2B."""
 
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
-from videogemma.inference.loading import load
+from videogemma.loading import load
 
 __all__ = ["VideoGemmaConfig", "VideoGemmaForConditionalGeneration", "VideoMambaConfig", "load"]
 __version__ = "0.1.0"

@@ -19,6 +19,21 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, Gemma3nTextConfig, PretrainedConfig
 
+from videogemma.constants import (
+    AUDIO_SOFT_TOKEN,
+    BOS,
+    END_OF_AUDIO,
+    END_OF_IMAGE,
+    END_OF_TURN,
+    EOS,
+    IMAGE_SOFT_TOKEN,
+    MASK,
+    PAD,
+    START_OF_IMAGE,
+    START_OF_TURN,
+    UNK,
+)
+
 # Preprocessing statistics (ARCHITECTURE §1). CLIP's own, and ImageNet's for VideoMamba.
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,6 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GEMMA3N_PAD_ID = 0
 GEMMA3N_EOS_ID = 1
 GEMMA3N_BOS_ID = 2
+GEMMA3N_START_OF_TURN_ID = 105
 GEMMA3N_END_OF_TURN_ID = 106
 GEMMA3N_START_OF_IMAGE_ID = 255999
 GEMMA3N_IMAGE_SOFT_TOKEN_ID = 262145
@@ -36,12 +52,10 @@ GEMMA3N_IMAGE_SOFT_TOKEN_ID = 262145
 # The `tiny` preset's tokenizer layout: Gemma's special-token names first (ids 0..7), byte-level BPE tokens up
 # to `TINY_TEXT_VOCAB`, then the multimodal tokens above the per-layer-input table, in Gemma-3n's order,
 # as Gemma-3n lays them out above 262144.
-TINY_SPECIAL_TOKENS = (
-    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>"
-)  # fmt: skip
+TINY_SPECIAL_TOKENS = (PAD, EOS, BOS, UNK, MASK, START_OF_TURN, END_OF_TURN, START_OF_IMAGE)
 TINY_TEXT_VOCAB = 1024
-TINY_MULTIMODAL_TOKENS = ("<end_of_image>", "<image_soft_token>", "<end_of_audio>", "<audio_soft_token>")
-TINY_IMAGE_SOFT_TOKEN_ID = TINY_TEXT_VOCAB + TINY_MULTIMODAL_TOKENS.index("<image_soft_token>")
+TINY_MULTIMODAL_TOKENS = (END_OF_IMAGE, IMAGE_SOFT_TOKEN, END_OF_AUDIO, AUDIO_SOFT_TOKEN)
+TINY_IMAGE_SOFT_TOKEN_ID = TINY_TEXT_VOCAB + TINY_MULTIMODAL_TOKENS.index(IMAGE_SOFT_TOKEN)
 TINY_VOCAB = TINY_TEXT_VOCAB + 8  # room for the multimodal block, rounded up to a multiple of 8
 
 
@@ -130,6 +144,9 @@ class VideoGemmaConfig(PretrainedConfig):
         self.num_frames = num_frames
         self.chunk_size = chunk_size
         self.keyframes_per_chunk = keyframes_per_chunk
+        # `num_frames` is the one frame knob: VideoMamba reads the keyframes, so its frame count follows.
+        if chunk_size > 0:
+            self.videomamba_config.num_frames = num_frames // chunk_size * keyframes_per_chunk
         self.clip_select_layer = clip_select_layer
         self.image_projector_grid = image_projector_grid
         self.video_projector_grid = video_projector_grid
@@ -190,11 +207,6 @@ class VideoGemmaConfig(PretrainedConfig):
         if not 0 < self.keyframes_per_chunk <= self.chunk_size:
             raise ValueError(
                 f"keyframes_per_chunk ({self.keyframes_per_chunk}) must be in 1..chunk_size ({self.chunk_size})"
-            )
-        if self.videomamba_config.num_frames != self.num_keyframes:
-            raise ValueError(
-                f"VideoMamba reads {self.num_keyframes} keyframes (chunks × keyframes_per_chunk) but its "
-                f"config says num_frames={self.videomamba_config.num_frames}"
             )
         if self.image_projector_grid > self.clip_grid:
             raise ValueError(
@@ -321,7 +333,7 @@ def _tiny() -> dict[str, Any]:
             hidden_act="quick_gelu",
         ),
         videomamba_config=VideoMambaConfig(
-            embed_dim=64, depth=3, patch_size=16, num_frames=4, image_size=64, d_state=8, d_conv=4, expand=2
+            embed_dim=64, depth=3, patch_size=16, image_size=64, d_state=8, d_conv=4, expand=2
         ),
         num_frames=8,
         chunk_size=4,
@@ -329,7 +341,7 @@ def _tiny() -> dict[str, Any]:
         image_projector_grid=2,
         video_projector_grid=2,
         image_token_id=TINY_IMAGE_SOFT_TOKEN_ID,
-        end_of_turn_token_id=TINY_SPECIAL_TOKENS.index("<end_of_turn>"),
+        end_of_turn_token_id=TINY_SPECIAL_TOKENS.index(END_OF_TURN),
         max_sequence_length=512,
     )
 

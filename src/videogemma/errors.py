@@ -72,3 +72,7 @@ class PromptTooLongError(VideoGemmaDataError):
             f"sample {record}: prompt is {length} tokens (visual block included) but the limit is {limit}; "
             "shorten the text or raise max_sequence_length"
         )
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded: the message names the path (or preset) and what is missing."""

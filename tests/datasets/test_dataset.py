@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from videogemma.constants import IGNORE_INDEX
 from videogemma.datasets.bad_samples import SkippedSample
 from videogemma.datasets.collator import ConversationCollator
 from videogemma.datasets.dataset import ConversationDataset, length_grouped_sampler
 from videogemma.datasets.records import load_conversation_records, resolve_video_path
 from videogemma.errors import PathOutsideRootError, PromptTooLongError, RecordError, VideoGemmaDataError
-from videogemma.processing.chat_template import IGNORE_INDEX, Turn
+from videogemma.processing.chat_template import Turn
 from videogemma.processing.processor import VideoGemmaProcessor
 
 QUESTION = "Please evaluate the exercise form shown. What mistakes, if any, are present?"

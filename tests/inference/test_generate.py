@@ -58,13 +58,6 @@ def test_load_saved_model_gives_the_same_answer(tmp_path, real_clip, tiny_model)
     )
 
 
-def test_load_rejects_unknown_sources(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not-there"):
-        videogemma.load(tmp_path / "not-there")
-    with pytest.raises(ValueError, match="missing"):
-        videogemma.load(lm=tmp_path)
-
-
 def test_answer_is_greedy_and_counts_tokens(real_clip, tiny_model):
     model, processor = tiny_model
     settings = GenerationSettings(max_new_tokens=10)

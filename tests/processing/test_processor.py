@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
 
 from videogemma.config import VideoGemmaConfig
+from videogemma.constants import IGNORE_INDEX
 from videogemma.errors import PromptTooLongError, VideoGemmaDataError
-from videogemma.processing.chat_template import IGNORE_INDEX
 from videogemma.processing.processor import PROCESSOR_CONFIG_NAME, VideoGemmaProcessor
 from videogemma.processing.tokenizer import build_tiny_tokenizer
 from videogemma.processing.transforms import clip_transform, videomamba_transform

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from videogemma.constants import IGNORE_INDEX
 from videogemma.datasets.collator import ConversationCollator
 from videogemma.datasets.dataset import ConversationDataset
 from videogemma.processing.processor import VideoGemmaProcessor
-from videogemma.train.answer_alignment import IGNORE_INDEX, AnswerAlignment
+from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.train_config import TrainConfigError
 
 

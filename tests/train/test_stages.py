@@ -12,14 +12,15 @@ pytest.importorskip(
 )
 import torch
 
-from videogemma.loading import build_model, build_processor
+from videogemma.errors import ModelLoadError
+from videogemma.loading import ModelSource, build_model, build_processor
 from videogemma.train.stages import (
     check_trainable,
     lora_target_modules,
     parameter_groups,
     prepare_model_for_stage,
 )
-from videogemma.train.train_config import ModelSource, TrainConfig, TrainConfigError
+from videogemma.train.train_config import TrainConfig, TrainConfigError
 
 DECODER_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
@@ -142,5 +143,5 @@ def test_configurations_that_cannot_train_fail_before_training() -> None:
     model.requires_grad_(False)
     with pytest.raises(TrainConfigError, match="no trainable parameters"):
         check_trainable(model, "video-proj")
-    with pytest.raises(TrainConfigError, match="multiple of chunk_size"):
+    with pytest.raises(ModelLoadError, match="multiple of chunk_size"):
         build_model(ModelSource(preset="tiny", overrides={"num_frames": 6}), seed=0)

@@ -14,8 +14,8 @@ pytest.importorskip(
 import torch
 from safetensors.torch import load_file
 
-from videogemma.loading import build_model
-from videogemma.train.train_config import ModelSource, TrainConfigError
+from videogemma.loading import ModelSource, build_model
+from videogemma.train.train_config import TrainConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,8 @@ def test_each_stage_trains_and_writes_its_run_directory(train_tiny, stage: str, 
 
 def test_load_run_merges_lora_and_export_round_trips(tmp_path: Path, tiny_dataset: Path, train_tiny) -> None:
     from videogemma.cli import main
+    from videogemma.loading import load_run
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
-    from videogemma.train.export import load_run
 
     run_dir = train_tiny("finetune", learning_rate=1e-2)
     model, processor = load_run(run_dir)

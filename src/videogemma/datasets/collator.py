@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
+from videogemma.constants import IGNORE_INDEX
 from videogemma.datasets.bad_samples import SkippedSample, refill
 from videogemma.datasets.dataset import ConversationDataset
-from videogemma.processing.chat_template import IGNORE_INDEX
 
 
 class ConversationCollator:

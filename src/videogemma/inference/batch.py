@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from videogemma.constants import VIDEO_SUFFIXES
 from videogemma.errors import VideoGemmaDataError
 from videogemma.inference.generate import GenerationSettings, generate_answers
 from videogemma.inference.records import (
@@ -37,8 +38,6 @@ from videogemma.inference.records import (
     format_throughput,
     throughput_stats,
 )
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 @dataclass
@@ -67,15 +66,15 @@ def list_samples(
     relative to the folder (so a resumed run finds the same ids) and asked `prompt` (default: QVED's
     fine-grained prompt).
     """
+    from videogemma.constants import DEFAULT_PROMPT
     from videogemma.datasets.records import load_conversation_records, resolve_video_path
     from videogemma.errors import RecordError
-    from videogemma.processing.processor import DEFAULT_PROMPT
 
     data = Path(data)
     if data.is_dir():
-        videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
         if not videos:
-            raise FileNotFoundError(f"{data}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+            raise FileNotFoundError(f"{data}: no video files ({', '.join(VIDEO_SUFFIXES)})")
         question = prompt or DEFAULT_PROMPT
         return [
             InferenceSample(

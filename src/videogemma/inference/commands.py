@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """(model, processor, model name) from the model options."""
-    from videogemma.inference.loading import load
+    from videogemma.loading import load
 
     if args.lm or args.clip or args.videomamba:
         model, processor = load(

@@ -22,9 +22,8 @@ import torch
 from transformers import BatchFeature, TextIteratorStreamer, set_seed
 from transformers.generation.streamers import BaseStreamer
 
+from videogemma.constants import PIXEL_INPUT_NAMES
 from videogemma.inference.timing import GenerationTimer
-
-PIXEL_INPUTS = ("clip_pixel_values", "videomamba_pixel_values")
 
 
 @dataclass
@@ -100,7 +99,7 @@ def generate_answers(
     inputs = dict(inputs)
     inputs.pop("labels", None)
     for name, tensor in inputs.items():
-        dtype = model.dtype if name in PIXEL_INPUTS else None
+        dtype = model.dtype if name in PIXEL_INPUT_NAMES else None
         inputs[name] = tensor.to(device=model.device, dtype=dtype)
     if settings.seed is not None:
         set_seed(settings.seed)

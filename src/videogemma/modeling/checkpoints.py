@@ -16,6 +16,7 @@ such as RoPE frequencies) is initialised.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, CLIPVisionConfig, Gemma3nTextConfig
 
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
+
+logger = logging.getLogger(__name__)
 
 GEMMA3N_MULTIMODAL_TEXT_PREFIX = "model.language_model."
 CLIP_VISION_PREFIX = "vision_model."
@@ -147,13 +150,35 @@ def clip_vision_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str]
 
 
 def read_videomamba(path: str | Path) -> tuple[VideoMambaConfig, dict[str, torch.Tensor]]:
-    """The config and state dict of an original OpenGVLab VideoMamba `.pth` (helper of `VideoMamba`)."""
-    from videogemma.modeling.videomamba import VideoMamba
+    """The architecture (from the tensor shapes) and the encoder tensors of an original OpenGVLab VideoMamba
+    checkpoint, as they are stored."""
+    from videogemma.modeling.videomamba import encoder_state_dict, infer_config_from_state_dict
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"VideoMamba checkpoint {path} does not exist")
-    videomamba = VideoMamba.from_original_checkpoint(path)
-    return videomamba.config, videomamba.state_dict()
+    state_dict = encoder_state_dict(path)
+    return VideoMambaConfig(**infer_config_from_state_dict(state_dict, str(path))), state_dict
+
+
+def videomamba_tensors_for(
+    path: str | Path, state_dict: dict[str, torch.Tensor], stored_frames: int, config: VideoMambaConfig
+) -> dict[str, torch.Tensor]:
+    """The checked encoder tensors for `config`; a temporal embedding trained on another frame count is
+    resampled to `config.num_frames` (and the log says so)."""
+    from videogemma.modeling.videomamba import VideoMamba
+
+    if config.num_frames != stored_frames:
+        logger.warning(
+            "%s: VideoMamba was trained on %d frames, the model reads %d keyframes: its temporal position "
+            "embedding is resampled linearly",
+            path,
+            stored_frames,
+            config.num_frames,
+        )
+    encoder = VideoMamba.from_original_checkpoint(
+        state_dict, interpolate_temporal_pos_embedding=True, num_frames=config.num_frames, source=str(path)
+    )
+    return encoder.state_dict()
 
 
 # ---- assembly ---------------------------------------------------------------------------------------------
@@ -225,7 +250,8 @@ def build_from_components(
     clip_dir = resolve_checkpoint_dir(clip, "CLIP")
     text_config, lm_ids = read_gemma3n_text_config(lm_dir)
     vision_config = read_clip_vision_config(clip_dir)
-    videomamba_config, videomamba_tensors = read_videomamba(videomamba)
+    videomamba_config, videomamba_state = read_videomamba(videomamba)
+    stored_frames = videomamba_config.num_frames  # the config below derives its own from num_frames
 
     fields: dict[str, Any] = {
         "text_config": text_config,
@@ -254,7 +280,10 @@ def build_from_components(
     tensors = clip_checkpoint.read(sources, desc=f"CLIP vision weights from {clip_dir.name}")
     assign_tensors(clip_model, tensors, f"CLIP vision model ({clip_dir})", dtype)
 
-    assign_tensors(model.videomamba, dict(videomamba_tensors), f"VideoMamba ({videomamba})", dtype)
+    videomamba_tensors = videomamba_tensors_for(
+        videomamba, videomamba_state, stored_frames, config.videomamba_config
+    )
+    assign_tensors(model.videomamba, videomamba_tensors, f"VideoMamba ({videomamba})", dtype)
 
     # lm_head shares embed_tokens. Then only the projectors and the non-persistent buffers (RoPE frequencies,
     # embedding scales) are left: initialise them; HF's per-module init skips every tensor flagged as loaded.

@@ -28,14 +28,13 @@ from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextAttention
 from transformers.utils.deprecation import deprecate_kwarg
 
 from videogemma.config import VideoGemmaConfig
+from videogemma.constants import IGNORE_INDEX, VIDEO_INPUT_NAMES
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
 from videogemma.modeling.videomamba import VideoMamba
 
 # The keyword arguments that carry a video; `generate` passes them at prefill only.
-VIDEO_INPUT_NAMES = ("clip_pixel_values", "videomamba_pixel_values", "video_features", "visual_tokens")
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -212,6 +212,7 @@ class VideoMamba(nn.Module):
         cls,
         path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
         interpolate_temporal_pos_embedding: bool = False,
+        source: str | None = None,
         **config_overrides: Any,
     ) -> VideoMamba:
         """Load an OpenGVLab VideoMamba checkpoint (.pth or .safetensors, or its state dict).
@@ -223,8 +224,9 @@ class VideoMamba(nn.Module):
         Keys of other heads (text encoder, clip_decoder, masks, head) are ignored; a missing or mis-shaped
         encoder key (including every `_b` key of the backward scan) raises ValueError naming it.
         """
-        source = str(path_or_state_dict) if isinstance(path_or_state_dict, (str, Path)) else "state dict"
-        state_dict = _encoder_state_dict(_load_state_dict(path_or_state_dict))
+        if source is None:
+            source = str(path_or_state_dict) if isinstance(path_or_state_dict, (str, Path)) else "state dict"
+        state_dict = encoder_state_dict(path_or_state_dict)
         inferred = infer_config_from_state_dict(state_dict, source)
 
         num_frames = config_overrides.pop("num_frames", inferred["num_frames"])
@@ -320,7 +322,7 @@ def _load_state_dict(path_or_state_dict: str | Path | Mapping[str, Any]) -> Mapp
     )
 
 
-def _encoder_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def _encoder_tensors(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Unwrap {'model'|'module': …} and keep the `vision_encoder.` sub-dict when there is one."""
     for wrapper in ("model", "module"):
         if isinstance(checkpoint.get(wrapper), Mapping):
@@ -333,6 +335,11 @@ def _encoder_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor
             if key.startswith(CHECKPOINT_PREFIX)
         }
     return {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
+
+
+def encoder_state_dict(path_or_state_dict: str | Path | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of a checkpoint file or state dict (other heads' keys and prefixes dropped)."""
+    return _encoder_tensors(_load_state_dict(path_or_state_dict))
 
 
 def _resample_temporal(embedding: torch.Tensor, steps: int) -> torch.Tensor:

@@ -24,16 +24,16 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from videogemma.constants import (
+    BOS,
+    END_OF_TURN,
+    IGNORE_INDEX,
+    IMAGE_SOFT_TOKEN,
+    START_OF_IMAGE,
+    START_OF_TURN,
+    VIDEO_TAG,
+)
 from videogemma.errors import PromptTooLongError, VideoGemmaDataError
-
-IGNORE_INDEX = -100
-VIDEO_TAG = "<video>"
-IMAGE_TOKEN = "<image_soft_token>"
-# Control tokens of the template, by name (their ids come from the tokenizer).
-BOS = "<bos>"
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
-START_OF_IMAGE = "<start_of_image>"
 
 # Conversation files say human/gpt (LLaVA) or user/assistant (OpenAI); Gemma says user/model.
 ROLE_NAMES = {
@@ -136,7 +136,7 @@ def _as_text(value: Any, record: Any, what: str) -> str:
 class ChatTemplate:
     """Renders conversations for one tokenizer; special ids are looked up once, by name."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token: str = IMAGE_TOKEN) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token: str = IMAGE_SOFT_TOKEN) -> None:
         self.tokenizer = tokenizer
         self.image_token = image_token
         self.token_ids = {name: _token_id(tokenizer, name) for name in (BOS, START_OF_TURN, END_OF_TURN)}

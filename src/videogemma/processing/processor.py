@@ -34,10 +34,10 @@ from videogemma.config import (
     IMAGENET_STD,
     VideoGemmaConfig,
 )
+from videogemma.constants import CLIP_PIXEL_VALUES, DEFAULT_PROMPT, IMAGE_SOFT_TOKEN, VIDEOMAMBA_PIXEL_VALUES
 from videogemma.errors import VideoGemmaDataError
 from videogemma.processing.chat_template import (
     IGNORE_INDEX,
-    IMAGE_TOKEN,
     ChatTemplate,
     Turn,
     normalize_conversation,
@@ -46,11 +46,6 @@ from videogemma.processing.transforms import clip_transform, videomamba_transfor
 from videogemma.processing.video import read_video_frames, sample_frame_indices
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-# QVED's fine-grained prompt: what the processor asks when a call gives a video but no text.
-DEFAULT_PROMPT = (
-    "Please evaluate the exercise form shown. What mistakes, if any, are present, "
-    "and what corrections would you recommend?"
-)
 
 VideoInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
 
@@ -70,7 +65,7 @@ class VideoGemmaProcessor:
         clip_std: Sequence[float] = CLIP_IMAGE_STD,
         videomamba_mean: Sequence[float] = IMAGENET_MEAN,
         videomamba_std: Sequence[float] = IMAGENET_STD,
-        image_token: str = IMAGE_TOKEN,
+        image_token: str = IMAGE_SOFT_TOKEN,
         max_length: int | None = None,
         truncate_answer: bool = False,
         default_system: str | None = None,
@@ -290,7 +285,7 @@ class VideoGemmaProcessor:
             record=record,
         )
         if video is not None:
-            sample["clip_pixel_values"], sample["videomamba_pixel_values"] = self.preprocess_video(video)
+            sample[CLIP_PIXEL_VALUES], sample[VIDEOMAMBA_PIXEL_VALUES] = self.preprocess_video(video)
         return sample
 
     def collate(
@@ -304,7 +299,7 @@ class VideoGemmaProcessor:
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        with_video = ["clip_pixel_values" in sample for sample in samples]
+        with_video = [CLIP_PIXEL_VALUES in sample for sample in samples]
         if any(with_video) and not all(with_video):
             raise ValueError("a batch must be all video samples or all text-only samples")
         length = max(len(sample["input_ids"]) for sample in samples)
@@ -321,8 +316,8 @@ class VideoGemmaProcessor:
         if return_labels:
             batch["labels"] = labels
         if all(with_video):
-            batch["clip_pixel_values"] = torch.stack([s["clip_pixel_values"] for s in samples])
-            batch["videomamba_pixel_values"] = torch.stack([s["videomamba_pixel_values"] for s in samples])
+            batch[CLIP_PIXEL_VALUES] = torch.stack([s[CLIP_PIXEL_VALUES] for s in samples])
+            batch[VIDEOMAMBA_PIXEL_VALUES] = torch.stack([s[VIDEOMAMBA_PIXEL_VALUES] for s in samples])
         return BatchFeature(batch)
 
     def __call__(

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videogemma.constants import IGNORE_INDEX
 from videogemma.errors import VideoGemmaDataError
-from videogemma.processing.chat_template import IGNORE_INDEX
 
 
 class AnswerAlignment:

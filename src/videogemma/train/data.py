@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
+from videogemma.constants import PIXEL_INPUT_NAMES
 from videogemma.train.feature_cache import FeatureCache
 from videogemma.train.train_config import TrainConfig, TrainConfigError
 from videogemma.train.trainer import CACHED_FEATURES_KEY, VIDEO_PATHS_KEY
-
-PIXEL_KEYS = ("clip_pixel_values", "videomamba_pixel_values")
 
 
 def build_datasets(config: TrainConfig, processor: Any, cache: FeatureCache | None) -> tuple[Any, Any, Any]:
@@ -114,7 +113,7 @@ class CachedFeatureCollator:
         from videogemma.datasets.bad_samples import refill
 
         samples = refill(items, self.refill_from)
-        pixels = {key: [s.pop(key) for s in samples if key in s] for key in PIXEL_KEYS}
+        pixels = {key: [s.pop(key) for s in samples if key in s] for key in PIXEL_INPUT_NAMES}
         batch = self.processor.collate(samples, padding_side="right", return_labels=True)
         batch[VIDEO_PATHS_KEY] = [s["video_path"] for s in samples]
         batch[CACHED_FEATURES_KEY] = [s.get(CACHED_FEATURES_KEY) for s in samples]

@@ -1,54 +1,10 @@
-"""Load a training run for inference (`load_run`) and export it as one model directory (`export_run`).
-
-A run directory (see `run.py`) holds the resolved config; from it `load_run` rebuilds the base model the run
-started from (a preset from its seed, a saved directory, or the components), applies the trained parts
-(`full`: the whole saved model; otherwise the projectors and, for `finetune`, the LoRA adapter merged into
-the decoder) and returns a plain `VideoGemmaForConditionalGeneration` in eval mode with its processor.
-"""
+"""`export_run`: a training run written as one model directory (LoRA merged), loadable by `from_pretrained`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from videogemma.loading import build_model, load_projector_weights
-from videogemma.train.run import CONFIG_NAME, PROJECTORS_NAME
-from videogemma.train.train_config import load_train_config
-
-
-def load_run(run_dir: str | Path) -> tuple[Any, Any]:
-    """(model, processor) of a finished training run, LoRA merged, ready for `generate`."""
-    from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
-    from videogemma.processing.processor import VideoGemmaProcessor
-
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run directory: {CONFIG_NAME} is missing")
-    config = load_train_config(config_path, validate=False)
-    processor = VideoGemmaProcessor.from_pretrained(run_dir / "processor")
-    if config.stage == "full":
-        model_dir = run_dir / "model"
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"{run_dir}: the `full` run saved no model/ directory (did it finish?)")
-        model = VideoGemmaForConditionalGeneration.from_pretrained(model_dir)
-    else:
-        projectors = run_dir / PROJECTORS_NAME
-        if not projectors.is_file():
-            raise FileNotFoundError(f"{run_dir}: {PROJECTORS_NAME} is missing (did the run finish?)")
-        model = build_model(config.model, config.seed)
-        load_projector_weights(model, projectors)
-        if config.stage == "finetune":
-            from peft import PeftModel
-
-            adapter_dir = run_dir / "adapter"
-            if not adapter_dir.is_dir():
-                raise FileNotFoundError(f"{run_dir}: the LoRA adapter/ directory is missing")
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-            # modules_to_save copies were merged back into the projectors; the file is the ground truth.
-            load_projector_weights(model, projectors)
-    model.freeze_encoders(clip=True, videomamba=True)
-    return model.eval(), processor
+from videogemma.loading import load_run
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:

@@ -24,7 +24,16 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ProgressCallback
 
-from videogemma.loading import build_model, build_processor
+from videogemma.loading import (
+    PROJECTOR_NAMES,
+    PROJECTORS_NAME,
+    RUN_ADAPTER_DIR,
+    RUN_CONFIG_NAME,
+    RUN_MODEL_DIR,
+    RUN_PROCESSOR_DIR,
+    build_model,
+    build_processor,
+)
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     CompactProgressCallback,
@@ -34,7 +43,6 @@ from videogemma.train.callbacks import (
 )
 from videogemma.train.feature_cache import FeatureCache, module_weights_hash
 from videogemma.train.stages import (
-    PROJECTORS,
     base_model,
     check_trainable,
     encoders_frozen,
@@ -44,8 +52,6 @@ from videogemma.train.train_config import TrainConfig, TrainConfigError, save_tr
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "train_config.yaml"
-PROJECTORS_NAME = "projectors.safetensors"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -237,8 +243,8 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
 
     if args.process_index == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_train_config(config, run_dir / CONFIG_NAME)
-        processor.save_pretrained(run_dir / "processor")
+        save_train_config(config, run_dir / RUN_CONFIG_NAME)
+        processor.save_pretrained(run_dir / RUN_PROCESSOR_DIR)
 
     callbacks: list[Any] = [MetricsLogCallback(run_dir)]
     if config.plots:
@@ -267,9 +273,9 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
 def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
     """Final weights (the best checkpoint's, when validation ran) and the trainer state, in `run_dir`."""
     if config.stage == "full":
-        trainer.save_model(str(run_dir / "model"))
+        trainer.save_model(str(run_dir / RUN_MODEL_DIR))
     elif config.stage == "finetune":
-        trainer.save_model(str(run_dir / "adapter"))
+        trainer.save_model(str(run_dir / RUN_ADAPTER_DIR))
     # The full state dict (gathered across ZeRO-3 shards) on the main process; the projectors from it.
     state = trainer.accelerator.get_state_dict(
         trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
@@ -286,7 +292,7 @@ def projector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for name, tensor in state.items():
         name = name.removeprefix("base_model.model.")
         projector = name.split(".", 1)[0]
-        if projector not in PROJECTORS or ".original_module." in name:
+        if projector not in PROJECTOR_NAMES or ".original_module." in name:
             continue
         out[name.replace(".modules_to_save.default.", ".")] = tensor.detach().cpu().contiguous()
     if not out:

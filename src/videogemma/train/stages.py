@@ -19,16 +19,16 @@ from typing import Any
 
 from torch import nn
 
+from videogemma.loading import PROJECTOR_NAMES
 from videogemma.train.train_config import TrainConfig, TrainConfigError
 
-PROJECTORS = ("image_projector", "video_projector")
 ENCODERS = ("clip", "videomamba")
 
 # Modules each stage trains fully (besides LoRA in `finetune`); `full` trains every parameter.
 STAGE_TRAINED_MODULES: dict[str, tuple[str, ...]] = {
     "video-proj": ("video_projector",),
     "image-proj": ("image_projector",),
-    "finetune": PROJECTORS,
+    "finetune": PROJECTOR_NAMES,
 }
 
 
@@ -78,13 +78,13 @@ def prepare_model_for_stage(model: nn.Module, config: TrainConfig) -> nn.Module:
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_regex,
-        modules_to_save=list(PROJECTORS),
+        modules_to_save=list(PROJECTOR_NAMES),
         bias="none",
     )
     peft_model = get_peft_model(model, lora_config)
     # The frozen encoders must stay in eval mode and frozen after wrapping.
     peft_model.get_base_model().freeze_encoders(clip=True, videomamba=True)
-    untrained = [name for name in PROJECTORS if not _any_trainable(peft_model, name)]
+    untrained = [name for name in PROJECTOR_NAMES if not _any_trainable(peft_model, name)]
     if untrained:
         raise RuntimeError(f"PEFT wrapping left the projectors {untrained} frozen")
     return peft_model
@@ -103,7 +103,7 @@ def check_trainable(model: nn.Module, stage: str) -> int:
 
 
 def is_projector_parameter(name: str) -> bool:
-    return any(f"{projector}." in name for projector in PROJECTORS)
+    return any(f"{projector}." in name for projector in PROJECTOR_NAMES)
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig, no_decay_names: set[str]) -> list[dict[str, Any]]:

@@ -18,12 +18,15 @@ parsed as YAML and converted to the field's type, so `1e-4` is a float even thou
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from videogemma.errors import ModelLoadError
+from videogemma.loading import ModelSource, preset_config
+from videogemma.settings import from_mapping
 
 STAGES = ("video-proj", "image-proj", "finetune", "full")
 
@@ -36,49 +39,6 @@ LORA_TARGET_REGEX = (
 
 class TrainConfigError(ValueError):
     """A training configuration that cannot work; the message names the key and the reason."""
-
-
-@dataclass
-class ModelSource:
-    """Where the model comes from: exactly one of a preset, a saved VideoGemma directory, or components."""
-
-    preset: str | None = None
-    pretrained: str | None = None
-    lm: str | None = None
-    clip: str | None = None
-    videomamba: str | None = None
-    # VideoGemmaConfig fields to change, deep-merged into the source's config (e.g. larger tiny encoders).
-    overrides: dict[str, Any] = field(default_factory=dict)
-    # Projector weights (`projectors.safetensors` of earlier projector-stage runs) loaded over the source's.
-    projector_weights: list[str] = field(default_factory=list)
-
-    def kind(self) -> str:
-        sources = [
-            name
-            for name, present in (
-                ("preset", self.preset),
-                ("pretrained", self.pretrained),
-                ("components", self.lm or self.clip or self.videomamba),
-            )
-            if present
-        ]
-        if len(sources) != 1:
-            raise TrainConfigError(
-                "model: give exactly one source (preset, pretrained, or the components lm + clip + videomamba); "
-                f"got {sources or 'none'}"
-            )
-        if sources[0] == "components" and not (self.lm and self.clip and self.videomamba):
-            raise TrainConfigError("model: the components source needs all of lm, clip and videomamba")
-        return sources[0]
-
-    def check_paths(self) -> None:
-        for key in ("pretrained", "lm", "clip", "videomamba"):
-            path = getattr(self, key)
-            if path is not None and not Path(path).exists():
-                raise TrainConfigError(f"model.{key}: {path} does not exist")
-        for path in self.projector_weights:
-            if not Path(path).is_file():
-                raise TrainConfigError(f"model.projector_weights: {path} does not exist")
 
 
 @dataclass
@@ -166,8 +126,12 @@ class TrainConfig:
         """Every check that needs no model weights: fail before anything slow starts."""
         if self.stage not in STAGES:
             raise TrainConfigError(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}")
-        self.model.kind()
-        self.model.check_paths()
+        try:
+            if self.model.kind() == "preset":  # the geometry of the overrides, before anything is built
+                preset_config(self.model.preset, self.model.overrides)
+            self.model.check_paths()
+        except ModelLoadError as error:
+            raise TrainConfigError(f"model: {error}") from error
         if not self.data.train_file:
             raise TrainConfigError("data.train_file: required (a conversation JSON/JSONL split file)")
         for key, path in (("data.train_file", self.data.train_file), ("data.val_file", self.data.val_file)):
@@ -233,7 +197,7 @@ def load_train_config(
             raise TrainConfigError(f"{path}: the top level must be a mapping of keys to values")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
-    config = _build(TrainConfig, raw, prefix="")
+    config = from_mapping(TrainConfig, raw, error=TrainConfigError)
     if validate:
         config.validate()
     return config
@@ -266,62 +230,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise TrainConfigError(f"override {key}: {part} is not a section")
     node[parts[-1]] = value
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise TrainConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise TrainConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid: {', '.join(sorted(names))}"
-        )
-    values = {}
-    for name, value in raw.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a YAML value to the field's type (`1e-4` → 1e-4), or fail naming the key."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise TrainConfigError(f"{key}: may not be null")
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    origin = typing.get_origin(base) or base
-    try:
-        if origin is bool:
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if origin is float:
-            return float(value)
-        if origin is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if origin is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if origin is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-        if origin is list:
-            return [str(v) for v in (value if isinstance(value, list) else [value])]
-    except (TypeError, ValueError):
-        raise TrainConfigError(f"{key}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
-    return value
 
 
 def save_train_config(config: TrainConfig, path: str | Path) -> None:

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 import videogemma
+from videogemma.constants import QVED_FEEDBACK_PROMPT, QVED_FINE_GRAINED_PROMPT
 from videogemma.datasets.qved.io import write_json
 from videogemma.datasets.qved.prepare import (
-    FEEDBACK_PROMPT,
-    FINE_GRAINED_PROMPT,
     NO_FEEDBACK,
     SPLIT_FILE_NAMES,
     prepare_splits,
@@ -64,13 +63,13 @@ def test_six_files_in_the_conversation_format(synthetic_root, tmp_path):
     result = prepare_splits(synthetic_root, tmp_path)
     assert sorted(result.files) == sorted(SPLIT_FILE_NAMES)
     record = _load(tmp_path, "qved_train.json")[0]
-    assert record["conversations"][0] == {"from": "human", "value": FINE_GRAINED_PROMPT}
+    assert record["conversations"][0] == {"from": "human", "value": QVED_FINE_GRAINED_PROMPT}
     assert record["conversations"][1]["from"] == "gpt"
     assert " - " in record["conversations"][1]["value"]
     assert record["split"] == "train"
     assert (synthetic_root / record["video"]).is_file()  # relative to the dataset root
     feedback = _load(tmp_path, "qved_feedbacks_train.json")[0]
-    assert feedback["conversations"][0]["value"] == FEEDBACK_PROMPT
+    assert feedback["conversations"][0]["value"] == QVED_FEEDBACK_PROMPT
     total = sum(len(_load(tmp_path, name)) for name in SPLIT_FILE_NAMES[:3])
     assert total == 36  # 3 exercises × 3 variants × 4 clips, nothing lost
     assert sum(sum(c.values()) for c in result.counts.values()) == 36

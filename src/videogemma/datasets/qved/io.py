@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from videogemma.constants import VIDEO_SUFFIXES
 from videogemma.errors import RecordError, VideoGemmaDataError
 
 MANIFEST_NAME = "manifest.json"
 FINE_GRAINED_LABELS_NAME = "fine_grained_labels.json"
 FEEDBACKS_NAME = "feedbacks_short_clips.json"
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 # An augmented copy of `<stem>.mp4` is `<stem>_aug<k>.mp4`; it belongs with its source wherever it goes.
 _AUGMENTED_STEM = re.compile(r"^(?P<source>.+)_aug\d+$")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from videogemma.constants import QVED_FEEDBACK_PROMPT, QVED_FINE_GRAINED_PROMPT
 from videogemma.datasets.qved.io import (
     FEEDBACKS_NAME,
     FINE_GRAINED_LABELS_NAME,
@@ -33,13 +34,6 @@ from videogemma.datasets.qved.io import (
 )
 from videogemma.errors import RecordError, VideoGemmaDataError
 
-FINE_GRAINED_PROMPT = (
-    "Please evaluate the exercise form shown. What mistakes, if any, are present, "
-    "and what corrections would you recommend?"
-)
-FEEDBACK_PROMPT = (
-    "Please evaluate the exercise form shown. What feedback would you provide to improve the performance?"
-)
 NO_FEEDBACK = "No feedback available."
 SPLITS = ("train", "val", "test")
 
@@ -58,8 +52,8 @@ class Family:
 
 
 FAMILIES = (
-    Family("fine_grained", FINE_GRAINED_LABELS_NAME, "qved_", FINE_GRAINED_PROMPT),
-    Family("feedbacks", FEEDBACKS_NAME, "qved_feedbacks_", FEEDBACK_PROMPT),
+    Family("fine_grained", FINE_GRAINED_LABELS_NAME, "qved_", QVED_FINE_GRAINED_PROMPT),
+    Family("feedbacks", FEEDBACKS_NAME, "qved_feedbacks_", QVED_FEEDBACK_PROMPT),
 )
 
 SPLIT_FILE_NAMES = tuple(family.split_file(split) for family in FAMILIES for split in SPLITS)
