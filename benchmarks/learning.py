@@ -1,7 +1,7 @@
 """Learning check: does the `tiny` preset learn the synthetic exercise dataset?
 
 1. Generate the synthetic dataset (QVED layout) and its splits.
-2. Train `tiny` from scratch (`full`, configs/demo_tiny.yaml) within a wall-time budget.
+2. Train `tiny` from scratch (`full`, the shipped demo_tiny.yaml) within a wall-time budget.
 3. Greedy generation on the test split: exercise identification (the name before " - " matches) and exact
    label match. Targets: ≥ 90 % and ≥ 60 %. The answer loss with each clip's own video against another
    clip's shows whether the answers depend on the video at all.
@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from videogemma.train.train_config import SHIPPED_CONFIGS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         help="DDP processes of the `full` run (torchrun, gloo): one per core, each a batch of 8 decoding its own clips",
     )
     parser.add_argument("--finetune-epochs", type=float, default=2.0, help="0: no `finetune` run (step 4)")
-    parser.add_argument("--config", type=Path, default=PROJECT / "configs" / "demo_tiny.yaml")
+    parser.add_argument("--config", type=Path, default=SHIPPED_CONFIGS / "demo_tiny.yaml")
     parser.add_argument(
         "--threads",
         type=int,

@@ -91,3 +91,27 @@ def test_a_failing_step_stops_the_demo_and_is_redone_next_time(tmp_path):
     with pytest.raises(SystemExit, match="train"):
         run_steps(steps, out / STATE_NAME, failing_train)
     assert run_steps(steps, out / STATE_NAME, lambda argv: 0) == ["train", "infer", "eval"]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_from_a_plain_install(tmp_path):
+    """`pip install .` (a wheel, not the editable clone) ships the demo's config: `videogemma demo` works."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, project], check=True)
+    wheel = next(wheel_dir.glob("videogemma-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    # The wheel's package comes first on the path (before the clone's editable install); run away from it.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    command = [sys.executable, "-m", "videogemma.cli", "demo", "--quick", "--out", str(tmp_path / "demo")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exercise identified:" in result.stdout
+    config = json.loads((tmp_path / "demo" / "demo_state.json").read_text())["steps"]["train"]["argv"]
+    assert str(site / "videogemma" / "configs" / "demo_tiny.yaml") in config

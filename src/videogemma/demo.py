@@ -2,7 +2,7 @@
 
     1. data synth      the synthetic exercise dataset (QVED layout)        → OUT/data/
     2. data prepare    train / val / test conversation split files         → OUT/data/qved_*.json
-    3. train           the `tiny` preset on the train split (configs/demo_tiny.yaml) → OUT/run/
+    3. train           the `tiny` preset on the train split (the shipped demo_tiny.yaml) → OUT/run/
     4. infer-batch     answers for the test split                          → OUT/predictions/
     5. eval            metrics, workbook, HTML report and plots            → OUT/report/
 
@@ -13,6 +13,7 @@ skipped on a rerun; an interrupted training or inference step continues (`--resu
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videogemma.train.train_config import SHIPPED_CONFIGS
+
 STATE_NAME = "demo_state.json"
-# The demo's training config; configs/ sits beside src/ in a clone (`make demo` installs it editable).
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_tiny.yaml"
+# The demo's training config, shipped with the package (`pip install .` works as well as a clone).
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo_tiny.yaml"
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def run(out: str | Path = "outputs/demo", quick: bool = False, force: bool = Fal
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not DEMO_CONFIG.is_file():
-        raise FileNotFoundError(f"the demo's training config {DEMO_CONFIG} is missing (run from a clone)")
+        raise FileNotFoundError(f"the demo's training config {DEMO_CONFIG} is missing (a broken install?)")
     # The tiny model's matrices are too small to split between threads: a second thread only adds
     # synchronisation (several times slower when other processes share the cores), so the model runs on
     # one core and the data workers use the other.
@@ -228,3 +231,26 @@ def format_headline(summary: dict[str, Any]) -> str:
     ]
     lines += [f"{summary['labels'][name]}: {value:.3f}" for name, value in summary["means"].items()]
     return "\n".join(lines)
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline on CPU: synthetic data, training, batch inference, evaluation report",
+        description="Generate the synthetic exercise dataset, prepare its splits, train the tiny preset, "
+        "answer the test split, evaluate and write the report. Rerunning skips finished steps.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("outputs/demo"), help="working folder (default: outputs/demo)"
+    )
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (a minute), for smoke tests")
+    demo.add_argument("--force", action="store_true", help="redo every step even if it finished before")
+    demo.set_defaults(func=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    run(args.out, quick=args.quick, force=args.force)
+    return 0

@@ -19,6 +19,8 @@ pytest.importorskip(
 import torch
 from safetensors.torch import load_file
 
+from videogemma.train.train_config import SHIPPED_CONFIGS
+
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +119,7 @@ def test_deepspeed_zero2_on_two_cpu_processes(tiny_config_file) -> None:
         per_device_batch_size=1,
         effective_batch_size=2,
         max_steps=2,
-        deepspeed=str(PROJECT / "configs" / "deepspeed" / "zero2.json"),
+        deepspeed=str(SHIPPED_CONFIGS / "deepspeed" / "zero2.json"),
         precision="fp32",
     )
     result = _torchrun(config)

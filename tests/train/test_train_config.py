@@ -13,8 +13,7 @@ from videogemma.train.train_config import (
     load_train_config,
     parse_overrides,
 )
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from videogemma.train.train_config import SHIPPED_CONFIGS as CONFIGS
 
 
 @pytest.fixture

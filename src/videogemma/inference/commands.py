@@ -76,19 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_generation_arguments(batch)
     batch.set_defaults(func=run_infer_batch)
 
-    demo = subparsers.add_parser(
-        "demo",
-        help="the whole pipeline on CPU: synthetic data, training, batch inference, evaluation report",
-        description="Generate the synthetic exercise dataset, prepare its splits, train the tiny preset, "
-        "answer the test split, evaluate and write the report. Rerunning skips finished steps.",
-    )
-    demo.add_argument(
-        "--out", type=Path, default=Path("outputs/demo"), help="working folder (default: outputs/demo)"
-    )
-    demo.add_argument("--quick", action="store_true", help="a much smaller run (a minute), for smoke tests")
-    demo.add_argument("--force", action="store_true", help="redo every step even if it finished before")
-    demo.set_defaults(func=run_demo)
-
 
 def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """(model, processor, model name) from the model options."""
@@ -179,11 +166,4 @@ def run_infer_batch(args: argparse.Namespace) -> int:
         model_name=model_name,
         dataset_name=str(args.data),
     )
-    return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from videogemma.demo import run
-
-    run(args.out, quick=args.quick, force=args.force)
     return 0

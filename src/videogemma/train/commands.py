@@ -1,6 +1,6 @@
 """`videogemma train` and `videogemma export`.
 
-    videogemma train --config configs/qved_finetune.yaml [--resume] [--key value ...]
+    videogemma train --config qved_finetune [--resume] [--key value ...]
     videogemma export RUN_DIR --merge OUT_DIR
 
 Any `--key value` the train parser does not know is a config override (dotted keys: `--lora.r 16`).
@@ -31,7 +31,11 @@ def register(subparsers: Any) -> None:
         "sections: --lora.r 16 --model.overrides.num_frames 16 --max_steps 100).",
     )
     train.__class__ = _OverridesParser
-    train.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    train.add_argument(
+        "--config",
+        required=True,
+        help="YAML training config: a path, or a shipped config by name (qved_finetune, finetune, full, ...)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.set_defaults(func=_train, overrides=[])
 

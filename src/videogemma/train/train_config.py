@@ -29,6 +29,8 @@ from videogemma.loading import ModelSource, preset_config
 from videogemma.settings import from_mapping
 
 STAGES = ("video-proj", "image-proj", "finetune", "full")
+# The shipped configs (package data): `--config qved_finetune` names one of them.
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # The text decoder's attention and MLP projections, and nothing else (never PEFT's "all-linear", which would
 # also hit AltUp, LAuReL and the per-layer-input projections of Gemma-3n). PEFT full-matches this on module names.
@@ -101,7 +103,7 @@ class TrainConfig:
     feature_cache: str = "auto"  # "auto" | "off"
     feature_cache_dir: str | None = None  # default: <output_dir>/../.feature_cache (shared by sibling runs)
     nonfinite_loss: str = "stop"  # "stop" | "skip"
-    deepspeed: str | None = None  # a DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json)
+    deepspeed: str | None = None  # a DeepSpeed JSON config (a path, or a shipped one: zero2, zero3)
     plots: bool = True
 
     # ---- derived ------------------------------------------------------------------------------------------
@@ -161,7 +163,10 @@ class TrainConfig:
                 f"lora: r and alpha must be positive, got r={self.lora.r} alpha={self.lora.alpha}"
             )
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
-            raise TrainConfigError(f"deepspeed: config file {self.deepspeed} does not exist")
+            shipped = SHIPPED_CONFIGS / "deepspeed" / f"{Path(self.deepspeed).stem}.json"
+            if Path(self.deepspeed).parent != Path(".") or not shipped.is_file():
+                raise TrainConfigError(f"deepspeed: config file {self.deepspeed} does not exist")
+            self.deepspeed = str(shipped)
         if self.answer_alignment_weight < 0 or self.answer_alignment_temperature <= 0:
             raise TrainConfigError(
                 f"answer_alignment_weight must be ≥ 0 and answer_alignment_temperature > 0, got "
@@ -189,9 +194,7 @@ def load_train_config(
     config is read back with `validate=False`: its data files need not exist any more)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise TrainConfigError(f"config file {path} does not exist")
+        path = resolve_config_path(path)
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise TrainConfigError(f"{path}: the top level must be a mapping of keys to values")
@@ -201,6 +204,18 @@ def load_train_config(
     if validate:
         config.validate()
     return config
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file's path, or the shipped config of that name (`qved_finetune` or `qved_finetune.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise TrainConfigError(f"config file {path} does not exist (shipped configs: {names})")
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
