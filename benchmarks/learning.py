@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (1200 if args.processes > 1 else 1350)
     full.update(max_steps=steps, eval_steps=max(steps // 3, 1))
     if args.processes > 1:  # every core runs a rank: no spare core for DataLoader workers
-        full["effective_batch_size"] = full.get("per_device_batch_size", 8) * args.processes
+        full["effective_batch_size"] = full.get("per_device_train_batch_size", 8) * args.processes
         full["data"]["num_workers"] = 0
     if args.learning_rate is not None:
         full["learning_rate"] = args.learning_rate
@@ -237,8 +237,8 @@ def finetune_from(full_dir: Path, full: dict[str, Any], splits: dict[str, Path],
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "learning_rate": 5e-4,
         "projector_learning_rate": 1e-4,
-        "num_epochs": args.finetune_epochs,
-        "per_device_batch_size": full.get("per_device_batch_size", 8),
+        "num_train_epochs": args.finetune_epochs,
+        "per_device_train_batch_size": full.get("per_device_train_batch_size", 8),
         "effective_batch_size": full.get("effective_batch_size", 8),
         "eval_steps": 100,
         "eval_on_start": True,

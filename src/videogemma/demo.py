@@ -50,7 +50,7 @@ FULL = DemoSize(
 # A minute on two cores: one clip per variant (18 clips), a few optimiser steps, short answers.
 QUICK = DemoSize(
     per_variant=1,
-    train_overrides=("--max_steps", "3", "--eval_steps", "2", "--per_device_batch_size", "4",
+    train_overrides=("--max_steps", "3", "--eval_steps", "2", "--per_device_train_batch_size", "4",
                      "--effective_batch_size", "4"),
     max_new_tokens=12,
     batch_size=4,

@@ -37,7 +37,7 @@ def make_tiny_config(dataset: Path, out_dir: Path, stage: str = "full", **change
         "learning_rate": 1e-3,
         "projector_learning_rate": 5e-4,
         "max_steps": 2,
-        "per_device_batch_size": 2,
+        "per_device_train_batch_size": 2,
         "effective_batch_size": 2,
         "eval_steps": 2,
         "save_total_limit": 2,

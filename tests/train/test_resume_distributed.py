@@ -96,7 +96,7 @@ def test_ddp_with_torchrun_on_two_cpu_processes(
     tiny_config_file, stage: str, changes: dict, weights: str
 ) -> None:
     config = tiny_config_file(
-        stage, f"ddp_{stage}", per_device_batch_size=1, effective_batch_size=2, max_steps=2, **changes
+        stage, f"ddp_{stage}", per_device_train_batch_size=1, effective_batch_size=2, max_steps=2, **changes
     )
     result = _torchrun(config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -116,7 +116,7 @@ def test_deepspeed_zero2_on_two_cpu_processes(tiny_config_file) -> None:
     config = tiny_config_file(
         "finetune",
         "zero2",
-        per_device_batch_size=1,
+        per_device_train_batch_size=1,
         effective_batch_size=2,
         max_steps=2,
         deepspeed=str(SHIPPED_CONFIGS / "deepspeed" / "zero2.json"),

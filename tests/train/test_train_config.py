@@ -76,11 +76,11 @@ def test_gradient_accumulation_makes_up_the_effective_batch(tmp_path: Path, spli
     config = load_train_config(
         None,
         ["--data.train_file", str(split_file), "--model.preset", "tiny", "--effective_batch_size", "64",
-         "--per_device_batch_size", "8"],
+         "--per_device_train_batch_size", "8"],
     )  # fmt: skip
     assert config.gradient_accumulation_steps(world_size=1) == 8
     assert config.gradient_accumulation_steps(world_size=2) == 4
-    with pytest.raises(TrainConfigError, match="multiple of per_device_batch_size"):
+    with pytest.raises(TrainConfigError, match="multiple of per_device_train_batch_size"):
         config.gradient_accumulation_steps(world_size=3)
 
 

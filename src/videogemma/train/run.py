@@ -151,14 +151,14 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
     )
     return TrainingArguments(
         output_dir=config.output_dir,
-        per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps(world_size()),
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        num_train_epochs=config.num_epochs,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,  # a float < 1 is a ratio of the total steps
+        num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         max_grad_norm=config.max_grad_norm,
         **precision_flags(config.precision),

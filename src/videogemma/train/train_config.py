@@ -75,11 +75,11 @@ class TrainConfig:
     learning_rate: float = 2e-4
     projector_learning_rate: float | None = None
     weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    num_epochs: float = 3.0
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05  # below 1: a ratio of the total steps (as TrainingArguments reads it)
+    num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_batch_size: int = 8
+    per_device_train_batch_size: int = 8
     # Samples per optimiser step over all processes; gradient accumulation makes up the difference.
     effective_batch_size: int = 64
     max_grad_norm: float = 1.0
@@ -109,11 +109,11 @@ class TrainConfig:
     # ---- derived ------------------------------------------------------------------------------------------
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
-        per_step = self.per_device_batch_size * world_size
+        per_step = self.per_device_train_batch_size * world_size
         if self.effective_batch_size % per_step:
             raise TrainConfigError(
-                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of per_device_batch_size "
-                f"({self.per_device_batch_size}) × processes ({world_size})"
+                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of per_device_train_batch_size "
+                f"({self.per_device_train_batch_size}) × processes ({world_size})"
             )
         return self.effective_batch_size // per_step
 
@@ -148,7 +148,7 @@ class TrainConfig:
         _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
-        for key in ("per_device_batch_size", "effective_batch_size", "eval_steps", "logging_steps"):
+        for key in ("per_device_train_batch_size", "effective_batch_size", "eval_steps", "logging_steps"):
             if getattr(self, key) <= 0:
                 raise TrainConfigError(f"{key}: must be positive, got {getattr(self, key)}")
         if self.resolved_save_steps % self.eval_steps:
@@ -156,8 +156,8 @@ class TrainConfig:
                 f"save_steps ({self.resolved_save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
                 "so that the best checkpoint by validation loss is one that was saved"
             )
-        if self.max_steps <= 0 and self.num_epochs <= 0:
-            raise TrainConfigError("give num_epochs > 0 or max_steps > 0")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise TrainConfigError("give num_train_epochs > 0 or max_steps > 0")
         if self.stage == "finetune" and (self.lora.r <= 0 or self.lora.alpha <= 0):
             raise TrainConfigError(
                 f"lora: r and alpha must be positive, got r={self.lora.r} alpha={self.lora.alpha}"
