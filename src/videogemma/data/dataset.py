@@ -43,7 +43,8 @@ from transformers import BatchFeature
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from videogemma.data.chat_template import IGNORE_INDEX, ConversationError, Turn, normalize_conversation
-from videogemma.data.errors import PathOutsideRootError, RecordError, VideoGemmaDataError
+from videogemma.data.errors import RecordError, VideoGemmaDataError
+from videogemma.data.paths import resolve_in_root
 
 logger = logging.getLogger(__name__)
 
@@ -186,15 +187,12 @@ def _check_record(
 def resolve_video_path(
     video: str, dataset_root: str | os.PathLike, *, source_file: str | os.PathLike, record: int | str | None
 ) -> Path:
-    """The video's absolute path under `dataset_root`; `PathOutsideRootError` if it escapes the root.
+    """The video's real path under `dataset_root`; `PathOutsideRootError` if it escapes the root.
 
-    Checked lexically (`..` collapsed, symlinks not followed), so links inside the root may point anywhere.
+    Symlinks are followed (of the file and of every folder on the way) before the check, so a link inside
+    the root that points elsewhere is refused like `../x.mp4` (`paths.resolve_in_root`).
     """
-    root = Path(os.path.normpath(os.path.abspath(dataset_root)))
-    full = Path(os.path.normpath(root / video))  # an absolute `video` replaces the root here
-    if full != root and root not in full.parents:
-        raise PathOutsideRootError(source_file, record, video, root)
-    return full
+    return resolve_in_root(video, dataset_root, source_file=source_file, record=record)
 
 
 # ---- bad samples ----------------------------------------------------------------------------------------------
@@ -325,7 +323,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 path = resolve_video_path(
                     record.video, self.dataset_root, source_file=record.source_file, record=record.label
                 )
-            except PathOutsideRootError as error:
+            except RecordError as error:  # outside the root, or not a usable path
                 if strict:
                     raise
                 self._log_skip(record.source_file, record.index, record.label, None, error, position=None)
