@@ -79,7 +79,9 @@ def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
         processor = VideoGemmaProcessor.from_pretrained(source.pretrained)
         # Overrides (e.g. more frames) change the geometry: rebuild the settings from the model's config.
         return (
-            VideoGemmaProcessor.from_config(model_config, processor.tokenizer)
+            VideoGemmaProcessor.from_config(
+                model_config, processor.tokenizer, video_limits=processor.video_limits
+            )
             if source.overrides
             else processor
         )

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ProgressCallback
 
+from videogemma.data.video import VideoLimits
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     CompactProgressCallback,
@@ -217,6 +218,10 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     set_seed(config.seed)
     model = build_model(config.model, config.seed)
     processor = build_processor(config.model, model.config)
+    if config.data.video_limits:
+        processor.video_limits = VideoLimits.from_value(
+            {**processor.video_limits.to_dict(), **config.data.video_limits}
+        )
     model = prepare_model_for_stage(model, config)
     trainable = check_trainable(model, config.stage)
     total = sum(p.numel() for p in model.parameters())
