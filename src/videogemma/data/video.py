@@ -36,7 +36,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -227,6 +227,32 @@ def probe_video(
         timeline = _packet_timeline(path, limits)
         num_frames = len(timeline.pts) if timeline is not None else None
     return VideoInfo(str(path), num_frames, fps, duration, width, height, rotation, codec, pix_fmt)
+
+
+def iter_video_frames(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> Iterator[av.VideoFrame]:
+    """Every frame of the clip in order, decoded with threads, each checked against `limits` as it comes
+    (frame count, duration, frame size); for tools that read whole clips (e.g. `data clean`)."""
+    with open_video(path, limits) as container:
+        stream = _video_stream(path, container)
+        stream.thread_type = "AUTO"
+        span = _SpanCheck(path, stream.time_base, limits)
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                _check_frame_size(path, frame.width, frame.height, limits)
+                count += 1
+                span.add(count, frame.pts)
+                yield frame
+        except (av.FFmpegError, OSError) as error:
+            raise _decode_failure(path, stream, error, limits, f" after {count} frames") from None
+
+
+def frame_to_rgb(frame: av.VideoFrame, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a decoded frame as stored (not rotated), downscaled to `max_frame_pixels`."""
+    width, height = _fit(frame.width, frame.height, limits.max_frame_pixels)
+    if (width, height) == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
 
 
 # ---- internals ----------------------------------------------------------------------------------------------
