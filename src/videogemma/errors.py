@@ -45,7 +45,11 @@ class RecordError(VideoGemmaDataError):
 
 
 class PathOutsideRootError(RecordError):
-    """A record whose media path escapes the dataset root (through `..` or an absolute path)."""
+    """A record whose media path escapes the dataset root: an absolute path elsewhere, `..`, or a symlink
+    (of the file or of a folder on its way) that points outside. Nothing is read, written or deleted there.
+
+    `resolved` is where the path really leads (symlinks followed), when that differs from what was written.
+    """
 
     def __init__(
         self,
@@ -53,12 +57,23 @@ class PathOutsideRootError(RecordError):
         record: int | str | None,
         path: str | PathLike[str],
         root: str | PathLike[str],
+        resolved: str | PathLike[str] | None = None,
     ) -> None:
         self.path = str(path)
         self.root = str(root)
+        self.resolved = None if resolved is None else str(resolved)
+        leads = f" (it leads to {self.resolved})" if self.resolved and self.resolved != self.path else ""
         super().__init__(
-            source_file, record, f"video path {self.path!r} lies outside the dataset root {self.root}"
+            source_file,
+            record,
+            f"video path {self.path!r} lies outside the dataset root {self.root}{leads}; "
+            "only files under the root are used",
         )
+
+
+class VideoLimitError(VideoDecodeError):
+    """A video beyond a configured bound (file size, frame size, duration, frame count): refused before it
+    is decoded into memory. The message names the limit and the `VideoLimits` field that sets it."""
 
 
 class PromptTooLongError(VideoGemmaDataError):

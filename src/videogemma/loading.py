@@ -174,7 +174,9 @@ def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
         processor = VideoGemmaProcessor.from_pretrained(source.pretrained)
         # Overrides (e.g. more frames) change the geometry: rebuild the settings from the model's config.
         if source.overrides:
-            return VideoGemmaProcessor.from_config(model_config, processor.tokenizer)
+            return VideoGemmaProcessor.from_config(
+                model_config, processor.tokenizer, video_limits=processor.video_limits
+            )
         check_processor_matches(processor, model_config, source.pretrained)
         return processor
     if kind == "preset" and source.tokenizer is None:

@@ -51,7 +51,7 @@ def _full_decode(path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def _no_full_decode(path):
+def _no_full_decode(path, limits):
     raise AssertionError(f"{path}: planned from the packets, the clip should not need a counting decode")
 
 
@@ -191,8 +191,8 @@ def test_wrong_packet_timeline_falls_back_to_decoding(
     expected = decode_frames(path, 8)
     real_timeline = video._packet_timeline
 
-    def overcounting_timeline(p):  # as if the container promised 10 frames more than there are
-        timeline = real_timeline(p)
+    def overcounting_timeline(p, limits):  # as if the container promised 10 frames more than there are
+        timeline = real_timeline(p, limits)
         step = timeline.pts[1] - timeline.pts[0]
         pts = [*timeline.pts, *(timeline.pts[-1] + step * k for k in range(1, 11))]
         return video._Timeline(pts, timeline.end + 10 * step, timeline.time_base)
@@ -202,7 +202,7 @@ def test_wrong_packet_timeline_falls_back_to_decoding(
     assert decoded.indices == expected.indices
     np.testing.assert_array_equal(decoded.frames, expected.frames)
 
-    monkeypatch.setattr(video, "_packet_timeline", lambda p: None)  # e.g. packets without timestamps
+    monkeypatch.setattr(video, "_packet_timeline", lambda p, limits: None)  # e.g. packets without timestamps
     decoded = decode_frames(path, 8)
     assert decoded.indices == expected.indices
     assert [frame_level(f) for f in decoded.frames] == decoded.indices

@@ -2,20 +2,26 @@
 
     videogemma data synth     --out DIR [--per-variant N] [--seed S] [--size 64] [--frames 36] [--fps 12]
     videogemma data prepare   --root DATASET [--out DIR] [--ratios 0.6 0.2 0.2] [--seed 42] [--max-per-class N]
-    videogemma data validate  FILE_OR_DIR ... --root DATASET [--report report.json]
+    videogemma data validate  FILE_OR_DIR ... --root DATASET [--model tiny|DIR] [--report report.json]
     videogemma data clean     --root DATASET (--out DIR | --in-place) [thresholds ...]
     videogemma data augment   --root DATASET [--copies K] [--ops hflip,rotate,...] [--seed 0]
     videogemma data stats     --root DATASET [--out DIR]
 
 Each command prints a table of what it did; the work itself lives in `synthetic.py` and `qved_*.py`.
+Bad input (a record outside the dataset root, a malformed manifest, a root that is not a folder) ends the
+command with one line on stderr naming the file and record, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from videogemma.errors import VideoGemmaDataError
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -105,10 +111,16 @@ def _prepare(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from videogemma.datasets.qved.validate import validate_split_files
+    from videogemma.datasets.qved.validate import load_processor, validate_split_files
 
+    if args.root is not None and not Path(args.root).is_dir():  # before the processor is built
+        raise VideoGemmaDataError(f"--root {args.root}: the dataset root is not a folder")
     report = validate_split_files(
-        args.paths, root=args.root, min_frames=args.min_frames, min_duration=args.min_duration
+        args.paths,
+        root=args.root,
+        min_frames=args.min_frames,
+        min_duration=args.min_duration,
+        processor=load_processor(args.model),
     )
     for problem in report.problems:
         print(problem, file=sys.stderr)
@@ -166,10 +178,15 @@ def _augment(args: argparse.Namespace) -> int:
     from videogemma.datasets.qved.augment import augment_dataset
 
     operations = args.ops.split(",") if args.ops else None
-    jobs = augment_dataset(args.root, args.copies, operations, args.seed, args.classes)
-    counts = Counter(job.operation for job in jobs)
-    print(format_table(["operation", "clips"], [*sorted(counts.items()), ["TOTAL", len(jobs)]]))
+    result = augment_dataset(args.root, args.copies, operations, args.seed, args.classes)
+    counts = Counter(job.operation for job in result.written)
+    print(format_table(["operation", "clips"], [*sorted(counts.items()), ["TOTAL", len(result.written)]]))
     print(f"label files and manifest in {args.root} now list the augmented clips; run `prepare` again")
+    for job, reason in result.failed:
+        print(f"not augmented: {job.source} (copy {job.target}): {reason}", file=sys.stderr)
+    if result.failed:
+        print(f"{len(result.failed)} copies not written (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -177,10 +194,8 @@ def _augment(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
-    from videogemma.datasets.qved.stats import collect_stats, plot_stats
+    from videogemma.datasets.qved.stats import collect_stats, write_stats
 
     stats = collect_stats(args.root, args.splits)
     print(format_table(stats.table_header(), stats.table_rows()))
@@ -188,15 +203,41 @@ def _stats(args: argparse.Namespace) -> int:
     unreadable = [v for v in stats.videos if v.error]
     for video in unreadable:
         print(f"unreadable: {video.path}: {video.error}", file=sys.stderr)
-    out = Path(args.out or args.root)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_stats(stats, out / "dataset_stats.png")
-    (out / "dataset_stats.json").write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out / 'dataset_stats.png'} and {out / 'dataset_stats.json'}")
+    plot, table = write_stats(stats, args.out or args.root)
+    print(f"wrote {plot} and {table}")
     return 0
 
 
 # ---- registration -----------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def _reporting_bad_input(name: str, command: Callable[[argparse.Namespace], int]) -> Callable:
+    """The command, with bad input (the package's data errors, each naming its file and record) reported as
+    one line on stderr and exit status 2 instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except VideoGemmaDataError as error:
+            print(f"videogemma data {name}: error: {error}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -212,7 +253,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--fps", type=float, default=12.0)
     synth.add_argument("--workers", type=int, default=1, help="processes rendering clips in parallel")
     synth.add_argument("--exercises", nargs="+", help="class names to generate (default: all)")
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=_reporting_bad_input("synth", _synth))
 
     prepare = commands.add_parser("prepare", help="label files + manifest → the six conversation split files")
     prepare.add_argument(
@@ -225,17 +266,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--seed", type=int, default=42)
     prepare.add_argument("--max-per-class", type=int, help="keep at most this many source videos per class")
     prepare.add_argument("--stratify", action="store_true", help="split every class by the ratios")
-    prepare.set_defaults(func=_prepare)
+    prepare.set_defaults(func=_reporting_bad_input("prepare", _prepare))
 
     validate = commands.add_parser("validate", help="check split files: schema, videos, frames, duration")
     validate.add_argument("paths", nargs="+", help="split files, or folders holding the six")
     validate.add_argument(
-        "--root", help="dataset root the video paths are relative to (default: each file's folder)"
+        "--root",
+        "--dataset-root",
+        dest="root",
+        help="dataset root the video paths are relative to (default: each file's folder)",
     )
-    validate.add_argument("--min-frames", type=int, default=8, help="frames the model samples per clip")
-    validate.add_argument("--min-duration", type=float, default=0.0, help="seconds")
+    validate.add_argument(
+        "--model",
+        default="tiny",
+        help="whose processor's checks apply (chat template, context length, video limits): `tiny` or a "
+        "saved model / training run folder (default: tiny)",
+    )
+    validate.add_argument(
+        "--min-frames", type=_positive_int, help="frames a clip needs (default: what the model reads)"
+    )
+    validate.add_argument("--min-duration", type=_non_negative_float, default=0.0, help="seconds")
     validate.add_argument("--report", help="write the full report here (JSON)")
-    validate.set_defaults(func=_validate)
+    validate.set_defaults(func=_reporting_bad_input("validate", _validate))
 
     clean = commands.add_parser(
         "clean", help="reject dark, bright, blurry, low-resolution, still or broken clips"
@@ -257,7 +309,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean.add_argument("--min-frames", type=int, default=8, help="frames the sampler needs")
     clean.add_argument("--min-duration", type=float, default=0.0, help="seconds")
     clean.add_argument("--min-fps", type=float, default=0.0)
-    clean.set_defaults(func=_clean)
+    clean.set_defaults(func=_reporting_bad_input("clean", _clean))
 
     augment = commands.add_parser("augment", help="write <stem>_aug<k>.mp4 copies with their labels")
     augment.add_argument("--root", required=True, help="dataset folder (updated in place)")
@@ -265,7 +317,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     augment.add_argument("--ops", help="comma-separated operations (default: all), e.g. hflip,rotate,salt")
     augment.add_argument("--seed", type=int, default=0)
     augment.add_argument("--classes", nargs="*", help="only these classes")
-    augment.set_defaults(func=_augment)
+    augment.set_defaults(func=_reporting_bad_input("augment", _augment))
 
     stats = commands.add_parser(
         "stats", help="videos per class and split, durations, resolutions (table + plot)"
@@ -273,7 +325,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--root", required=True, help="dataset folder")
     stats.add_argument("--splits", help="folder holding the split files (default: --root)")
     stats.add_argument("--out", help="where dataset_stats.png/.json go (default: --root)")
-    stats.set_defaults(func=_stats)
+    stats.set_defaults(func=_reporting_bad_input("stats", _stats))
 
 
 def main(argv: list[str] | None = None) -> int:  # `python -m videogemma.datasets.commands` for debugging

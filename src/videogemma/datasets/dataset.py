@@ -27,7 +27,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from videogemma.datasets.bad_samples import BAD_SAMPLE_POLICIES, BadSamplePolicy, SkipLog, SkippedSample
 from videogemma.datasets.records import ConversationRecord, load_conversation_records, resolve_video_path
-from videogemma.errors import PathOutsideRootError, RecordError, VideoGemmaDataError
+from videogemma.errors import RecordError, VideoGemmaDataError
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 path = resolve_video_path(
                     record.video, self.dataset_root, source_file=record.source_file, record=record.label
                 )
-            except PathOutsideRootError as error:
+            except RecordError as error:  # outside the root, or not a usable path
                 if strict:
                     raise
                 self._log_skip(record.source_file, record.index, record.label, None, error, position=None)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from videogemma.errors import PathOutsideRootError, RecordError
+from videogemma.datasets.paths import resolve_in_root
+from videogemma.errors import RecordError
 from videogemma.processing.chat_template import ConversationError, Turn, normalize_conversation
 
 
@@ -148,12 +149,9 @@ def _check_record(
 def resolve_video_path(
     video: str, dataset_root: str | os.PathLike, *, source_file: str | os.PathLike, record: int | str | None
 ) -> Path:
-    """The video's absolute path under `dataset_root`; `PathOutsideRootError` if it escapes the root.
+    """The video's real path under `dataset_root`; `PathOutsideRootError` if it escapes the root.
 
-    Checked lexically (`..` collapsed, symlinks not followed), so links inside the root may point anywhere.
+    Symlinks are followed (of the file and of every folder on the way) before the check, so a link inside
+    the root that points elsewhere is refused like `../x.mp4` (`paths.resolve_in_root`).
     """
-    root = Path(os.path.normpath(os.path.abspath(dataset_root)))
-    full = Path(os.path.normpath(root / video))  # an absolute `video` replaces the root here
-    if full != root and root not in full.parents:
-        raise PathOutsideRootError(source_file, record, video, root)
-    return full
+    return resolve_in_root(video, dataset_root, source_file=source_file, record=record)

@@ -43,7 +43,7 @@ from videogemma.processing.chat_template import (
     normalize_conversation,
 )
 from videogemma.processing.transforms import clip_transform, videomamba_transform
-from videogemma.processing.video import read_video_frames, sample_frame_indices
+from videogemma.processing.video import VideoLimits, read_video_frames, sample_frame_indices
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 
@@ -70,6 +70,7 @@ class VideoGemmaProcessor:
         truncate_answer: bool = False,
         default_system: str | None = None,
         default_prompt: str = DEFAULT_PROMPT,
+        video_limits: VideoLimits | Mapping[str, Any] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.num_frames = num_frames
@@ -85,6 +86,9 @@ class VideoGemmaProcessor:
         self.truncate_answer = truncate_answer
         self.default_system = default_system
         self.default_prompt = default_prompt
+        # What a video file may cost to read (resolution, duration, size, frames): saved with the processor,
+        # so training and inference with a model apply the same bounds.
+        self.video_limits = VideoLimits.from_value(video_limits)
         self.chat_template = ChatTemplate(tokenizer, image_token=image_token)
 
     # ---- construction and persistence ----------------------------------------------------------------------
@@ -137,6 +141,7 @@ class VideoGemmaProcessor:
             "truncate_answer": self.truncate_answer,
             "default_system": self.default_system,
             "default_prompt": self.default_prompt,
+            "video_limits": self.video_limits.to_dict(),
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -181,7 +186,7 @@ class VideoGemmaProcessor:
         """`num_frames` frames, uint8 (T, H, W, 3): decoded from a path, or sampled from frames already
         in memory (an array (N, H, W, 3) or a list of PIL images / arrays) the way files are sampled."""
         if isinstance(video, (str, os.PathLike)):
-            return read_video_frames(video, self.num_frames)
+            return read_video_frames(video, self.num_frames, limits=self.video_limits)
         if isinstance(video, torch.Tensor):
             video = video.numpy(force=True)
         if isinstance(video, np.ndarray):

@@ -15,23 +15,107 @@ How the frames are found, cheapest first:
 
 Frames are rotated upright from the display matrix (or the legacy `rotate` tag). Any pixel format and size
 the decoder produces is converted to RGB. Every failure is a `VideoDecodeError` naming the file.
+
+Every file goes through one opening function (`open_video`), which refuses before decoding anything:
+- containers that reference other files (HLS playlists, concat lists, DASH manifests, image sequences):
+  only self-contained formats are opened (`SELF_CONTAINED_FORMATS`; FFmpeg's `format_whitelist` stops any
+  other demuxer before it reads its header, i.e. before it opens a file the playlist names), and text files
+  are refused outright;
+- anything beyond `VideoLimits`: file size, coded frame size, duration, frame count. Frames larger than
+  `max_frame_pixels` are downscaled while they are converted to RGB, so memory stays bounded (the 12000²
+  PNG renamed `.mp4` is refused in milliseconds instead of decoding into gigabytes).
+A clip with fewer frames than are read is logged as a warning naming the file (its frames repeat).
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
+import dataclasses
 import itertools
+import logging
 import math
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
 
-from videogemma.errors import VideoDecodeError
+from videogemma.errors import VideoDecodeError, VideoLimitError
 
 PathLike = str | os.PathLike
+
+logger = logging.getLogger(__name__)
+
+# FFmpeg demuxers of self-contained media (each reads only the file it is given). Playlists and lists (hls,
+# dash, concat, ...) open the files they name, wherever those are; `image2` reads a numbered sequence of
+# files when the name holds a pattern such as %03d. Images in their `*_pipe` form are single files.
+SELF_CONTAINED_FORMATS = (
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "ivf", "obu", "h264",
+    "hevc", "m4v", "mjpeg", "yuv4mpegpipe", "gif", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
+    "tiff_pipe",
+)  # fmt: skip
+_SNIFF_BYTES = 4096  # how much of a file is read to tell a text file (playlist, list) from media
+_TEXT_KINDS = (
+    (b"#EXTM3U", "an HLS playlist"),
+    (b"ffconcat", "an ffconcat list"),
+    (b"<?xml", "an XML manifest"),
+)
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Bounds on what a video may cost to read; a file beyond one is refused (`VideoLimitError`), except
+    frames above `max_frame_pixels`, which are downscaled (aspect kept) while being converted to RGB.
+
+    The defaults sit far above any real exercise clip (QVED: 640×480, ~5 s, ~1 MB) and above what phones
+    and cameras record, so real clips decode exactly as they are; they exist to keep a hostile or broken file
+    from taking the machine's memory or hours of decoding. Memory per clip is then at most about
+    `frames read × max_frame_pixels × 3` bytes (8 × 26.5 MB for the `tiny` preset) plus one decoded frame.
+    """
+
+    # DCI 4K (4096×2160), the largest frame phones and consumer cameras record: one RGB frame is 26.5 MB.
+    max_frame_pixels: int = 4096 * 2160
+    # 8K UHD (7680×4320), the largest video standard. Bigger frames are refused, not downscaled: the decoder
+    # allocates a whole frame before it can be scaled (a 12000² PNG: 0.4-0.9 GB per frame).
+    max_source_pixels: int = 7680 * 4320
+    max_duration: float = 3600.0  # seconds: a whole workout session; exercise clips last seconds
+    max_frames: int = 216_000  # an hour at 60 frames/s
+    max_file_bytes: int = 16 * 2**30  # an hour of 4K phone video at ~36 Mbit/s
+
+    def __post_init__(self) -> None:
+        for limit in dataclasses.fields(self):
+            value = getattr(self, limit.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"VideoLimits.{limit.name} must be a positive number, got {value!r}")
+        if self.max_frame_pixels > self.max_source_pixels:
+            raise ValueError(
+                f"VideoLimits.max_frame_pixels ({self.max_frame_pixels}) cannot exceed max_source_pixels "
+                f"({self.max_source_pixels}): frames above the latter are refused, not downscaled"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_value(cls, value: VideoLimits | Mapping[str, Any] | None) -> VideoLimits:
+        """Limits from a `VideoLimits`, a mapping of some of its fields (e.g. a saved processor config), or
+        None (the defaults). Unknown keys are an error naming them."""
+        if value is None:
+            return DEFAULT_LIMITS
+        if isinstance(value, VideoLimits):
+            return value
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            names = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown video limit(s) {unknown}; known: {names}")
+        return cls(**value)
+
+
+DEFAULT_LIMITS = VideoLimits()
 
 
 @dataclass(frozen=True)
@@ -68,27 +152,27 @@ def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
     return [((2 * i + 1) * num_available) // (2 * num_frames) for i in range(num_frames)]
 
 
-def read_video_frames(path: PathLike, num_frames: int) -> np.ndarray:
+def read_video_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
     """`num_frames` uniformly spaced real frames of the clip: uint8 (num_frames, H, W, 3) RGB, upright."""
-    return decode_frames(path, num_frames).frames
+    return decode_frames(path, num_frames, limits=limits).frames
 
 
-def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
+def decode_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFAULT_LIMITS) -> DecodedFrames:
     """`read_video_frames` plus the index and timestamp of every frame returned."""
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
-    _check_file(path)
+    _check_file(path, limits)
 
-    timeline = _packet_timeline(path)
+    timeline = _packet_timeline(path, limits)
     if timeline is not None:
         indices = timeline.indices(num_frames)
         try:
-            frames = _decode_indices(path, indices, timeline)
-            return _assemble(frames, indices, [timeline.seconds(k) for k in indices])
+            decoded = _decode_indices(path, indices, timeline, limits)
+            return _finish(path, decoded, indices, [timeline.seconds(k) for k in indices], len(timeline.pts))
         except _TimelineMismatch:
             pass  # the packets did not describe the decoded frames; learn the real timeline below
 
-    timeline, count = _decoded_timeline(path)
+    timeline, count = _decoded_timeline(path, limits)
     if timeline is not None:
         indices = timeline.indices(num_frames)
         timestamps: list[float | None] = [timeline.seconds(k) for k in indices]
@@ -96,20 +180,23 @@ def decode_frames(path: PathLike, num_frames: int) -> DecodedFrames:
         indices = sample_frame_indices(count, num_frames)
         timestamps = [None] * num_frames
     try:
-        frames = _decode_indices(path, indices, None)
+        decoded = _decode_indices(path, indices, None, limits)
     except _TimelineMismatch as mismatch:
         raise VideoDecodeError(path, f"decoding is not repeatable ({mismatch})") from None
-    return _assemble(frames, indices, timestamps)
+    return _finish(path, decoded, indices, timestamps, count)
 
 
-def probe_video(path: PathLike, count_frames: bool = False) -> VideoInfo:
+def probe_video(
+    path: PathLike, count_frames: bool = False, *, limits: VideoLimits = DEFAULT_LIMITS
+) -> VideoInfo:
     """Metadata of a video, checking that its first frame decodes.
 
     `count_frames=True` decodes the whole clip to count its frames exactly (container counts can be
     missing or wrong); otherwise `num_frames` is the container's count, or the number of packets.
+    Width and height are the file's own (before any downscaling to `limits.max_frame_pixels`).
     """
-    _check_file(path)
-    with _open(path) as container:
+    _check_file(path, limits)
+    with open_video(path, limits) as container:
         stream = _video_stream(path, container)
         fps = float(stream.average_rate) if stream.average_rate else None
         if stream.duration is not None and stream.time_base is not None:
@@ -124,21 +211,48 @@ def probe_video(path: PathLike, count_frames: bool = False) -> VideoInfo:
         try:
             first = next(container.decode(stream), None)
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodeError(path, f"corrupt video data: {error}") from None
+            raise _decode_failure(path, stream, error, limits) from None
         if first is None:
             raise VideoDecodeError(path, "the video stream has no decodable frames")
+        _check_frame_size(path, first.width, first.height, limits)
         rotation = _rotation(first, stream)
         width, height = first.width, first.height
     if rotation in (90, 270):
         width, height = height, width
     if count_frames:
-        timeline, num_frames = _decoded_timeline(path)
+        timeline, num_frames = _decoded_timeline(path, limits)
         if timeline is not None:
             duration = timeline.duration
     elif num_frames is None:
-        timeline = _packet_timeline(path)
+        timeline = _packet_timeline(path, limits)
         num_frames = len(timeline.pts) if timeline is not None else None
     return VideoInfo(str(path), num_frames, fps, duration, width, height, rotation, codec, pix_fmt)
+
+
+def iter_video_frames(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> Iterator[av.VideoFrame]:
+    """Every frame of the clip in order, decoded with threads, each checked against `limits` as it comes
+    (frame count, duration, frame size); for tools that read whole clips (e.g. `data clean`)."""
+    with open_video(path, limits) as container:
+        stream = _video_stream(path, container)
+        stream.thread_type = "AUTO"
+        span = _SpanCheck(path, stream.time_base, limits)
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                _check_frame_size(path, frame.width, frame.height, limits)
+                count += 1
+                span.add(count, frame.pts)
+                yield frame
+        except (av.FFmpegError, OSError) as error:
+            raise _decode_failure(path, stream, error, limits, f" after {count} frames") from None
+
+
+def frame_to_rgb(frame: av.VideoFrame, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a decoded frame as stored (not rotated), downscaled to `max_frame_pixels`."""
+    width, height = _fit(frame.width, frame.height, limits.max_frame_pixels)
+    if (width, height) == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
 
 
 # ---- internals ----------------------------------------------------------------------------------------------
@@ -180,20 +294,140 @@ class _Timeline:
         return self.keyframes[position - 1] if position else 0
 
 
-def _check_file(path: PathLike) -> None:
+def open_video(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> av.container.InputContainer:
+    """The one way this package opens a video file (a context manager, like `av.open`).
+
+    Refused here, before any frame is decoded: a text file (playlist, file list), a container format that
+    is not self-contained, and a file whose metadata exceeds `limits` (file size, frame size, duration,
+    frame count). Only the `file` protocol is allowed, and the path is made absolute, so that a name such as
+    `concat:a|b` or `http:...` is a file name, never a protocol.
+    """
+    _check_file(path, limits)
+    _refuse_text(path)
+    # `max_pixels` makes FFmpeg's decoders refuse a bigger frame before allocating it, both while the
+    # stream is probed (which decodes a first frame of an image) and when decoding (set again below).
+    options = {
+        "format_whitelist": ",".join(SELF_CONTAINED_FORMATS),
+        "protocol_whitelist": "file",
+        "max_pixels": str(limits.max_source_pixels),
+    }
+    try:
+        container = av.open(os.path.abspath(path), metadata_errors="replace", options=options)
+    except av.ArgumentError:  # what FFmpeg answers for a demuxer off the whitelist (also for other bad input)
+        raise VideoDecodeError(
+            path,
+            "not a self-contained video file: its container format is not one of the accepted ones "
+            "(mp4/mov, mkv/webm, avi, mpeg-ts, ...); playlists and lists that name other files are refused",
+        ) from None
+    except (av.FFmpegError, OSError) as error:
+        raise VideoDecodeError(path, f"not a readable video file: {error}") from None
+    try:
+        _check_metadata(path, container, limits)
+    except BaseException:
+        container.close()
+        raise
+    codec = container.streams.video[0].codec_context
+    codec.options = {**codec.options, "max_pixels": str(limits.max_source_pixels)}
+    return container
+
+
+def _decode_failure(
+    path: PathLike, stream: av.VideoStream, error: Exception, limits: VideoLimits, after: str = ""
+) -> VideoDecodeError:
+    """The error for a decoder failure: the size limit when that is what (most likely) refused the frame."""
+    if isinstance(error, av.ArgumentError) and not (
+        stream.codec_context.width and stream.codec_context.height
+    ):
+        # The frame size was never learned: probing could not decode a frame either, which `max_pixels`
+        # causes for a frame above the limit (an image's size is only known by decoding it).
+        return VideoLimitError(
+            path,
+            f"its frames do not decode within the limit of {limits.max_source_pixels / 1e6:.0f} megapixels "
+            "(VideoLimits.max_source_pixels): a frame larger than that (a huge image?), or corrupt data",
+        )
+    return VideoDecodeError(path, f"corrupt video data{after}: {error}")
+
+
+def _check_file(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> None:
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file not found")
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "not a regular file")
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise VideoLimitError(
+            path,
+            f"the file is {size / 2**30:.1f} GiB, above the limit of {limits.max_file_bytes / 2**30:.1f} GiB "
+            "(VideoLimits.max_file_bytes)",
+        )
 
 
-def _open(path: PathLike) -> av.container.InputContainer:
+def _refuse_text(path: PathLike) -> None:
+    """Media containers are binary; a file whose start is plain text is a playlist, a list or not a video."""
     try:
-        return av.open(str(path), metadata_errors="replace")
-    except (av.FFmpegError, OSError) as error:
-        raise VideoDecodeError(path, f"not a readable video file: {error}") from None
+        with open(path, "rb") as file:
+            start = file.read(_SNIFF_BYTES)
+    except OSError as error:
+        raise VideoDecodeError(path, f"cannot read the file: {error}") from None
+    kind = next((name for magic, name in _TEXT_KINDS if start.lstrip().startswith(magic)), None)
+    if kind is None:
+        if start.startswith(b"YUV4MPEG2") or not _is_text(start):  # y4m: a text header, then raw frames
+            return
+        kind = "a text file"
+    raise VideoDecodeError(
+        path,
+        f"{kind}, not a video: playlists and lists that name other files are refused; give the media file",
+    )
+
+
+def _is_text(data: bytes) -> bool:
+    try:  # incremental: a character cut at the end of the sample is not a decoding error
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def _check_metadata(path: PathLike, container: av.container.InputContainer, limits: VideoLimits) -> None:
+    """Refuse what the container says is beyond `limits` (what it cannot say is checked while reading)."""
+    stream = _video_stream(path, container)
+    _check_frame_size(path, stream.codec_context.width, stream.codec_context.height, limits)
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    else:
+        duration = container.duration / av.time_base if container.duration is not None else None
+    if duration is not None:
+        _check_duration(path, duration, limits)
+    if stream.frames:
+        _check_frame_count(path, stream.frames, limits)
+
+
+def _check_frame_size(path: PathLike, width: int | None, height: int | None, limits: VideoLimits) -> None:
+    if width and height and width * height > limits.max_source_pixels:
+        raise VideoLimitError(
+            path,
+            f"frames are {width}×{height} ({width * height / 1e6:.0f} megapixels), above the limit of "
+            f"{limits.max_source_pixels / 1e6:.0f} megapixels (VideoLimits.max_source_pixels): one decoded "
+            f"frame alone would take {width * height * 3 / 2**20:.0f} MB or more",
+        )
+
+
+def _check_duration(path: PathLike, seconds: float, limits: VideoLimits) -> None:
+    if seconds > limits.max_duration:
+        raise VideoLimitError(
+            path,
+            f"the clip lasts {seconds:.0f} s, above the limit of {limits.max_duration:.0f} s "
+            "(VideoLimits.max_duration)",
+        )
+
+
+def _check_frame_count(path: PathLike, count: int, limits: VideoLimits) -> None:
+    if count > limits.max_frames:
+        raise VideoLimitError(
+            path, f"the clip has more than {limits.max_frames} frames (VideoLimits.max_frames)"
+        )
 
 
 def _video_stream(path: PathLike, container: av.container.InputContainer) -> av.VideoStream:
@@ -202,16 +436,17 @@ def _video_stream(path: PathLike, container: av.container.InputContainer) -> av.
     return container.streams.video[0]
 
 
-def _packet_timeline(path: PathLike) -> _Timeline | None:
+def _packet_timeline(path: PathLike, limits: VideoLimits) -> _Timeline | None:
     """The timeline from the packets alone (no decoding).
 
     None when the packets do not carry what is needed (timestamps, distinct ones); the caller then learns
-    the timeline by decoding.
+    the timeline by decoding. More packets or a longer span than `limits` allow is refused as it is seen.
     """
-    with _open(path) as container:
+    with open_video(path, limits) as container:
         stream = _video_stream(path, container)
         packets: list[tuple[int, bool]] = []
         ends: list[int] = []
+        span = _SpanCheck(path, stream.time_base, limits)
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # flush packets, edit-list trimmed frames
@@ -219,6 +454,7 @@ def _packet_timeline(path: PathLike) -> _Timeline | None:
                 if packet.pts is None:
                     return None
                 packets.append((packet.pts, packet.is_keyframe))
+                span.add(len(packets), packet.pts)
                 if packet.duration:
                     ends.append(packet.pts + packet.duration)
         except (av.FFmpegError, OSError) as error:
@@ -233,19 +469,22 @@ def _packet_timeline(path: PathLike) -> _Timeline | None:
     return _Timeline(pts, max(end, pts[-1] + 1), Fraction(time_base), keyframes)
 
 
-def _decoded_timeline(path: PathLike) -> tuple[_Timeline | None, int]:
+def _decoded_timeline(path: PathLike, limits: VideoLimits) -> tuple[_Timeline | None, int]:
     """Decode every frame once: (the timeline, or None when the frames lack increasing timestamps; the count)."""
     pts: list[int | None] = []
     last_duration = 0
-    with _open(path) as container:
+    with open_video(path, limits) as container:
         stream = _video_stream(path, container)
         time_base = stream.time_base
+        span = _SpanCheck(path, time_base, limits)
         try:
             for frame in container.decode(stream):
+                _check_frame_size(path, frame.width, frame.height, limits)
                 pts.append(frame.pts)
+                span.add(len(pts), frame.pts)
                 last_duration = frame.duration or 0
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodeError(path, f"corrupt video data after {len(pts)} frames: {error}") from None
+            raise _decode_failure(path, stream, error, limits, f" after {len(pts)} frames") from None
     if not pts:
         raise VideoDecodeError(path, "the video stream has no decodable frames")
     known = [p for p in pts if p is not None]
@@ -255,58 +494,70 @@ def _decoded_timeline(path: PathLike) -> tuple[_Timeline | None, int]:
     return _Timeline(known, end, Fraction(time_base)), len(pts)
 
 
+class _SpanCheck:
+    """Counts frames (or packets) as they are read and refuses the clip as soon as it exceeds the frame
+    count or duration limit: the container's metadata can be missing or lie."""
+
+    def __init__(self, path: PathLike, time_base: Fraction | None, limits: VideoLimits) -> None:
+        self.path, self.time_base, self.limits = path, time_base, limits
+        self.first: int | None = None
+
+    def add(self, count: int, pts: int | None) -> None:
+        _check_frame_count(self.path, count, self.limits)
+        if pts is None or self.time_base is None:
+            return
+        self.first = pts if self.first is None else min(self.first, pts)
+        _check_duration(self.path, float((pts - self.first) * self.time_base), self.limits)
+
+
 def _typical_step(pts: list[int]) -> int:
     steps = [b - a for a, b in itertools.pairwise(pts)]
     return int(np.median(steps)) if steps else 1
 
 
-def _decode_indices(path: PathLike, indices: list[int], timeline: _Timeline | None) -> dict[int, np.ndarray]:
-    """RGB arrays of the wanted frames, by index, decoding no further than the last one.
+def _decode_indices(
+    path: PathLike, indices: list[int], timeline: _Timeline | None, limits: VideoLimits
+) -> np.ndarray:
+    """The wanted frames as one uint8 (len(indices), H, W, 3) RGB array, decoding no further than the last.
 
     With a timeline (from the packets), decoded frames are known by their timestamps and decoding jumps
     to the keyframe before a wanted frame when that skips frames; a frame the timeline does not expect, or
     a wanted one that never comes, is a `_TimelineMismatch`. Without one, frames are counted from the start.
     """
-    to_rgb = _RgbConverter()
-    with _open(path) as container:
+    sink = _FrameSink(path, indices, limits)
+    with open_video(path, limits) as container:
         stream = _video_stream(path, container)
         try:
             if timeline is None:
-                frames = _decode_counting(container, stream, indices, to_rgb)
+                _decode_counting(container, stream, sink)
             else:
-                frames = _decode_by_timestamp(container, stream, indices, timeline, to_rgb)
+                _decode_by_timestamp(container, stream, timeline, sink)
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodeError(path, f"corrupt video data: {error}") from None
-    if not frames:
+            raise _decode_failure(path, stream, error, limits) from None
+    if sink.output is None:
         raise VideoDecodeError(path, "the video stream has no decodable frames")
-    missing = sorted(set(indices) - set(frames))
+    missing = sorted(set(indices) - sink.filled)
     if missing:
         raise _TimelineMismatch(f"frame {missing[0]} was wanted but not decoded")
-    return frames
+    return sink.output
 
 
-def _decode_counting(container, stream, indices: list[int], to_rgb: _RgbConverter) -> dict[int, np.ndarray]:
-    wanted, last = set(indices), max(indices)
-    frames: dict[int, np.ndarray] = {}
+def _decode_counting(container, stream, sink: _FrameSink) -> None:
+    last = max(sink.rows)
     for index, frame in enumerate(container.decode(stream)):
-        if index in wanted:
-            frames[index] = to_rgb(frame, stream)
+        if index in sink.rows:
+            sink.put(index, frame, stream)
         if index == last:
             break
-    return frames
 
 
-def _decode_by_timestamp(
-    container, stream, indices: list[int], timeline: _Timeline, to_rgb: _RgbConverter
-) -> dict[int, np.ndarray]:
+def _decode_by_timestamp(container, stream, timeline: _Timeline, sink: _FrameSink) -> None:
     index_of = {pts: index for index, pts in enumerate(timeline.pts)}
-    wanted = set(indices)
-    frames: dict[int, np.ndarray] = {}
     decoded = None  # the running decoder (a generator of frames)
     previous = -1  # index of the last frame decoded
     start = 0  # first trustworthy frame of the current run (frames before a keyframe may not decode right)
-    for target in sorted(wanted):
-        if target in frames:
+    for target in sorted(sink.rows):
+        if target in sink.filled:
             continue
         keyframe = timeline.keyframe_before(target)
         if decoded is None or keyframe > previous + 1:
@@ -318,27 +569,58 @@ def _decode_by_timestamp(
             if index is None or (previous is not None and index != previous + 1):
                 raise _TimelineMismatch(f"decoded a frame at pts {frame.pts} after frame {previous}")
             previous = index
-            if index >= start and index in wanted:
-                frames[index] = to_rgb(frame, stream)
+            if index >= start and index in sink.rows:
+                sink.put(index, frame, stream)
             if index >= target:
                 break
         else:
             break  # the stream ended early: the caller sees what is missing
-    return frames
 
 
-class _RgbConverter:
-    """Decoded frame → upright uint8 RGB array, all at the size of the first one (should the stream change
-    resolution midway)."""
+class _FrameSink:
+    """Decoded frames → upright uint8 RGB, written straight into the output array (a frame wanted at several
+    positions is copied into each), so memory holds the result and one frame, never a second full copy.
 
-    def __init__(self) -> None:
-        self.size: tuple[int, int] | None = None
+    All frames come out at the size of the first (should the stream change resolution midway), downscaled
+    (aspect kept) to fit `limits.max_frame_pixels` while converting; frames above `max_source_pixels` are
+    refused.
+    """
 
-    def __call__(self, frame: av.VideoFrame, stream: av.VideoStream) -> np.ndarray:
-        self.size = self.size or (frame.width, frame.height)
-        if (frame.width, frame.height) != self.size:
-            frame = frame.reformat(width=self.size[0], height=self.size[1])
-        return np.rot90(frame.to_ndarray(format="rgb24"), k=_rotation(frame, stream) // 90)
+    def __init__(self, path: PathLike, indices: list[int], limits: VideoLimits) -> None:
+        self.path, self.limits = path, limits
+        self.rows: dict[int, list[int]] = {}  # frame index → output rows
+        for row, index in enumerate(indices):
+            self.rows.setdefault(index, []).append(row)
+        self.count = len(indices)
+        self.filled: set[int] = set()
+        self.size: tuple[int, int] | None = None  # (width, height) frames are converted to
+        self.output: np.ndarray | None = None
+
+    def put(self, index: int, frame: av.VideoFrame, stream: av.VideoStream) -> None:
+        _check_frame_size(self.path, frame.width, frame.height, self.limits)
+        self.size = self.size or _fit(frame.width, frame.height, self.limits.max_frame_pixels)
+        if (frame.width, frame.height) == self.size:
+            rgb = frame.to_ndarray(format="rgb24")
+        else:
+            rgb = frame.to_ndarray(
+                format="rgb24", width=self.size[0], height=self.size[1], interpolation="AREA"
+            )
+        upright = np.rot90(rgb, k=_rotation(frame, stream) // 90)
+        if self.output is None:
+            self.output = np.empty((self.count, *upright.shape), dtype=np.uint8)
+        elif upright.shape != self.output.shape[1:]:
+            raise VideoDecodeError(self.path, f"frame {index} is turned differently from the first frame")
+        for row in self.rows[index]:
+            self.output[row] = upright
+        self.filled.add(index)
+
+
+def _fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size of the same aspect within `max_pixels` (the size itself when it fits)."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
 def _rotation(frame: av.VideoFrame, stream: av.VideoStream) -> int:
@@ -354,8 +636,16 @@ def _rotation(frame: av.VideoFrame, stream: av.VideoStream) -> int:
     return round(degrees / 90) % 4 * 90
 
 
-def _assemble(
-    frames: dict[int, np.ndarray], indices: list[int], timestamps: list[float | None]
+_warned_short: set[str] = set()  # clips already warned about in this process (training reads them each epoch)
+
+
+def _finish(
+    path: PathLike, frames: np.ndarray, indices: list[int], timestamps: list[float | None], available: int
 ) -> DecodedFrames:
-    stacked = np.stack([frames[k] for k in indices])  # copies: contiguous even after rot90
-    return DecodedFrames(frames=stacked, indices=list(indices), timestamps=timestamps)
+    if available < len(indices) and str(path) not in _warned_short:
+        _warned_short.add(str(path))
+        logger.warning(
+            "%s: the clip has only %d frame%s but %d are read, so frames repeat (a still image or a very "
+            "short clip?)", path, available, "" if available == 1 else "s", len(indices),
+        )  # fmt: skip
+    return DecodedFrames(frames=frames, indices=list(indices), timestamps=timestamps)

@@ -34,6 +34,7 @@ from videogemma.loading import (
     build_model,
     build_processor,
 )
+from videogemma.processing.video import VideoLimits
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     CompactProgressCallback,
@@ -223,6 +224,10 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     set_seed(config.seed)
     model = build_model(config.model, config.seed)
     processor = build_processor(config.model, model.config)
+    if config.data.video_limits:
+        processor.video_limits = VideoLimits.from_value(
+            {**processor.video_limits.to_dict(), **config.data.video_limits}
+        )
     model = prepare_model_for_stage(model, config)
     trainable = check_trainable(model, config.stage)
     total = sum(p.numel() for p in model.parameters())

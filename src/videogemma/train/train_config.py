@@ -53,6 +53,9 @@ class DataSettings:
     num_workers: int = 0
     # Decoded frames kept in memory, per data-loading process, so later epochs skip decoding. 0 = off.
     frame_cache_mb: int = 0
+    # Bounds on reading a video (fields of `videogemma.processing.video.VideoLimits`, e.g. {max_duration: 600});
+    # unset fields keep the processor's. Saved with the run's processor, so inference applies them too.
+    video_limits: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +148,12 @@ class TrainConfig:
         for key in ("num_workers", "frame_cache_mb"):
             if getattr(self.data, key) < 0:
                 raise TrainConfigError(f"data.{key}: must be ≥ 0, got {getattr(self.data, key)}")
+        try:
+            from videogemma.processing.video import VideoLimits
+
+            VideoLimits.from_value(self.data.video_limits)
+        except (TypeError, ValueError) as error:
+            raise TrainConfigError(f"data.video_limits: {error}") from None
         _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))

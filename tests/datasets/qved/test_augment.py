@@ -73,7 +73,7 @@ def test_operations_do_what_they_say():
 def test_augmented_clips_get_labels_manifest_entries_and_the_source_frame_rate(source, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(source, root)
-    jobs = augment_dataset(root, copies=2, seed=0, progress=False)
+    jobs = augment_dataset(root, copies=2, seed=0, progress=False).written
     assert len(jobs) == 6 * 2
     manifest = json.loads((root / "manifest.json").read_text())
     labels = {r["video_path"]: r for r in json.loads((root / "fine_grained_labels.json").read_text())}
@@ -93,7 +93,7 @@ def test_augmented_clips_get_labels_manifest_entries_and_the_source_frame_rate(s
         assert info.num_frames == (5 if job.operation == "temporal_downsample" else 10)
 
     # a second run (or a resumed one) adds nothing twice
-    assert augment_dataset(root, copies=2, seed=0, progress=False) == jobs
+    assert augment_dataset(root, copies=2, seed=0, progress=False).written == jobs
     assert len(json.loads((root / "fine_grained_labels.json").read_text())) == 6 * 3
 
     # and prepare keeps every augmented clip in its source's split

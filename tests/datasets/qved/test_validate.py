@@ -107,7 +107,7 @@ def test_json_lines_and_flat_records(prepared, tmp_path):
             "video": video,
             "conversations": [{"from": "user", "value": "<video>\\nq"}, {"from": "assistant", "value": "a"}],
         },
-        {"video": video, "question": "what?"},
+        {"video": video, "question": "and now?"},  # another prompt: not a duplicate of record 0
     ]
     path = tmp_path / "flat.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")

@@ -4,22 +4,26 @@ its label records (both label files) and manifest entry.
 An operation applies the same transform to every frame of a clip (a rotation of +7° rotates every frame by
 +7°), so the motion stays intact. Random parameters come from a generator seeded by (seed, video, k):
 the same call gives the same clips. `prepare` later keeps `<stem>_aug<k>` in `<stem>`'s split.
-Resumable: clips already written are kept; the label files and manifest are updated at the end.
+Resumable: clips already written are kept; the label files and manifest are updated at the end (also
+when the run stops early), with exactly the copies on disk. A clip that cannot be read is reported and
+skipped; sources and copies must lie under the dataset root (symlinks followed).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from videogemma.datasets.paths import resolve_in_root
 from videogemma.datasets.qved.io import (
     FEEDBACKS_NAME,
     FINE_GRAINED_LABELS_NAME,
@@ -34,6 +38,9 @@ from videogemma.datasets.qved.io import (
     write_json,
     write_mp4,
 )
+from videogemma.errors import VideoGemmaDataError
+
+logger = logging.getLogger(__name__)
 
 Frames = np.ndarray  # uint8 (T, H, W, 3)
 
@@ -227,6 +234,15 @@ def _with_new_records(path: Path, jobs: list[AugmentJob]) -> list[dict[str, Any]
     return records + added
 
 
+@dataclass
+class AugmentResult:
+    """What `augment_dataset` did: every copy in `written` is on disk, labelled and in the manifest."""
+
+    jobs: list[AugmentJob]  # the plan
+    written: list[AugmentJob] = field(default_factory=list)  # new, or kept from an earlier run
+    failed: list[tuple[AugmentJob, str]] = field(default_factory=list)  # not written, and why
+
+
 def augment_dataset(
     root: str | os.PathLike[str],
     copies: int = 1,
@@ -234,19 +250,61 @@ def augment_dataset(
     seed: int = 0,
     classes: list[str] | None = None,
     progress: bool = True,
-) -> list[AugmentJob]:
+) -> AugmentResult:
     """Write `copies` augmented clips per source video under `root` and register them in the label files
-    and the manifest (in place). Returns the plan."""
+    and the manifest (in place).
+
+    Everything that could stop the run is checked before the first clip is written: the manifest and label
+    files parse, every source and copy lies under the root (symlinks followed). A source that fails to
+    decode (or has no label record, so its copies would be unlabelled) is reported in `failed` and the run
+    goes on; the copies written are registered even if the run is interrupted.
+    """
     from tqdm import tqdm
 
     root = Path(root)
+    if not root.is_dir():
+        raise VideoGemmaDataError(f"{root}: the dataset root is not a folder")
     videos = read_manifest(root)
     jobs = plan_augmentations(videos, copies, operations or list(OPERATIONS), seed, classes)
-    for job in tqdm(jobs, desc="augment", unit="clip", disable=not progress):
-        if not (root / job.target).exists():
-            augment_clip(root, job)
+    labelled = {  # label file → the basenames it has records for
+        name: {basename(record["video_path"]) for record in read_label_records(root / name)}
+        for name in LABEL_FILES
+        if (root / name).exists()
+    }
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.exists():
+        read_json(manifest_path)  # parses: registering at the end will not fail on it
+    for job in jobs:
+        where = f"copy {job.target!r} of entry {job.source!r}"
+        resolve_in_root(job.target, root, source_file=manifest_path, record=where)
 
-    for name in (FINE_GRAINED_LABELS_NAME, FEEDBACKS_NAME):
+    result = AugmentResult(jobs)
+    try:
+        for job in tqdm(jobs, desc="augment", unit="clip", disable=not progress):
+            unlabelled = [name for name, names in labelled.items() if basename(job.source) not in names]
+            if unlabelled:
+                reason = f"no record in {', '.join(unlabelled)}: the copy would be unlabelled"
+                result.failed.append((job, reason))
+            elif (root / job.target).is_file():
+                result.written.append(job)
+            else:
+                try:
+                    augment_clip(root, job)
+                    result.written.append(job)
+                except VideoGemmaDataError as error:
+                    result.failed.append((job, str(error)))
+                    logger.warning("augment: %s: skipped (%s)", job.source, error)
+    finally:  # register what is on disk, however the loop ended
+        _register(root, videos, result.written)
+    return result
+
+
+LABEL_FILES = (FINE_GRAINED_LABELS_NAME, FEEDBACKS_NAME)
+
+
+def _register(root: Path, videos: dict[str, str], jobs: list[AugmentJob]) -> None:
+    """Label records and manifest entries for the copies `jobs` wrote (none twice)."""
+    for name in LABEL_FILES:
         records = _with_new_records(root / name, jobs)
         if records is not None:
             write_json(root / name, records)
@@ -261,4 +319,3 @@ def augment_dataset(
     else:  # a folder-scanned dataset finds the new clips by itself; write a manifest anyway for clarity
         manifest = {**videos, **{job.target: videos[job.source] for job in jobs}}
     write_json(manifest_path, manifest)
-    return jobs

@@ -9,7 +9,8 @@ pairs are active). Every reason that applies is recorded: `corrupted_file`, `low
 
 Outputs (in the output folder, or the dataset root when cleaning in place):
 `clean_summary.csv` (per class, TOTAL row), `clean_metrics.csv` (per file: metrics, decision, reasons),
-`rejected_videos.json`, and the filtered `manifest.json` and label files. Measurements are cached in
+`rejected_videos.json`, and the filtered `manifest.json` and label files, each written to a temporary file
+and renamed. In place, the originals are backed up first (`*.bak`, then numbered: never overwritten). Measurements are cached in
 `clean_metrics_cache.jsonl` as they are made, so an interrupted run resumes where it stopped.
 """
 
@@ -28,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from videogemma.datasets.paths import resolve_in_root
 from videogemma.datasets.qved.io import (
     FEEDBACKS_NAME,
     FINE_GRAINED_LABELS_NAME,
     MANIFEST_NAME,
+    atomic_output,
     basename,
     manifest_class,
     read_json,
@@ -40,6 +43,8 @@ from videogemma.datasets.qved.io import (
     resolve_manifest_path,
     write_json,
 )
+from videogemma.errors import VideoGemmaDataError
+from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
 
 REASONS = (
     "corrupted_file",
@@ -135,34 +140,38 @@ def active_pair_fraction(samples: list[np.ndarray], thresholds: CleanThresholds)
     return sum(active) / len(active)
 
 
-def sample_grey_frames(path: Path, step: int, max_samples: int) -> tuple[list[np.ndarray], int]:
+def sample_grey_frames(
+    path: Path, step: int, max_samples: int, limits: VideoLimits = DEFAULT_LIMITS
+) -> tuple[list[np.ndarray], int]:
     """Grey frames 0, step, 2·step, … (at most `max_samples`) and the number of frames in the clip.
 
-    Every frame is decoded (to count them) but only the sampled ones are converted.
+    Every frame is decoded (to count them) but only the sampled ones are converted. The clip is opened the
+    way every video is (`video.open_video`: no playlists, bounded by `limits`).
     """
-    import av
+    from videogemma.processing.video import frame_to_rgb, iter_video_frames
 
     samples, count = [], 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            if count % step == 0 and len(samples) < max_samples:
-                samples.append(grey(frame.to_ndarray(format="rgb24")))
-            count += 1
+    for frame in iter_video_frames(path, limits):
+        if count % step == 0 and len(samples) < max_samples:
+            samples.append(grey(frame_to_rgb(frame, limits)))
+        count += 1
     return samples, count
 
 
 def measure_video(
-    root: Path, relative_path: str, class_name: str, thresholds: CleanThresholds
+    root: Path,
+    relative_path: str,
+    class_name: str,
+    thresholds: CleanThresholds,
+    limits: VideoLimits = DEFAULT_LIMITS,
 ) -> VideoMeasure:
     from videogemma.processing.video import probe_video
 
     measure = VideoMeasure(relative_path, class_name)
     path = root / relative_path
     try:
-        info = probe_video(path)
-        samples, count = sample_grey_frames(path, thresholds.frame_step, thresholds.max_samples)
+        info = probe_video(path, limits=limits)
+        samples, count = sample_grey_frames(path, thresholds.frame_step, thresholds.max_samples, limits)
     except Exception as error:  # any failure to read the clip is the clip's problem
         measure.error = f"{type(error).__name__}: {error}"
         return measure
@@ -261,7 +270,12 @@ def _file_key(root: Path, relative_path: str) -> tuple[str, int, int]:
 
 
 def measure_dataset(
-    root: Path, videos: dict[str, str], thresholds: CleanThresholds, cache_path: Path, progress: bool = True
+    root: Path,
+    videos: dict[str, str],
+    thresholds: CleanThresholds,
+    cache_path: Path,
+    progress: bool = True,
+    limits: VideoLimits = DEFAULT_LIMITS,
 ) -> list[VideoMeasure]:
     """Measure every video, reusing and extending the cache (one JSON line per video, flushed at once)."""
     from tqdm import tqdm
@@ -279,7 +293,7 @@ def measure_dataset(
                 cached.class_name = class_name
                 measures.append(cached)
                 continue
-            measure = measure_video(root, relative_path, class_name, thresholds)
+            measure = measure_video(root, relative_path, class_name, thresholds, limits)
             measures.append(measure)
             if key[1] >= 0:
                 entry = {"path_key": key[0], "size": key[1], "mtime_ns": key[2], **asdict(measure)}
@@ -289,7 +303,7 @@ def measure_dataset(
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
@@ -305,19 +319,24 @@ def clean_dataset(
     thresholds: CleanThresholds = CleanThresholds(),
     delete_rejected: bool = False,
     progress: bool = True,
+    limits: VideoLimits = DEFAULT_LIMITS,
 ) -> CleanResult:
     """Filter the dataset at `root`.
 
     With `out_dir`: a cleaned copy (accepted videos hard-linked, or copied where linking is impossible;
-    filtered manifest and label files; reports). Without: in place, the original manifest and label
-    files kept as `*.bak`. Rejected videos are deleted from `root` only with `delete_rejected`.
+    filtered manifest and label files; reports). Without: in place, the manifest and label files as they
+    were kept as `*.bak` the first time, `*.bak.1`, `*.bak.2`, … after (no backup is ever overwritten).
+    Rejected videos are deleted from `root` only with `delete_rejected`. Every video comes from the
+    manifest, confined to the root (a key leading outside stops the run before anything is measured).
     """
     root = Path(root)
+    if not root.is_dir():
+        raise VideoGemmaDataError(f"{root}: the dataset root is not a folder")
     in_place = out_dir is None or Path(out_dir).resolve() == root.resolve()
     output = root if in_place else Path(out_dir)
-    output.mkdir(parents=True, exist_ok=True)
     videos = read_manifest(root)
-    measures = measure_dataset(root, videos, thresholds, output / CACHE_NAME, progress)
+    output.mkdir(parents=True, exist_ok=True)
+    measures = measure_dataset(root, videos, thresholds, output / CACHE_NAME, progress, limits)
     decisions = [decide(m, thresholds) for m in measures]
     accepted = {d.measure.path for d in decisions if d.accepted}
     accepted_names = {basename(p) for p in accepted}
@@ -368,7 +387,7 @@ def clean_dataset(
     if in_place:
         for name in [MANIFEST_NAME, *label_files]:
             if (root / name).exists():
-                shutil.copy2(root / name, root / f"{name}.bak")
+                backup_file(root / name)
     else:
         for path in sorted(accepted):
             _link_or_copy(root / path, output / path)
@@ -378,9 +397,37 @@ def clean_dataset(
         write_json(output / name, records)
         files[name] = str(output / name)
     if delete_rejected:
+        manifest = root / MANIFEST_NAME
         for d in result.rejected:
+            # Checked again right before deleting: the run may have lasted long enough for links to change.
+            where = f"entry {d.measure.path!r}"
+            resolve_in_root(d.measure.path, root, source_file=manifest, record=where)
             (root / d.measure.path).unlink(missing_ok=True)
     return result
+
+
+def backup_file(path: Path) -> Path:
+    """Copy `path` to `<name>.bak` if that is free, else to the first free `<name>.bak.1`, `.bak.2`, …
+
+    The name is claimed by exclusive creation, so an existing backup is never overwritten, even by a run
+    started at the same time; a copy that fails midway is removed (it never poses as a backup).
+    """
+    number = 0
+    while True:
+        target = path.with_name(f"{path.name}.bak" + (f".{number}" if number else ""))
+        try:
+            claimed = open(target, "xb")  # noqa: SIM115 (closed below, and removed on failure)
+        except FileExistsError:
+            number += 1
+            continue
+        try:
+            with claimed, open(path, "rb") as source:
+                shutil.copyfileobj(source, claimed)
+            shutil.copystat(path, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return target
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

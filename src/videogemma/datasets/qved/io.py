@@ -9,21 +9,27 @@ dataset/
 ```
 
 Every tool of `videogemma data` reads and writes these files through this module, so the layout's quirks
-(mixed manifest key styles, dict values of old manifests) are handled in one place.
+(mixed manifest key styles, dict values of old manifests) are handled in one place, and so is confinement:
+every manifest key and scanned file must really lie under the dataset root (symlinks followed,
+`paths.resolve_in_root`), or the tool stops with `PathOutsideRootError` naming the entry before it reads,
+writes or deletes anything. Files are written to a temporary name in their folder and renamed (atomic).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from videogemma.constants import VIDEO_SUFFIXES
+from videogemma.datasets.paths import relative_in_root, resolve_in_root
 from videogemma.errors import RecordError, VideoGemmaDataError
 
 MANIFEST_NAME = "manifest.json"
@@ -62,12 +68,40 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write `data` so that the same data gives the same bytes in any process; atomically (no half files)."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    with atomic_output(path) as file:
+        file.write(text)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """A file to write `path` through: a temporary file in the same folder, renamed over `path` when the
+    block ends without an error (and removed when it fails), so `path` is always the old file or the whole
+    new one. A unique temporary name: two writers never share one, and a planted link is never followed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, _mode_for(path))  # mkstemp makes it private; a data file is not
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, or rw-r--r-- for a new one (reading the umask would
+    change it for a moment, for every thread)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o644
 
 
 # ---- manifest ---------------------------------------------------------------------------------------------
@@ -90,15 +124,19 @@ def resolve_manifest_path(root: Path, key: str, class_name: str) -> str:
 
     Keys come as `dataset/<class>/<file>` (relative to the root's parent) or `<class>/<file>`; the first
     candidate that exists wins, else `<class>/<file>` (the layout's own place, reported later if missing).
+    Each candidate must lie under the root once symlinks are followed, whether it exists or not: a key that
+    is absolute elsewhere, climbs out with `..`, or reaches a link pointing outside is refused
+    (`PathOutsideRootError`, naming the entry) before anything there is looked at.
     """
+    manifest = Path(root) / MANIFEST_NAME
+    where = f"entry {key!r}"
     key = key.replace("\\", "/").removeprefix("./")
     parts = PurePosixPath(key).parts
-    candidates = [key, str(PurePosixPath(*parts[1:])) if len(parts) > 1 else key]
-    canonical = f"{class_name}/{parts[-1]}"
-    for candidate in [*candidates, canonical]:
-        if (root / candidate).is_file():
-            return candidate
-    return canonical
+    if not parts:
+        raise RecordError(manifest, where, "empty video path")
+    candidates = [key, str(PurePosixPath(*parts[1:])) if len(parts) > 1 else key, f"{class_name}/{parts[-1]}"]
+    relative = [relative_in_root(c, root, source_file=manifest, record=where) for c in candidates]
+    return next((r for r in relative if (Path(root) / r).is_file()), relative[-1])
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, str]:
@@ -120,13 +158,21 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def scan_class_folders(root: str | os.PathLike[str]) -> dict[str, str]:
-    """`{<class>/<file>: class}` for every video in a direct subfolder of `root`."""
+    """`{<class>/<file>: class}` for every video in a direct subfolder of `root`.
+
+    A class folder or video that is a link leading outside the root is refused, like a manifest key.
+    """
     root = Path(root)
+    if not root.is_dir():
+        raise VideoGemmaDataError(f"{root}: the dataset root is not a folder")
     videos = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        resolve_in_root(folder.name, root, source_file=root, record=f"folder {folder.name!r}")
         for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in VIDEO_SUFFIXES and file.is_file():
-                videos[f"{folder.name}/{file.name}"] = folder.name
+            if file.suffix.lower() in VIDEO_SUFFIXES:
+                relative = f"{folder.name}/{file.name}"
+                if resolve_in_root(relative, root, source_file=root, record=f"file {relative!r}").is_file():
+                    videos[relative] = folder.name
     if not videos:
         raise VideoGemmaDataError(f"{root}: no {MANIFEST_NAME} and no videos in class folders")
     return videos
@@ -146,7 +192,11 @@ def manifest_key_like(existing_keys: Iterable[str], relative_path: str) -> str:
 
 
 def read_label_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a label file (a JSON list of objects, each with a `video_path`)."""
+    """The records of a label file (a JSON list of objects, each with a `video_path`).
+
+    `video_path` is only a join key (its basename, DATA.md): no tool opens, writes or deletes a file by it,
+    the file used is always the manifest's (confined to the root), so a path written elsewhere is harmless.
+    """
     records = read_json(path)
     if not isinstance(records, list):
         raise RecordError(path, None, f"expected a JSON list of records, got {type(records).__name__}")
@@ -180,20 +230,25 @@ def write_mp4(
     height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
     frames = np.ascontiguousarray(frames[:, :height, :width].astype(np.uint8, copy=False))
     temporary = path.with_name(path.stem + ".partial" + path.suffix)
-    with av.open(str(temporary), "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=_fps_fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        if codec == "libx264":
-            params = "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0:rc-lookahead=0"
-            stream.options = {"preset": "veryfast", "crf": "18", "x264-params": params}
-        for index, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
-            video_frame.pts = index  # explicit: x264's rate control reads timestamps
-            for packet in stream.encode(video_frame):
+    temporary.unlink(missing_ok=True)  # FFmpeg would write through a link left (or planted) under this name
+    try:
+        with av.open(str(temporary), "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=_fps_fraction(fps))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.thread_count = 1
+            if codec == "libx264":
+                params = "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0:rc-lookahead=0"
+                stream.options = {"preset": "veryfast", "crf": "18", "x264-params": params}
+            for index, frame in enumerate(frames):
+                video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+                video_frame.pts = index  # explicit: x264's rate control reads timestamps
+                for packet in stream.encode(video_frame):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # no half-written clip left to look like a video
+        raise
     os.replace(temporary, path)
 
 

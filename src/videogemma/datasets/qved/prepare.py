@@ -10,7 +10,9 @@ Splitting rules:
   both (and in the manifest) are used, so one video lands in the same split in both families;
 - an augmented clip `<stem>_aug<k>` travels with its source `<stem>`: the split is made over source groups;
 - reproducible byte for byte: groups are sorted before a seeded shuffle and JSON is written with fixed
-  key order and indentation; the upstream `split` field is ignored.
+  key order and indentation; the upstream `split` field is ignored;
+- confined: a manifest key leading outside the dataset root (symlinks followed) stops the
+  command before any split file is written (`PathOutsideRootError` naming the entry).
 """
 
 from __future__ import annotations
@@ -148,11 +150,11 @@ def assign_splits(
     return assignment, capped
 
 
-def _answers_by_basename(path: Path, family: Family, result: PrepareResult) -> dict[str, str]:
+def _answers_by_basename(root: Path, family: Family, result: PrepareResult) -> dict[str, str]:
     answer_of = ANSWER_OF[family.name]
     answers: dict[str, str] = {}
     duplicates = no_feedback = 0
-    for record in read_label_records(path):
+    for record in read_label_records(root / family.label_file):
         name = basename(record["video_path"])
         if name in answers:
             duplicates += 1
@@ -197,9 +199,7 @@ def prepare_splits(
         by_basename[name] = path
 
     result = PrepareResult(families=[family.name for family in families])
-    answers = {
-        family.name: _answers_by_basename(root / family.label_file, family, result) for family in families
-    }
+    answers = {family.name: _answers_by_basename(root, family, result) for family in families}
     for family in families:
         result.labels_without_video[family.name] = len(set(answers[family.name]) - set(by_basename))
     usable = sorted(name for name in by_basename if all(name in answers[f.name] for f in families))

@@ -1,12 +1,12 @@
 """Dataset statistics: videos per class and split, durations, frame rates, resolutions; a table and a plot.
 
 The split of a video comes from the fine-grained split files (`qved_{train,val,test}.json`) when they exist
-beside the dataset, else every video counts as "unsplit".
+beside the dataset, else every video counts as "unsplit". Manifest keys and split records must lie under
+the dataset root (symlinks followed); nothing outside it is probed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from videogemma.datasets.qved.io import read_manifest
+from videogemma.datasets.paths import relative_in_root
+from videogemma.datasets.qved.io import atomic_output, read_json, read_manifest, write_json
 from videogemma.datasets.qved.prepare import FAMILIES, SPLITS
+from videogemma.errors import VideoGemmaDataError
+from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
 
 
 @dataclass
@@ -79,35 +82,42 @@ class DatasetStats:
         }
 
 
-def split_membership(split_dir: Path) -> dict[str, str]:
-    """video path → split, from the fine-grained split files in `split_dir` (empty when there are none)."""
+def split_membership(split_dir: Path, root: Path) -> dict[str, str]:
+    """video path (relative to `root`) → split, from the fine-grained split files in `split_dir` (empty
+    when there are none). A record whose video lies outside `root` (symlinks followed) is refused."""
     fine_grained = FAMILIES[0]
     membership = {}
     for split in SPLITS:
         path = split_dir / fine_grained.split_file(split)
         if path.exists():
-            for record in json.loads(path.read_text(encoding="utf-8")):
+            for index, record in enumerate(read_json(path)):
                 if isinstance(record, dict) and isinstance(record.get("video"), str):
-                    membership[record["video"]] = split
+                    video = relative_in_root(record["video"], root, source_file=path, record=index)
+                    membership[video] = split
     return membership
 
 
 def collect_stats(
-    root: str | os.PathLike[str], split_dir: str | os.PathLike[str] | None = None, progress: bool = True
+    root: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    limits: VideoLimits = DEFAULT_LIMITS,
 ) -> DatasetStats:
+    """Probe every manifest video (confined to `root`); unreadable ones are listed, not fatal."""
     from tqdm import tqdm
 
     from videogemma.processing.video import probe_video
 
     root = Path(root)
-    membership = split_membership(Path(split_dir) if split_dir else root)
+    if not root.is_dir():
+        raise VideoGemmaDataError(f"{root}: the dataset root is not a folder")
+    videos = read_manifest(root)
+    membership = split_membership(Path(split_dir) if split_dir else root, root)
     stats = DatasetStats()
-    for path, class_name in tqdm(
-        read_manifest(root).items(), desc="stats", unit="video", disable=not progress
-    ):
+    for path, class_name in tqdm(videos.items(), desc="stats", unit="video", disable=not progress):
         video = VideoStats(path, class_name, membership.get(path, "unsplit"))
         try:
-            info = probe_video(root / path)
+            info = probe_video(root / path, limits=limits)
             video.duration, video.fps, video.num_frames = info.duration, info.fps, info.num_frames
             video.width, video.height = info.width, info.height
         except Exception as error:  # an unreadable clip is reported, not fatal
@@ -143,6 +153,14 @@ def plot_stats(stats: DatasetStats, path: str | os.PathLike[str]) -> None:
     axes[2].barh(list(resolutions)[:10], list(resolutions.values())[:10], color="tab:purple")
     axes[2].set_title("resolutions (top 10)")
     figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_output(path, "wb") as file:
+        figure.savefig(file, dpi=100, format="png")
     plt.close(figure)
+
+
+def write_stats(stats: DatasetStats, out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """`dataset_stats.png` and `dataset_stats.json` in `out`, each written whole or not at all."""
+    out = Path(out)
+    plot_stats(stats, out / "dataset_stats.png")
+    write_json(out / "dataset_stats.json", stats.as_dict())
+    return out / "dataset_stats.png", out / "dataset_stats.json"

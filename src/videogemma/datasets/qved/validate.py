@@ -1,15 +1,20 @@
 """Check conversation split files before training on them: every record, every video, every problem.
 
-For each record of each file: the schema (parsed by the training loader's own
-`dataset.load_conversation_records`, plus: there is an answer turn), that its video path stays
-inside the dataset root, that the file exists, is not empty, decodes from start to end, and has enough
-frames and duration for the model's sampler. Nothing stops at the first problem: the report lists each
-one with its file, record index and video, and `ok` is False if there was any.
+Validation applies what `train` and `infer` apply, with their own code, so that a file it passes they
+accept. For each record of each file: the schema (parsed by the training loader's own
+`dataset.load_conversation_records`, plus: there is an answer turn), the conversation as the processor's
+chat template renders it for training (a `<video>` tag out of place or twice, a prompt or sequence longer
+than the context: `processor.encode_conversation`, as `ConversationDataset` calls it), that its video
+path stays inside the dataset root once symlinks are followed, that it is not a duplicate (same video and
+prompt as an earlier record: one would shadow the other in keyed predictions), that the file exists, is not
+empty, is a self-contained video within the processor's `VideoLimits`, decodes from start to end, and has
+enough frames and duration for the model's sampler. A split file without records is a problem too.
+Nothing stops at the first problem: the report lists each one with its file, record index and video, and
+`ok` is False if there was any.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -17,9 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from videogemma.datasets.qved.io import write_json
 from videogemma.datasets.qved.prepare import SPLIT_FILE_NAMES
-from videogemma.datasets.records import load_conversation_records, resolve_video_path
-from videogemma.errors import PathOutsideRootError, RecordError, VideoDecodeError
+from videogemma.datasets.records import ConversationRecord, load_conversation_records, resolve_video_path
+from videogemma.errors import (
+    PromptTooLongError,
+    RecordError,
+    VideoDecodeError,
+    VideoGemmaDataError,
+)
+from videogemma.processing.chat_template import ConversationError, SequenceTooLongError
+from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
+
+# The chat template's refusals, by the problem kind a report gives them (other data errors: bad_conversation).
+_TEMPLATE_PROBLEMS = ((PromptTooLongError, "prompt_too_long"), (SequenceTooLongError, "sequence_too_long"))
 
 
 @dataclass
@@ -86,8 +102,7 @@ class ValidationReport:
         }
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json(path, self.as_dict())
 
 
 def split_files_in(paths: list[str | os.PathLike[str]]) -> tuple[list[Path], list[Problem]]:
@@ -115,7 +130,9 @@ def _record_index(error: RecordError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def check_video(path: Path, min_frames: int, min_duration: float) -> VideoCheck:
+def check_video(
+    path: Path, min_frames: int, min_duration: float, limits: VideoLimits = DEFAULT_LIMITS
+) -> VideoCheck:
     """Probe a video (decoding every frame) and list what makes it unusable."""
     from videogemma.processing.video import probe_video
 
@@ -127,7 +144,7 @@ def check_video(path: Path, min_frames: int, min_duration: float) -> VideoCheck:
         check.problems.append(("empty_video", f"{path} is empty (0 bytes)"))
         return check
     try:
-        info = probe_video(path, count_frames=True)
+        info = probe_video(path, count_frames=True, limits=limits)
     except VideoDecodeError as error:
         check.problems.append(("undecodable", error.reason))
         return check
@@ -143,17 +160,95 @@ def check_video(path: Path, min_frames: int, min_duration: float) -> VideoCheck:
     return check
 
 
+def load_processor(model: str | os.PathLike[str]) -> Any:
+    """The processor whose checks validation applies: `tiny` (the preset's), or a folder holding a saved one
+    (a model saved with `save_pretrained`, or a training run's `processor/`)."""
+    from videogemma.processing.processor import PROCESSOR_CONFIG_NAME, VideoGemmaProcessor
+
+    if str(model) == "tiny":
+        return VideoGemmaProcessor.from_preset("tiny")
+    for folder in (Path(model), Path(model) / "processor"):
+        if (folder / PROCESSOR_CONFIG_NAME).is_file():
+            return VideoGemmaProcessor.from_pretrained(folder)
+    raise VideoGemmaDataError(
+        f"{model}: not `tiny` nor a folder with a saved processor ({PROCESSOR_CONFIG_NAME} in it or in its "
+        "processor/ subfolder, as a saved model or a training run has)"
+    )
+
+
+def _template_problem(processor: Any, record: ConversationRecord) -> tuple[str, str] | None:
+    """(kind, message) when the chat template refuses the record as training renders it, else None."""
+    try:
+        processor.encode_conversation(list(record.turns), record=record.index)
+    except VideoGemmaDataError as error:
+        kind = next((k for cls, k in _TEMPLATE_PROBLEMS if isinstance(error, cls)), "bad_conversation")
+        message = error.reason if isinstance(error, ConversationError) else str(error)
+        return kind, message
+    return None
+
+
+def _prompt(record: ConversationRecord) -> str | None:
+    return next((turn.text for turn in record.turns if turn.role == "user"), None)
+
+
+def _check_records(
+    path: Path,
+    report: FileReport,
+    records: list[ConversationRecord],
+    dataset_root: Path,
+    processor: Any,
+    pending: list[tuple[FileReport, int, str, Path]],
+) -> None:
+    """The per-record checks that need no decoding; records whose video still needs checking go to `pending`."""
+    first_of: dict[tuple[Path, str | None], int] = {}  # (video, prompt) → first record with them
+    for record in records:
+        if not any(turn.role == "model" for turn in record.turns):
+            message = "no answer turn (from gpt/assistant): nothing to train or score on"
+            report.problems.append(Problem(str(path), record.index, record.video, "bad_schema", message))
+        template_problem = _template_problem(processor, record)
+        if template_problem is not None:
+            report.problems.append(Problem(str(path), record.index, record.video, *template_problem))
+        try:
+            resolved = resolve_video_path(record.video, dataset_root, source_file=path, record=record.index)
+        except RecordError as error:  # outside the root (symlinks followed), or not a usable path
+            kind = "path_outside_root"
+            report.problems.append(Problem(str(path), record.index, record.video, kind, error.reason))
+            continue
+        key = (resolved, _prompt(record))
+        if key in first_of:
+            message = f"same video and prompt as record {first_of[key]}"
+            report.problems.append(
+                Problem(str(path), record.index, record.video, "duplicate_record", message)
+            )
+        first_of.setdefault(key, record.index)
+        pending.append((report, record.index, record.video, resolved))
+
+
 def validate_split_files(
     paths: list[str | os.PathLike[str]],
     root: str | os.PathLike[str] | None = None,
-    min_frames: int = 8,
+    min_frames: int | None = None,
     min_duration: float = 0.0,
     progress: bool = True,
+    processor: Any = None,
 ) -> ValidationReport:
     """Check every record of the given split files (or directories holding the six) against `root`
-    (default: each file's own folder, where `prepare` writes them)."""
+    (default: each file's own folder, where `prepare` writes them).
+
+    `processor` (default: the `tiny` preset's) supplies the chat template, the context length and the
+    `VideoLimits` checked; `min_frames` defaults to the frames it reads. A `root` that is not a folder is
+    an error (`VideoGemmaDataError`), as are negative thresholds (`ValueError`).
+    """
     from tqdm import tqdm
 
+    processor = processor if processor is not None else load_processor("tiny")
+    min_frames = processor.num_frames if min_frames is None else min_frames
+    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+        raise ValueError(f"min_frames must be a positive whole number, got {min_frames!r}")
+    if not min_duration >= 0:
+        raise ValueError(f"min_duration must be ≥ 0 seconds, got {min_duration!r}")
+    if root is not None and not Path(root).is_dir():
+        raise VideoGemmaDataError(f"{root}: the dataset root is not a folder")
     files, missing = split_files_in(paths)
     reports: list[FileReport] = []
     if missing:
@@ -170,27 +265,18 @@ def validate_split_files(
             report.problems.append(Problem(str(path), None, None, "bad_json", error.reason))
             continue
         report.records = len(records) + len(errors)
+        if report.records == 0:
+            message = "the split has no records: training and inference refuse it"
+            report.problems.append(Problem(str(path), None, None, "empty_split", message))
         for error in errors:
             report.problems.append(Problem(str(path), _record_index(error), None, "bad_schema", error.reason))
         dataset_root = Path(root) if root is not None else path.parent
-        for record in records:
-            if not any(turn.role == "model" for turn in record.turns):
-                message = "no answer turn (from gpt/assistant): nothing to train or score on"
-                report.problems.append(Problem(str(path), record.index, record.video, "bad_schema", message))
-            try:
-                resolved = resolve_video_path(
-                    record.video, dataset_root, source_file=path, record=record.index
-                )
-            except PathOutsideRootError as error:
-                kind = "path_outside_root"
-                report.problems.append(Problem(str(path), record.index, record.video, kind, error.reason))
-                continue
-            pending.append((report, record.index, record.video, resolved))
+        _check_records(path, report, records, dataset_root, processor, pending)
 
     videos: dict[str, VideoCheck] = {}
     unique = sorted({str(resolved) for _, _, _, resolved in pending})
     for video_path in tqdm(unique, desc="validate", unit="video", disable=not progress):
-        videos[video_path] = check_video(Path(video_path), min_frames, min_duration)
+        videos[video_path] = check_video(Path(video_path), min_frames, min_duration, processor.video_limits)
     for report, index, video, resolved in pending:
         check = videos[str(resolved)]
         for kind, message in check.problems:
