@@ -19,6 +19,8 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, Gemma3nTextConfig, PretrainedConfig
 
+from videogemma.modeling.projector import FRAME_MERGES, grid_merge_side
+
 # Preprocessing statistics (ARCHITECTURE §1). CLIP's own, and ImageNet's for VideoMamba.
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -118,6 +120,7 @@ class VideoGemmaConfig(PretrainedConfig):
         image_projector_grid: int = 12,
         video_projector_grid: int = 7,
         projector_norm: bool = True,
+        video_keyframe_merge: str = "mean",
         keyframe_block_size: int = 512,
         image_token_id: int = GEMMA3N_IMAGE_SOFT_TOKEN_ID,
         end_of_turn_token_id: int = GEMMA3N_END_OF_TURN_ID,
@@ -135,6 +138,10 @@ class VideoGemmaConfig(PretrainedConfig):
         self.video_projector_grid = video_projector_grid
         # RMSNorm without a learnable scale at the end of each projector (Gemma's convention for soft tokens).
         self.projector_norm = projector_norm
+        # How the video ETP merges a chunk's keyframes into one grid (ARCHITECTURE §5): "mean" (the mean over
+        # the keyframes at each grid position) or "grid" (Mobile-VideoGPT's: the keyframes' tokens read as one
+        # grid and pooled, which mixes neighbouring frames; needs a square number of keyframes per chunk).
+        self.video_keyframe_merge = video_keyframe_merge
         # Query rows per block in keyframe scoring: bounds its memory, never changes its result.
         self.keyframe_block_size = keyframe_block_size
         self.image_token_id = image_token_id
@@ -205,6 +212,12 @@ class VideoGemmaConfig(PretrainedConfig):
                 f"video_projector_grid {self.video_projector_grid} exceeds VideoMamba's grid "
                 f"{self.videomamba_config.grid_size}"
             )
+        if self.video_keyframe_merge not in FRAME_MERGES:
+            raise ValueError(
+                f"video_keyframe_merge {self.video_keyframe_merge!r} is not one of {FRAME_MERGES}"
+            )
+        if self.video_keyframe_merge == "grid":
+            grid_merge_side(self.keyframes_per_chunk, self.video_projector_grid)
         vocab = self.text_config.vocab_size
         if not self.text_config.vocab_size_per_layer_input <= self.image_token_id < vocab:
             raise ValueError(
