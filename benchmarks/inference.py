@@ -76,7 +76,12 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
     tokens mapped by name to the ids of `config`'s vocabulary (Gemma-3n's for E2B)."""
     import torch
 
-    from videogemma.config import GEMMA3N_BOS_ID, GEMMA3N_END_OF_TURN_ID, GEMMA3N_START_OF_IMAGE_ID
+    from videogemma.config import (
+        GEMMA3N_BOS_ID,
+        GEMMA3N_END_OF_IMAGE_ID,
+        GEMMA3N_END_OF_TURN_ID,
+        GEMMA3N_START_OF_IMAGE_ID,
+    )
     from videogemma.data.processor import DEFAULT_PROMPT, VideoGemmaProcessor
 
     processor = VideoGemmaProcessor.from_preset("tiny", num_visual_tokens=num_visual_tokens, max_length=None)
@@ -87,6 +92,7 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
         "<start_of_turn>": 105,
         "<end_of_turn>": GEMMA3N_END_OF_TURN_ID,
         "<start_of_image>": GEMMA3N_START_OF_IMAGE_ID,
+        "<end_of_image>": GEMMA3N_END_OF_IMAGE_ID,
     }
     if config.image_token_id != processor.image_token_id:  # not the tiny vocabulary: remap the special ids
         mapping = {tokenizer.convert_tokens_to_ids(name): new for name, new in gemma_ids.items()}

@@ -33,6 +33,7 @@ GEMMA3N_EOS_ID = 1
 GEMMA3N_BOS_ID = 2
 GEMMA3N_END_OF_TURN_ID = 106
 GEMMA3N_START_OF_IMAGE_ID = 255999
+GEMMA3N_END_OF_IMAGE_ID = 262144
 GEMMA3N_IMAGE_SOFT_TOKEN_ID = 262145
 
 # The `tiny` preset's tokenizer layout: Gemma's special-token names first (ids 0..7), byte-level BPE tokens up
