@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, Gemma3nTextConfig, PretrainedConfig
 
+from videogemma.data.video import FRAME_SAMPLINGS
 from videogemma.modeling.projector import FRAME_MERGES, grid_merge_side
 
 # Preprocessing statistics (ARCHITECTURE §1). CLIP's own, and ImageNet's for VideoMamba.
@@ -115,6 +116,8 @@ class VideoGemmaConfig(PretrainedConfig):
         vision_config: CLIPVisionConfig | dict | None = None,
         videomamba_config: VideoMambaConfig | dict | None = None,
         num_frames: int = 16,
+        frame_sampling: str = "segment_centers",
+        frame_sampling_fps: float = 1.0,
         chunk_size: int = 8,
         keyframes_per_chunk: int = 4,
         clip_select_layer: int = -2,
@@ -132,6 +135,11 @@ class VideoGemmaConfig(PretrainedConfig):
         self.vision_config = _as_config(CLIPVisionConfig, vision_config, e2b_vision_config)
         self.videomamba_config = _as_config(VideoMambaConfig, videomamba_config, VideoMambaConfig)
         self.num_frames = num_frames
+        # Which frames are read (ARCHITECTURE §1): "segment_centers" (the centres of num_frames equal segments)
+        # or "fps" (the original Mobile-VideoGPT's: frames frame_sampling_fps per second apart from frame 0,
+        # then np.linspace over them, endpoints included); see videogemma.data.video.
+        self.frame_sampling = frame_sampling
+        self.frame_sampling_fps = frame_sampling_fps
         self.chunk_size = chunk_size
         self.keyframes_per_chunk = keyframes_per_chunk
         self.clip_select_layer = clip_select_layer
@@ -213,6 +221,10 @@ class VideoGemmaConfig(PretrainedConfig):
                 f"video_projector_grid {self.video_projector_grid} exceeds VideoMamba's grid "
                 f"{self.videomamba_config.grid_size}"
             )
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling {self.frame_sampling!r} is not one of {FRAME_SAMPLINGS}")
+        if not self.frame_sampling_fps > 0:
+            raise ValueError(f"frame_sampling_fps must be positive, got {self.frame_sampling_fps}")
         if self.video_keyframe_merge not in FRAME_MERGES:
             raise ValueError(
                 f"video_keyframe_merge {self.video_keyframe_merge!r} is not one of {FRAME_MERGES}"
