@@ -78,6 +78,7 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
 
     from videogemma.config import (
         GEMMA3N_BOS_ID,
+        GEMMA3N_END_OF_IMAGE_ID,
         GEMMA3N_END_OF_TURN_ID,
         GEMMA3N_START_OF_IMAGE_ID,
         GEMMA3N_START_OF_TURN_ID,
@@ -93,6 +94,7 @@ def prompt_ids(config: Any, num_visual_tokens: int) -> Any:
         START_OF_TURN: GEMMA3N_START_OF_TURN_ID,
         "<end_of_turn>": GEMMA3N_END_OF_TURN_ID,
         "<start_of_image>": GEMMA3N_START_OF_IMAGE_ID,
+        "<end_of_image>": GEMMA3N_END_OF_IMAGE_ID,
     }
     if config.image_token_id != processor.image_token_id:  # not the tiny vocabulary: remap the special ids
         mapping = {tokenizer.convert_tokens_to_ids(name): new for name, new in gemma_ids.items()}

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from videogemma.config import VideoGemmaConfig
@@ -58,5 +60,34 @@ def test_num_frames_is_the_one_frame_knob():
     ],
 )
 def test_invalid_geometry_is_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VideoGemmaConfig.from_preset("tiny", **overrides)
+
+
+def test_video_keyframe_merge_defaults_to_mean_and_old_configs_load(tmp_path):
+    config = VideoGemmaConfig.from_preset("tiny")
+    assert config.video_keyframe_merge == "mean"
+    # A config saved before the field existed loads with the default.
+    config.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["video_keyframe_merge"]
+    path.write_text(json.dumps(saved))
+    assert VideoGemmaConfig.from_pretrained(tmp_path).video_keyframe_merge == "mean"
+    grid = VideoGemmaConfig.from_preset("e2b", video_keyframe_merge="grid")
+    assert grid.num_visual_tokens == 2402
+    grid.save_pretrained(tmp_path / "grid")
+    assert VideoGemmaConfig.from_pretrained(tmp_path / "grid").video_keyframe_merge == "grid"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(video_keyframe_merge="max"), "video_keyframe_merge 'max'"),
+        # tiny keeps 2 keyframes of 2×2 tokens per chunk: 8 tokens are no square grid
+        (dict(video_keyframe_merge="grid"), "8 is not a square number"),
+    ],
+)
+def test_invalid_keyframe_merge_is_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         VideoGemmaConfig.from_preset("tiny", **overrides)

@@ -26,6 +26,8 @@ from videogemma.constants import (
     END_OF_IMAGE,
     END_OF_TURN,
     EOS,
+    FRAME_MERGES,
+    FRAME_SAMPLINGS,
     IMAGE_SOFT_TOKEN,
     MASK,
     PAD,
@@ -47,6 +49,7 @@ GEMMA3N_BOS_ID = 2
 GEMMA3N_START_OF_TURN_ID = 105
 GEMMA3N_END_OF_TURN_ID = 106
 GEMMA3N_START_OF_IMAGE_ID = 255999
+GEMMA3N_END_OF_IMAGE_ID = 262144
 GEMMA3N_IMAGE_SOFT_TOKEN_ID = 262145
 
 # The `tiny` preset's tokenizer layout: Gemma's special-token names first (ids 0..7), byte-level BPE tokens up
@@ -126,12 +129,15 @@ class VideoGemmaConfig(PretrainedConfig):
         vision_config: CLIPVisionConfig | dict | None = None,
         videomamba_config: VideoMambaConfig | dict | None = None,
         num_frames: int = 16,
+        frame_sampling: str = "segment_centers",
+        frame_sampling_fps: float = 1.0,
         chunk_size: int = 8,
         keyframes_per_chunk: int = 4,
         clip_select_layer: int = -2,
         image_projector_grid: int = 12,
         video_projector_grid: int = 7,
         projector_norm: bool = True,
+        video_keyframe_merge: str = "mean",
         keyframe_block_size: int = 512,
         image_token_id: int = GEMMA3N_IMAGE_SOFT_TOKEN_ID,
         end_of_turn_token_id: int = GEMMA3N_END_OF_TURN_ID,
@@ -142,6 +148,11 @@ class VideoGemmaConfig(PretrainedConfig):
         self.vision_config = _as_config(CLIPVisionConfig, vision_config, e2b_vision_config)
         self.videomamba_config = _as_config(VideoMambaConfig, videomamba_config, VideoMambaConfig)
         self.num_frames = num_frames
+        # Which frames are read (ARCHITECTURE §1): "segment_centers" (the centres of num_frames equal segments)
+        # or "fps" (the original Mobile-VideoGPT's: frames frame_sampling_fps per second apart from frame 0,
+        # then np.linspace over them, endpoints included); see videogemma.processing.video.
+        self.frame_sampling = frame_sampling
+        self.frame_sampling_fps = frame_sampling_fps
         self.chunk_size = chunk_size
         self.keyframes_per_chunk = keyframes_per_chunk
         # `num_frames` is the one frame knob: VideoMamba reads the keyframes, so its frame count follows.
@@ -152,6 +163,10 @@ class VideoGemmaConfig(PretrainedConfig):
         self.video_projector_grid = video_projector_grid
         # RMSNorm without a learnable scale at the end of each projector (Gemma's convention for soft tokens).
         self.projector_norm = projector_norm
+        # How the video ETP merges a chunk's keyframes into one grid (ARCHITECTURE §5): "mean" (the mean over
+        # the keyframes at each grid position) or "grid" (Mobile-VideoGPT's: the keyframes' tokens read as one
+        # grid and pooled, which mixes neighbouring frames; needs a square number of keyframes per chunk).
+        self.video_keyframe_merge = video_keyframe_merge
         # Query rows per block in keyframe scoring: bounds its memory, never changes its result.
         self.keyframe_block_size = keyframe_block_size
         self.image_token_id = image_token_id
@@ -217,6 +232,16 @@ class VideoGemmaConfig(PretrainedConfig):
                 f"video_projector_grid {self.video_projector_grid} exceeds VideoMamba's grid "
                 f"{self.videomamba_config.grid_size}"
             )
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling {self.frame_sampling!r} is not one of {FRAME_SAMPLINGS}")
+        if not self.frame_sampling_fps > 0:
+            raise ValueError(f"frame_sampling_fps must be positive, got {self.frame_sampling_fps}")
+        if self.video_keyframe_merge not in FRAME_MERGES:
+            raise ValueError(
+                f"video_keyframe_merge {self.video_keyframe_merge!r} is not one of {FRAME_MERGES}"
+            )
+        if self.video_keyframe_merge == "grid":
+            grid_merge_side(self.keyframes_per_chunk, self.video_projector_grid)
         vocab = self.text_config.vocab_size
         if not self.text_config.vocab_size_per_layer_input <= self.image_token_id < vocab:
             raise ValueError(
@@ -239,6 +264,19 @@ def _as_config(config_class: type, value: Any, default_factory: Any) -> Any:
         value = {k: v for k, v in value.items() if k != "model_type"}
         return config_class(**value)
     return value
+
+
+def grid_merge_side(frames: int, grid_out: int) -> int:
+    """Side of the grid the "grid" merge reads `frames` pooled grids as; an error when it is not a square."""
+    tokens = frames * grid_out**2
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(
+            f"the 'grid' keyframe merge reads {frames} frames × {grid_out}² tokens = {tokens} tokens as one "
+            f"square grid, but {tokens} is not a square number (use a square number of keyframes per chunk, "
+            f"or the 'mean' merge)"
+        )
+    return side
 
 
 # ---- presets ----------------------------------------------------------------------------------------------

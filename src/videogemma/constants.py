@@ -42,3 +42,8 @@ QVED_FEEDBACK_PROMPT = (
     "Please evaluate the exercise form shown. What feedback would you provide to improve the performance?"
 )
 DEFAULT_PROMPT = QVED_FINE_GRAINED_PROMPT
+
+# How the frames of a clip are chosen (the config's `frame_sampling`, `processing.video.FrameSampling`).
+FRAME_SAMPLINGS = ("segment_centers", "fps")
+# How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
+FRAME_MERGES = ("mean", "grid")

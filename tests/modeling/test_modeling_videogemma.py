@@ -354,8 +354,9 @@ def test_sampling_and_beam_search_with_video_features(model: VideoGemmaForCondit
 # ---- the e2b preset -------------------------------------------------------------------------------------
 
 
-def test_e2b_preset_builds_on_meta_with_the_expected_sizes() -> None:
-    config = VideoGemmaConfig.from_preset("e2b")
+@pytest.mark.parametrize("merge", ["mean", "grid"])
+def test_e2b_preset_builds_on_meta_with_the_expected_sizes(merge: str) -> None:
+    config = VideoGemmaConfig.from_preset("e2b", video_keyframe_merge=merge)
     with torch.device("meta"):
         model = VideoGemmaForConditionalGeneration(config)
 
@@ -375,3 +376,6 @@ def test_e2b_preset_builds_on_meta_with_the_expected_sizes() -> None:
         keyframe_indices=torch.empty(1, 8, dtype=torch.long, device="meta"),
     )
     assert model.project_video_features(features).shape == (1, 2402, 2048)
+    # The video ETP in Mobile-VideoGPT's order with the configured merge; the image ETP projects, then pools.
+    assert model.video_projector.pool_first and model.video_projector.frame_merge == merge
+    assert not model.image_projector.pool_first

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from videogemma.config import TINY_IMAGE_SOFT_TOKEN_ID
+from videogemma.config import TINY_IMAGE_SOFT_TOKEN_ID, TINY_TEXT_VOCAB
 from videogemma.errors import PromptTooLongError, VideoGemmaDataError
 from videogemma.processing.chat_template import (
     IGNORE_INDEX,
@@ -18,7 +18,7 @@ from videogemma.processing.tokenizer import build_tiny_tokenizer
 
 # Gemma-3n's ids for the template's tokens ("\n", "\n\n", "user", "model" as in its vocabulary).
 PAD, EOS, BOS, SOT, EOT, NL, NL2, USER, MODEL = 0, 1, 2, 105, 106, 107, 108, 2364, 4368
-SOI, IMG = 255999, 262145
+SOI, EOI, IMG = 255999, 262144, 262145
 # Word ids of the test vocabulary (sparse, like Gemma's).
 SP = 236743
 WORDS = {
@@ -40,7 +40,7 @@ def gemma_like_tokenizer(with_image_tokens: bool = True) -> PreTrainedTokenizerF
     vocab |= {"\n": NL, "\n\n": NL2, "user": USER, "model": MODEL, **WORDS}
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
     if with_image_tokens:
-        vocab |= {"<start_of_image>": SOI, "<end_of_image>": 256000, "<image_soft_token>": IMG}
+        vocab |= {"<start_of_image>": SOI, "<end_of_image>": EOI, "<image_soft_token>": IMG}
         specials += ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n|\s|\w+|[^\w\s]"), behavior="isolated")
@@ -77,8 +77,10 @@ def test_single_turn_with_system_exact_ids_and_labels(template):
         NL,
         *ids("Be", " ", "brief", "."),
         NL2,
+        NL2,
         SOI,
         *[IMG] * 4,
+        EOI,
         NL2,
         *HOW_DEEP,
         EOT,
@@ -92,22 +94,26 @@ def test_single_turn_with_system_exact_ids_and_labels(template):
 
 def test_without_system_the_video_opens_the_turn(template):
     rendered = template.render(conversation(), num_visual_tokens=2)
-    assert rendered.input_ids[:8] == [BOS, SOT, USER, NL, SOI, IMG, IMG, NL2]
+    # "user\n" then the block's "\n\n": this vocabulary splits "\n\n\n" into "\n\n" "\n" (Gemma's has one token
+    # for it: see test_gemma_tokenizer.py)
+    assert rendered.input_ids[:10] == [BOS, SOT, USER, NL2, NL, SOI, IMG, IMG, EOI, NL2]
 
 
 def test_video_tag_places_the_block(template):
     rendered = template.render(conversation("Look at this <video> How deep?"), num_visual_tokens=2)
     look = ids("Look", " ", "at", " ", "this")
-    assert rendered.input_ids[: 4 + len(look) + 5 + len(HOW_DEEP) + 1] == [
-        *[BOS, SOT, USER, NL], *look, NL2, SOI, IMG, IMG, NL2, *HOW_DEEP, EOT
+    assert rendered.input_ids[: 4 + len(look) + 6 + len(HOW_DEEP) + 1] == [
+        *[BOS, SOT, USER, NL], *look, NL2, SOI, IMG, IMG, EOI, NL2, *HOW_DEEP, EOT
     ]  # fmt: skip
     # LLaVA's "<video>\n{question}" is the default placement.
     tagged = template.render(conversation("<video>\nHow deep?"), num_visual_tokens=2, system="Be brief.")
     plain = template.render(conversation("How deep?"), num_visual_tokens=2, system="Be brief.")
     assert tagged.input_ids == plain.input_ids
-    # A tag at the end: the block closes the turn.
+    # A tag at the end: the block, with its blank line after it as Gemma-3n frames it, closes the turn.
     last = template.render(conversation("How deep? <video>"), num_visual_tokens=1)
-    assert last.input_ids[: 4 + len(HOW_DEEP) + 4] == [BOS, SOT, USER, NL, *HOW_DEEP, NL2, SOI, IMG, EOT]
+    assert last.input_ids[: 4 + len(HOW_DEEP) + 6] == [
+        BOS, SOT, USER, NL, *HOW_DEEP, NL2, SOI, IMG, EOI, NL2, EOT
+    ]  # fmt: skip
 
 
 def test_multi_turn_supervises_every_answer_only(template):
@@ -119,7 +125,9 @@ def test_multi_turn_supervises_every_answer_only(template):
         {"from": "assistant", "value": "Because knees."},
     ]
     rendered = template.render(turns, num_visual_tokens=1)
-    first = [BOS, SOT, USER, NL, *ids("Be", " ", "brief", "."), NL2, SOI, IMG, NL2, *HOW_DEEP, EOT, NL]
+    first = [
+        BOS, SOT, USER, NL, *ids("Be", " ", "brief", "."), NL2, NL2, SOI, IMG, EOI, NL2, *HOW_DEEP, EOT, NL
+    ]  # fmt: skip
     first += [SOT, MODEL, NL]
     second = [NL, SOT, USER, NL, *ids("Why", "?"), EOT, NL, SOT, MODEL, NL]
     answer2 = ids("Because", " ", "knees", ".")
@@ -159,7 +167,8 @@ def test_ids_equal_tokenizing_the_rendered_text(template):
 def test_render_text_for_display(template):
     text = template.render_text(conversation(), num_visual_tokens=2402, system="Be brief.")
     assert text == (
-        "<bos><start_of_turn>user\nBe brief.\n\n<start_of_image><image_soft_token>×2402\n\nHow deep?<end_of_turn>\n"
+        "<bos><start_of_turn>user\nBe brief.\n\n\n\n<start_of_image><image_soft_token>×2402<end_of_image>\n\n"
+        "How deep?<end_of_turn>\n"
         "<start_of_turn>model\nGo deeper.<end_of_turn>\n"
     )
     assert template.render_text(conversation(), add_generation_prompt=True) == (
@@ -276,15 +285,21 @@ def test_tiny_tokenizer_renders_with_its_own_ids():
     assert template.image_token_id == TINY_IMAGE_SOFT_TOKEN_ID
     turns = conversation("How deep is the squat?", "Go a bit deeper; keep your chest up.")
     rendered = template.render(turns, num_visual_tokens=6, system="You are a fitness coach.")
-    # <bos>, <start_of_turn> at the tiny layout's ids (2, 5); <start_of_image> (7) right after the system text.
+    # <bos>, <start_of_turn> at the tiny layout's ids (2, 5); the soft tokens between <start_of_image> (7)
+    # and <end_of_image> (the first multimodal token above the text vocabulary).
     assert rendered.input_ids[:2] == [2, 5]
     first_image = rendered.input_ids.index(TINY_IMAGE_SOFT_TOKEN_ID)
     assert rendered.input_ids[first_image - 1] == 7
+    assert (
+        rendered.input_ids[first_image + 6]
+        == tokenizer.convert_tokens_to_ids("<end_of_image>")
+        == TINY_TEXT_VOCAB
+    )
     assert rendered.input_ids.count(TINY_IMAGE_SOFT_TOKEN_ID) == 6
     answer = [t for t in rendered.labels if t != IGNORE_INDEX]
     assert tokenizer.decode(answer) == "Go a bit deeper; keep your chest up.<end_of_turn>"
     assert tokenizer.decode(rendered.input_ids, skip_special_tokens=True) == (
-        "user\nYou are a fitness coach.\n\n\n\nHow deep is the squat?\nmodel\nGo a bit deeper; keep your chest up.\n"
+        "user\nYou are a fitness coach.\n\n\n\n\n\nHow deep is the squat?\nmodel\nGo a bit deeper; keep your chest up.\n"
     )
 
 

@@ -90,7 +90,7 @@ def test_generation_batch_is_left_padded(processor, frames):
     assert batch["attention_mask"][0].tolist() == [0] * (length - n) + [1] * n
     # Every row ends with the generation prompt, where generation continues.
     assert processor.batch_decode(batch["input_ids"][:, -2:], skip_special_tokens=False) == ["model\n"] * 2
-    assert processor.batch_decode(batch["input_ids"])[0] == "user\n\n\nHi\nmodel\n"
+    assert processor.batch_decode(batch["input_ids"])[0] == "user\n\n\n\n\nHi\nmodel\n"
 
 
 def test_save_and_load_round_trip_gives_identical_outputs(processor, frames, tmp_path):
@@ -122,7 +122,7 @@ def gemma_tokenizer_directory(directory: Path) -> Path:
     }
     vocab |= {"\n": 107, "\n\n": 108} | {f"<0x{byte:02X}>": 238 + byte for byte in range(256)}
     vocab |= {char: 1000 + i for i, char in enumerate(string.ascii_letters + string.digits + ".,;?!-▁")}
-    vocab |= {"<start_of_image>": 255999, "<end_of_image>": 256000, "<image_soft_token>": 262145}
+    vocab |= {"<start_of_image>": 255999, "<end_of_image>": 262144, "<image_soft_token>": 262145}
     tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
     multimodal = [
         "<start_of_turn>",
@@ -148,11 +148,12 @@ def test_gemma_tokenizer_directory_works(tmp_path):
     start = ids.index(255999)
     assert ids[:2] == [2, 105] and ids.count(2) == 1
     assert ids[start + 1 : start + 1 + 2402] == [262145] * 2402 and ids.count(262145) == 2402
+    assert ids[start + 1 + 2402] == 262144 and ids.count(262144) == 1
     assert ids[-2:] == [106, 107]
     assert processor.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=False) == (
         "Go deeper.<end_of_turn>"
     )
-    assert processor.decode(ids) == "user\nBe brief.\n\n\n\nHow deep?\nmodel\nGo deeper.\n"
+    assert processor.decode(ids) == "user\nBe brief.\n\n\n\n\n\nHow deep?\nmodel\nGo deeper.\n"
     text = processor.render_text(conversation, expand_placeholders=True)
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
     # Saved beside the model and loaded back: the same tokenizer class and the same ids.
@@ -248,7 +249,7 @@ def test_system_text_and_display_rendering(processor):
     conversation = {"video": "squats/00000340.mp4", "question": QUESTION}
     text = processor.render_text(conversation, system="You are a coach.")
     assert text == (
-        "<bos><start_of_turn>user\nYou are a coach.\n\n<start_of_image><image_soft_token>×40\n\n"
+        "<bos><start_of_turn>user\nYou are a coach.\n\n\n\n<start_of_image><image_soft_token>×40<end_of_image>\n\n"
         f"{QUESTION}<end_of_turn>\n<start_of_turn>model\n"
     )
     ids = processor.encode_conversation(conversation, system="You are a coach.")["input_ids"]

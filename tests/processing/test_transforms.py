@@ -1,6 +1,9 @@
-"""CLIP and VideoMamba preprocessing against a straightforward PIL/numpy reference.
+"""CLIP and VideoMamba preprocessing against straightforward references.
 
-PIL resizes 8-bit images (rounding after each pass), so the tolerance is 2/255 before normalisation.
+CLIP: PIL's bicubic resize, which works on 8-bit images (rounding after each pass), so the tolerance is
+2/255 before normalisation. VideoMamba: OpenCV's bilinear rule (`cv2.INTER_LINEAR`) written out in numpy
+below, in exact arithmetic; OpenCV itself and torch's uint8 kernel use fixed-point weights, so the tolerance
+is one grey level.
 """
 
 from __future__ import annotations
@@ -31,11 +34,33 @@ def _reference_clip(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _opencv_linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR along one axis: output pixel d samples the input at (d + 0.5)·n_in/n_out - 0.5
+    (half-pixel centres), between its two neighbours; before the first pixel or from the last one on, the
+    edge pixel alone. Two taps whatever the scale: no antialiasing."""
+    source = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    first = np.floor(source).astype(np.int64)
+    weight = source - first
+    before, after = first < 0, first >= n_in - 1
+    first[before], weight[before] = 0, 0.0
+    first[after], weight[after] = n_in - 1, 0.0
+    return first, np.minimum(first + 1, n_in - 1), weight
+
+
+def _reference_videomamba_uint8(frames: np.ndarray, size: int) -> np.ndarray:
+    """`cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)` per frame, in float64, rounded."""
+    height, width = frames.shape[1:3]
+    y0, y1, wy = _opencv_linear_taps(height, size)
+    x0, x1, wx = _opencv_linear_taps(width, size)
+    image = frames.astype(np.float64)
+    wx, wy = wx[None, None, :, None], wy[None, :, None, None]
+    rows0 = image[:, y0][:, :, x0] * (1 - wx) + image[:, y0][:, :, x1] * wx
+    rows1 = image[:, y1][:, :, x0] * (1 - wx) + image[:, y1][:, :, x1] * wx
+    return np.clip(np.rint(rows0 * (1 - wy) + rows1 * wy), 0, 255).astype(np.uint8)
+
+
 def _reference_videomamba(frames: np.ndarray, size: int) -> np.ndarray:
-    images = [
-        np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR), dtype=np.float32) for f in frames
-    ]
-    return np.stack(images).transpose(0, 3, 1, 2) / 255
+    return _reference_videomamba_uint8(frames, size).transpose(0, 3, 1, 2) / 255
 
 
 def _unnormalise(pixels: torch.Tensor, mean, std) -> np.ndarray:
@@ -75,14 +100,43 @@ def test_clip_transform_matches_pil_reference(frames, size):
     )
 
 
+GREY_LEVEL = 1 / 255
+
+
 @pytest.mark.parametrize("size", [64, 224])
-def test_videomamba_transform_matches_pil_reference(frames, size):
+def test_videomamba_transform_matches_opencv_bilinear(frames, size):
     pixels = videomamba_transform(frames, size)
     assert pixels.shape == (len(frames), 3, size, size)
     reference = _reference_videomamba(frames, size)
     np.testing.assert_allclose(
-        _unnormalise(pixels, IMAGENET_MEAN, IMAGENET_STD), reference, atol=TOLERANCE + 1e-6
+        _unnormalise(pixels, IMAGENET_MEAN, IMAGENET_STD), reference, atol=GREY_LEVEL + 1e-6
     )
+
+
+def _stripes(height: int, width: int) -> np.ndarray:
+    """Black and white lines one pixel wide, across and down: all detail, no average to fall back on."""
+    rows, cols = np.indices((height, width))
+    pattern = np.where((rows + cols) % 2 == 0, 255, 0).astype(np.uint8)
+    vertical = np.where(cols % 2 == 0, 255, 0).astype(np.uint8)
+    return np.stack([pattern, vertical, np.full_like(pattern, 128)], axis=-1)[None]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(_noise(720, 1280, seed=5)[:1], id="720p_noise"),
+        pytest.param(_stripes(720, 1280), id="720p_stripes"),
+        pytest.param(_stripes(333, 250), id="odd_stripes"),
+    ],
+)
+def test_videomamba_downscaling_is_opencv_bilinear_without_antialiasing(frame):
+    pixels = _unnormalise(videomamba_transform(frame, 224), IMAGENET_MEAN, IMAGENET_STD)
+    reference = _reference_videomamba(frame, 224)
+    np.testing.assert_allclose(pixels, reference, atol=GREY_LEVEL + 1e-6)
+    # Two taps per axis: fine stripes survive the shrinking as far from grey as OpenCV leaves them, where an
+    # antialiased resize averages them away (the difference the pretrained weights would notice).
+    antialiased = np.asarray(Image.fromarray(frame[0]).resize((224, 224), Image.BILINEAR), np.float32) / 255
+    assert np.abs(antialiased.transpose(2, 0, 1) - reference[0]).mean() > 4 * GREY_LEVEL
 
 
 def test_sizes_come_from_the_config(real_clip):

@@ -134,6 +134,8 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             config.video_projector_grid,
             norm=config.projector_norm,
             eps=eps,
+            pool_first=True,
+            frame_merge=config.video_keyframe_merge,
         )
         self.language_model = Gemma3nForCausalLM(config.text_config)
         # VideoMamba initialises itself (Mamba's dt / A / D initialisation); the generic HF init must not redo it.

@@ -3,13 +3,16 @@
 A conversation renders as (Gemma has no system role, so a system text opens the first user turn):
 
     <bos><start_of_turn>user
-    {system}\\n\\n<start_of_image>{<image_soft_token> × N}\\n\\n{question}<end_of_turn>
+    [{system}\\n\\n]\\n\\n<start_of_image>{<image_soft_token> × N}<end_of_image>\\n\\n{question}<end_of_turn>
     <start_of_turn>model
     {answer}<end_of_turn>
     ...further turns...
 
-The video block goes where `<video>` stands in the first user turn, or before its text. Only the answers
-are supervised (each model turn's text and its `<end_of_turn>`); every other label is -100.
+The video block is framed exactly as Gemma-3n's processor frames an image,
+`\\n\\n<start_of_image>{soft tokens}<end_of_image>\\n\\n`, in the place Gemma-3n-it's chat template puts the
+image: where `<video>` stands in the first user turn (text before it ends right before the block), or
+before its text; a system text and its `\\n\\n` come first. Only the answers are supervised (each model
+turn's text and its `<end_of_turn>`); every other label is -100.
 
 Ids are built segment by segment: text pieces are tokenized on their own (never parsing control tokens
 out of data text), and the special and placeholder ids are spliced in by id, looked up by name in the
@@ -26,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from videogemma.constants import (
     BOS,
+    END_OF_IMAGE,
     END_OF_TURN,
     IGNORE_INDEX,
     IMAGE_SOFT_TOKEN,
@@ -34,6 +38,9 @@ from videogemma.constants import (
     VIDEO_TAG,
 )
 from videogemma.errors import PromptTooLongError, VideoGemmaDataError
+
+# What Gemma-3n's processor puts on each side of an image's soft tokens.
+IMAGE_MARGIN = "\n\n"
 
 # Conversation files say human/gpt (LLaVA) or user/assistant (OpenAI); Gemma says user/model.
 ROLE_NAMES = {
@@ -139,9 +146,8 @@ class ChatTemplate:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_token: str = IMAGE_SOFT_TOKEN) -> None:
         self.tokenizer = tokenizer
         self.image_token = image_token
-        self.token_ids = {name: _token_id(tokenizer, name) for name in (BOS, START_OF_TURN, END_OF_TURN)}
-        self.token_ids[START_OF_IMAGE] = _token_id(tokenizer, START_OF_IMAGE)
-        self.token_ids[image_token] = _token_id(tokenizer, image_token)
+        names = (BOS, START_OF_TURN, END_OF_TURN, START_OF_IMAGE, END_OF_IMAGE, image_token)
+        self.token_ids = {name: _token_id(tokenizer, name) for name in names}
 
     @property
     def image_token_id(self) -> int:
@@ -192,7 +198,7 @@ class ChatTemplate:
     def _first_user_turn(
         self, text: str, system: str | None, num_visual_tokens: int, record: Any
     ) -> list[Segment]:
-        # Pieces joined by blank lines: [system] [text before <video>] VIDEO [text after <video>].
+        # [system\n\n] [text before <video>] \n\n<start_of_image>…<end_of_image>\n\n [text after <video>]
         if text.count(VIDEO_TAG) > 1:
             raise ConversationError(
                 record, f"the first user turn has {text.count(VIDEO_TAG)} {VIDEO_TAG} tags"
@@ -204,15 +210,14 @@ class ChatTemplate:
             if tag:
                 raise ConversationError(record, f"the first user turn has a {VIDEO_TAG} tag but no video")
             return [Segment("user\n" + "\n\n".join(piece for piece in (system, after) if piece))]
-        head = "\n\n".join(piece for piece in (system, before.rstrip()) if piece)
-        segments = [
-            Segment("user\n" + (head + "\n\n" if head else "")),
+        head = (system + "\n\n" if system else "") + before.rstrip()
+        return [
+            Segment("user\n" + head + IMAGE_MARGIN),
             Segment(START_OF_IMAGE, special=True),
             Segment(self.image_token, special=True, repeat=num_visual_tokens),
+            Segment(END_OF_IMAGE, special=True),
+            Segment(IMAGE_MARGIN + after.lstrip()),
         ]
-        if after.lstrip():
-            segments.append(Segment("\n\n" + after.lstrip()))
-        return segments
 
     def render(
         self,

@@ -3,7 +3,8 @@
 One object holds everything that turns a sample into model inputs, and is saved beside the model:
 
 - the tokenizer (Gemma-3n's, or the `tiny` preset's own);
-- the frame count and both preprocessings (CLIP, VideoMamba: sizes, mean, std);
+- the frame count and how frames are picked (`frame_sampling`), both preprocessings (CLIP, VideoMamba:
+  sizes, mean, std);
 - the chat template settings: placeholder token and count, sequence limit, default system text and prompt.
 
     processor = VideoGemmaProcessor.from_preset("tiny")
@@ -43,7 +44,13 @@ from videogemma.processing.chat_template import (
     normalize_conversation,
 )
 from videogemma.processing.transforms import clip_transform, videomamba_transform
-from videogemma.processing.video import VideoLimits, read_video_frames, sample_frame_indices
+from videogemma.processing.video import (
+    FrameSampling,
+    VideoLimits,
+    fps_sample_positions,
+    read_video_frames,
+    sample_frame_indices,
+)
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 
@@ -61,6 +68,8 @@ class VideoGemmaProcessor:
         clip_image_size: int,
         videomamba_image_size: int,
         num_visual_tokens: int,
+        frame_sampling: str = "segment_centers",
+        frame_sampling_fps: float = 1.0,
         clip_mean: Sequence[float] = CLIP_IMAGE_MEAN,
         clip_std: Sequence[float] = CLIP_IMAGE_STD,
         videomamba_mean: Sequence[float] = IMAGENET_MEAN,
@@ -74,6 +83,7 @@ class VideoGemmaProcessor:
     ) -> None:
         self.tokenizer = tokenizer
         self.num_frames = num_frames
+        self.sampling = FrameSampling(frame_sampling, frame_sampling_fps)
         self.clip_image_size = clip_image_size
         self.videomamba_image_size = videomamba_image_size
         self.num_visual_tokens = num_visual_tokens
@@ -100,6 +110,8 @@ class VideoGemmaProcessor:
         """The processor a model of `config` needs; checks the tokenizer's placeholder id against the config."""
         settings = dict(
             num_frames=config.num_frames,
+            frame_sampling=config.frame_sampling,
+            frame_sampling_fps=config.frame_sampling_fps,
             clip_image_size=config.vision_config.image_size,
             videomamba_image_size=config.videomamba_config.image_size,
             num_visual_tokens=config.num_visual_tokens,
@@ -129,6 +141,8 @@ class VideoGemmaProcessor:
         return {
             "processor_class": type(self).__name__,
             "num_frames": self.num_frames,
+            "frame_sampling": self.sampling.method,
+            "frame_sampling_fps": self.sampling.fps,
             "clip_image_size": self.clip_image_size,
             "clip_mean": list(self.clip_mean),
             "clip_std": list(self.clip_std),
@@ -184,9 +198,12 @@ class VideoGemmaProcessor:
 
     def load_frames(self, video: VideoInput) -> np.ndarray:
         """`num_frames` frames, uint8 (T, H, W, 3): decoded from a path, or sampled from frames already
-        in memory (an array (N, H, W, 3) or a list of PIL images / arrays) the way files are sampled."""
+        in memory (an array (N, H, W, 3) or a list of PIL images / arrays) the way files are sampled.
+
+        Frames in memory carry no timestamps: with `fps` sampling they are taken as already read at the rate
+        (as the original took a folder of frames), and only capped and padded."""
         if isinstance(video, (str, os.PathLike)):
-            return read_video_frames(video, self.num_frames, limits=self.video_limits)
+            return read_video_frames(video, self.num_frames, sampling=self.sampling, limits=self.video_limits)
         if isinstance(video, torch.Tensor):
             video = video.numpy(force=True)
         if isinstance(video, np.ndarray):
@@ -208,6 +225,8 @@ class VideoGemmaProcessor:
             )
         if len(frames) == self.num_frames:
             return frames
+        if self.sampling.method == "fps":
+            return frames[fps_sample_positions(len(frames), self.num_frames)]
         return frames[sample_frame_indices(len(frames), self.num_frames)]
 
     def preprocess_video(self, video: VideoInput) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,14 +2,17 @@
 
 - `clip_transform`: resize the shortest side to `image_size` (bicubic, antialiased), centre crop
   `image_size`², scale to [0, 1], normalise with CLIP's mean/std.
-- `videomamba_transform`: resize to `image_size`² ignoring the aspect ratio (bilinear, antialiased),
-  scale to [0, 1], normalise with ImageNet's mean/std.
+- `videomamba_transform`: resize to `image_size`² ignoring the aspect ratio with OpenCV's bilinear rule
+  (`cv2.INTER_LINEAR`: half-pixel centres, two taps per axis, no antialiasing, also when shrinking), as
+  the original VideoMamba / Mobile-VideoGPT pipeline did; scale to [0, 1], normalise with ImageNet's mean/std.
 
 Both take uint8 frames `(..., H, W, 3)` (numpy or torch, any leading dims such as (T,) or (B, T)) and return
-float32 `(..., 3, S, S)`. Resizing runs on the uint8 frames, as the reference pipelines do with PIL: torch's
-antialiased uint8 kernels are ports of Pillow's (they agree with PIL within 1-2 levels) and are ~20× faster
-on CPU than resizing in float. Sizes come from the model config (`vision_config.image_size`,
-`videomamba_config.image_size`); the statistics default to the constants in `videogemma.config`.
+float32 `(..., 3, S, S)`. Resizing runs on the uint8 frames and yields uint8, as the reference pipelines do
+(PIL for CLIP, OpenCV for VideoMamba): torch's uint8 kernels compute in fixed point, like those libraries, and
+agree with them within 1-2 grey levels (antialiased bicubic: a port of Pillow's; bilinear without antialias:
+OpenCV's rule, within 1 level), ~20× faster on CPU than resizing in float. Sizes come from the model config
+(`vision_config.image_size`, `videomamba_config.image_size`); the statistics default to the constants in
+`videogemma.config`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def clip_transform(
     else:
         size = (int(image_size * height / width), image_size)
     if size != (height, width):
-        images = _resize(images, size, "bicubic")
+        images = _resize(images, size, "bicubic", antialias=True)
     top = (size[0] - image_size) // 2
     left = (size[1] - image_size) // 2
     images = images[:, :, top : top + image_size, left : left + image_size]
@@ -52,19 +55,20 @@ def videomamba_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """VideoMamba preprocessing: resize to `image_size`² ignoring aspect (bilinear), [0, 1], normalise."""
+    """VideoMamba preprocessing: resize to `image_size`² ignoring aspect (OpenCV's bilinear), [0, 1], normalise."""
     images, leading = _as_images(frames)
     if tuple(images.shape[-2:]) != (image_size, image_size):
-        images = _resize(images, (image_size, image_size), "bilinear")
+        images = _resize(images, (image_size, image_size), "bilinear", antialias=False)
     return _normalise(images, mean, std).reshape(*leading, 3, image_size, image_size).contiguous()
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased resize of uint8 (N, 3, H, W), keeping uint8 (rounded and clamped, as PIL does).
+def _resize(images: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
+    """Resize of uint8 (N, 3, H, W), keeping uint8 (rounded and clamped, as PIL and OpenCV do).
 
-    Always on CPU, where torch has the Pillow-matching uint8 kernels (decoded frames are there anyway).
+    `align_corners=False` is the half-pixel-centre convention of both libraries. Always on CPU, where torch
+    has the fixed-point uint8 kernels (decoded frames are there anyway).
     """
-    resized = F.interpolate(images.cpu(), size=size, mode=mode, align_corners=False, antialias=True)
+    resized = F.interpolate(images.cpu(), size=size, mode=mode, align_corners=False, antialias=antialias)
     return resized.to(images.device)
 
 

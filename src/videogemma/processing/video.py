@@ -4,6 +4,11 @@
 frame shown at the centre of each of `num_frames` equal time segments (ARCHITECTURE §1). A clip shorter
 than `num_frames` frames repeats frames; it is never padded with black ones.
 
+`FrameSampling("fps", rate)` picks frames as the original Mobile-VideoGPT did instead: the frames on screen at
+0, 1/rate, 2/rate, … seconds (frame 0 included, up to the last frame), then `np.linspace(0, last, n)` over
+those, endpoints included, with n at most `num_frames`; fewer than `num_frames` of them repeat (real frames,
+in time order, never black ones).
+
 How the frames are found, cheapest first:
 1. Demux the packets (no decoding) to learn every frame's presentation time, the keyframes and the clip's
    end, pick the frames by time (this handles variable frame rate), then decode only what the wanted frames
@@ -44,6 +49,7 @@ from typing import Any
 import av
 import numpy as np
 
+from videogemma.constants import FRAME_SAMPLINGS
 from videogemma.errors import VideoDecodeError, VideoLimitError
 
 PathLike = str | os.PathLike
@@ -142,6 +148,37 @@ class DecodedFrames:
     timestamps: list[float | None]  # presentation time of each frame in seconds (None without timestamps)
 
 
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a clip are read: `segment_centers` (ours, ARCHITECTURE §1) or `fps` (the original's,
+    at `fps` frames per second, see the module docstring)."""
+
+    method: str = "segment_centers"
+    fps: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame sampling {self.method!r} is not one of {FRAME_SAMPLINGS}")
+        if not (isinstance(self.fps, int | float) and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(
+                f"the frame sampling rate must be a positive number of frames/s, got {self.fps!r}"
+            )
+
+
+SEGMENT_CENTERS = FrameSampling()
+
+
+def fps_sample_positions(num_samples: int, num_frames: int) -> list[int]:
+    """Which of `num_samples` frames taken at the sampling rate are read: the original's
+    `np.linspace(0, num_samples - 1, n, dtype=int)` with n = min(num_samples, num_frames) (first and last
+    included), each repeated in time order when n < num_frames (e.g. 3 samples, 8 frames: 0 0 0 1 1 1 2 2).
+    """
+    if num_samples <= 0 or num_frames <= 0:
+        raise ValueError(f"need positive counts, got num_samples={num_samples}, num_frames={num_frames}")
+    picked = np.linspace(0, num_samples - 1, num=min(num_samples, num_frames), dtype=int).tolist()
+    return [picked[(i * len(picked)) // num_frames] for i in range(num_frames)]
+
+
 def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
     """Indices of the frames at the centres of `num_frames` equal segments of `num_available` frames.
 
@@ -152,12 +189,24 @@ def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
     return [((2 * i + 1) * num_available) // (2 * num_frames) for i in range(num_frames)]
 
 
-def read_video_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """`num_frames` uniformly spaced real frames of the clip: uint8 (num_frames, H, W, 3) RGB, upright."""
-    return decode_frames(path, num_frames, limits=limits).frames
+def read_video_frames(
+    path: PathLike,
+    num_frames: int,
+    *,
+    sampling: FrameSampling = SEGMENT_CENTERS,
+    limits: VideoLimits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """`num_frames` real frames of the clip, chosen by `sampling`: uint8 (num_frames, H, W, 3) RGB, upright."""
+    return decode_frames(path, num_frames, sampling=sampling, limits=limits).frames
 
 
-def decode_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFAULT_LIMITS) -> DecodedFrames:
+def decode_frames(
+    path: PathLike,
+    num_frames: int,
+    *,
+    sampling: FrameSampling = SEGMENT_CENTERS,
+    limits: VideoLimits = DEFAULT_LIMITS,
+) -> DecodedFrames:
     """`read_video_frames` plus the index and timestamp of every frame returned."""
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
@@ -165,7 +214,7 @@ def decode_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFA
 
     timeline = _packet_timeline(path, limits)
     if timeline is not None:
-        indices = timeline.indices(num_frames)
+        indices = timeline.indices(num_frames, sampling)
         try:
             decoded = _decode_indices(path, indices, timeline, limits)
             return _finish(path, decoded, indices, [timeline.seconds(k) for k in indices], len(timeline.pts))
@@ -174,8 +223,12 @@ def decode_frames(path: PathLike, num_frames: int, *, limits: VideoLimits = DEFA
 
     timeline, count = _decoded_timeline(path, limits)
     if timeline is not None:
-        indices = timeline.indices(num_frames)
+        indices = timeline.indices(num_frames, sampling)
         timestamps: list[float | None] = [timeline.seconds(k) for k in indices]
+    elif sampling.method == "fps":
+        raise VideoDecodeError(
+            path, "its frames carry no usable timestamps, which frame sampling 'fps' needs"
+        )
     else:
         indices = sample_frame_indices(count, num_frames)
         timestamps = [None] * num_frames
@@ -272,14 +325,20 @@ class _Timeline:
     time_base: Fraction
     keyframes: tuple[int, ...] = ()  # indices of the frames decoding can start from (known from packets)
 
-    def indices(self, num_frames: int) -> list[int]:
-        """For each segment centre, the frame on screen at that time (the last one starting at or before it).
+    def indices(self, num_frames: int, sampling: FrameSampling = SEGMENT_CENTERS) -> list[int]:
+        """For each sampling time, the frame on screen then (the last one starting at or before it).
 
-        Exact rational arithmetic, so that on a constant-rate clip this equals `sample_frame_indices`.
+        Segment centres, or times 1/fps apart from the first frame (see `fps_sample_positions`). Exact
+        rational arithmetic, so that on a constant-rate clip segment centres equal `sample_frame_indices`.
         """
         start, span = self.pts[0], self.end - self.pts[0]
-        centres = [start + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames)]
-        return [max(0, bisect.bisect_right(self.pts, centre) - 1) for centre in centres]
+        if sampling.method == "fps":
+            step = 1 / (Fraction(sampling.fps) * self.time_base)  # time_base units between samples
+            times = [start + k * step for k in range(int((self.pts[-1] - start) / step) + 1)]
+            times = [times[i] for i in fps_sample_positions(len(times), num_frames)]
+        else:
+            times = [start + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames)]
+        return [max(0, bisect.bisect_right(self.pts, time) - 1) for time in times]
 
     def seconds(self, index: int) -> float:
         return float(self.pts[index] * self.time_base)
