@@ -43,8 +43,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Gemma-3n's special ids (its tokenizer); the `tiny` preset's own tokenizer keeps the names, not the ids.
-GEMMA3N_PAD_ID = 0
-GEMMA3N_EOS_ID = 1
 GEMMA3N_BOS_ID = 2
 GEMMA3N_START_OF_TURN_ID = 105
 GEMMA3N_END_OF_TURN_ID = 106

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from videogemma.constants import IGNORE_INDEX
 from videogemma.datasets.bad_samples import SkippedSample
 from videogemma.datasets.collator import ConversationCollator
-from videogemma.datasets.dataset import ConversationDataset, length_grouped_sampler
+from videogemma.datasets.dataset import ConversationDataset
 from videogemma.datasets.records import load_conversation_records, resolve_video_path
 from videogemma.errors import PathOutsideRootError, PromptTooLongError, RecordError, VideoGemmaDataError
 from videogemma.processing.chat_template import Turn
@@ -475,25 +475,6 @@ def test_collator_drops_or_refills_skipped_samples(tmp_path, dataset_root, proce
     empty = ConversationCollator(processor)([items[1], items[3]])
     assert empty["input_ids"].shape == (0, 0) and empty["video_paths"] == []
     assert dataset.bad_sample_counts()["skipped"] == 2
-
-
-def test_length_grouped_sampler(tmp_path, dataset_root, processor):
-    words = torch.randperm(64, generator=torch.Generator().manual_seed(1)).tolist()  # answers of 0..63 words
-    records = [_record(GOOD[i % 4], "word " * n) for i, n in enumerate(words)]
-    dataset = ConversationDataset(_write_json(tmp_path / "t.json", records), dataset_root, processor)
-    lengths = dataset.lengths
-    assert lengths[5] == len(dataset[5]["input_ids"])
-    order = list(length_grouped_sampler(dataset, batch_size=4, seed=0))
-    assert sorted(order) == list(range(64))
-    assert order == list(length_grouped_sampler(dataset, batch_size=4, seed=0))  # seeded
-
-    def padding(indices):
-        batches = [indices[i : i + 4] for i in range(0, len(indices), 4)]
-        return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
-
-    # Batches hold similar lengths: far less padding than plainly shuffled batches.
-    shuffled = torch.randperm(64, generator=torch.Generator().manual_seed(0)).tolist()
-    assert padding(order) < padding(shuffled) / 2
 
 
 def test_unknown_policy_is_rejected(tmp_path, processor):

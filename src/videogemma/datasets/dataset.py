@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from videogemma.datasets.bad_samples import BAD_SAMPLE_POLICIES, BadSamplePolicy, SkipLog, SkippedSample
 from videogemma.datasets.records import ConversationRecord, load_conversation_records, resolve_video_path
@@ -95,7 +94,6 @@ class ConversationDataset(torch.utils.data.Dataset):
         if self.skip_log.temporary:
             weakref.finalize(self, _remove_file, self.skip_log.path, os.getpid())
         self._bad_positions: set[int] = set()  # per process: positions known to fail (for refilling)
-        self._lengths: list[int] | None = None
         self.frame_cache = DecodedFrameCache(frame_cache_bytes) if frame_cache_bytes > 0 else None
 
         strict = bad_sample_policy == "strict"
@@ -187,32 +185,3 @@ class ConversationDataset(torch.utils.data.Dataset):
         """`{"skipped": n, "<ErrorType>": n, ...}` over the unique skipped records."""
         skipped = self.skipped_samples
         return {"skipped": len(skipped), **Counter(sample.error for sample in skipped)}
-
-    # ---- lengths, for length-grouped batching -------------------------------------------------------------
-
-    @property
-    def lengths(self) -> list[int]:
-        """Token count of every sample (prompt with its visual block, and answer), from the text alone.
-
-        A record whose conversation does not render counts as 0 (it will be skipped when loaded).
-        """
-        if self._lengths is None:
-            lengths = []
-            for record in self.records:
-                try:
-                    ids = self.processor.encode_conversation(list(record.turns), record=record.name)[
-                        "input_ids"
-                    ]
-                    lengths.append(len(ids))
-                except VideoGemmaDataError:
-                    lengths.append(0)
-            self._lengths = lengths
-        return self._lengths
-
-
-def length_grouped_sampler(
-    dataset: ConversationDataset, batch_size: int, seed: int = 0
-) -> LengthGroupedSampler:
-    """Shuffled batches of similar length (less padding): `transformers`' sampler on `dataset.lengths`."""
-    generator = torch.Generator().manual_seed(seed)
-    return LengthGroupedSampler(batch_size, lengths=dataset.lengths, generator=generator)

@@ -14,9 +14,6 @@ from pathlib import Path
 
 from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS, EvaluationResult, band
 
-# The same fills as the workbook.
-BAND_CSS = {"green": "#C6EFCE", "yellow": "#FFEB9C", "red": "#FFC7CE"}
-
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }

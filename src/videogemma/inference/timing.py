@@ -32,8 +32,3 @@ class GenerationTimer(BaseStreamer):
         """Seconds from the timer's creation to the first generated token (`None` if none came)."""
         # step_times[0] is the prompt, pushed before any computation.
         return self.step_times[1] - self.start if len(self.step_times) > 1 else None
-
-    @property
-    def total_time(self) -> float:
-        end = self.end_time if self.end_time is not None else time.perf_counter()
-        return end - self.start

@@ -71,10 +71,6 @@ class EfficientTokenProjector(nn.Module):
         )
         self.norm = ScalelessRMSNorm(eps) if norm else nn.Identity()
 
-    @property
-    def tokens_out(self) -> int:
-        return self.grid_out**2
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features: (items, frames, grid_in², in_dim) → (items, grid_out², hidden), frames merged."""
         items, frames, tokens, _ = features.shape
