@@ -71,3 +71,52 @@ def _coerce(value: Any, hint: Any, key: str, error: type[Exception]) -> Any:
     except (TypeError, ValueError):
         raise error(f"{key}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
     return value
+
+
+# ---- command-line flags ------------------------------------------------------------------------------------
+
+
+def add_dataclass_arguments(
+    parser: Any, cls: type, *, title: str | None = None, exclude: tuple[str, ...] = ()
+) -> None:
+    """One `--flag-name` per field of the dataclass `cls` (as `HfArgumentParser` does), so that a default is
+    written once, in the dataclass. A field's help is its `metadata["help"]`; the default is shown."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        if spec.name in exclude:
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        hint = hints[spec.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if type(None) in typing.get_args(hint) and len(args) == 1 else hint
+        origin = typing.get_origin(base) or base
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = spec.metadata.get("help", "")
+        if origin is bool:
+            group.add_argument(flag, action=_bool_action(default), default=default, help=help_text)
+        elif origin in (tuple, list):
+            item = (typing.get_args(base) or (str,))[0]
+            group.add_argument(flag, nargs="*", type=item, default=list(default), help=help_text)
+        else:
+            suffix = f" (default: {default})" if default is not None else ""
+            group.add_argument(flag, type=origin, default=default, help=help_text + suffix)
+
+
+def _bool_action(default: bool) -> Any:
+    import argparse
+
+    return "store_true" if default is False else argparse.BooleanOptionalAction
+
+
+def dataclass_from_args(cls: type, args: Any, **changes: Any) -> Any:
+    """The dataclass `cls` from parsed flags (those `add_dataclass_arguments` added), with `changes` over them."""
+    values = {}
+    for spec in dataclasses.fields(cls):
+        if not hasattr(args, spec.name):
+            continue
+        value = getattr(args, spec.name)
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        # argparse collects nargs flags in lists; a tuple field stays a tuple.
+        values[spec.name] = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
+    return cls(**{**values, **changes})
