@@ -13,21 +13,20 @@ from videogemma.cli import main as videogemma_cli
 from videogemma.errors import VideoDecodeError
 from videogemma.inference.generate import GenerationSettings, answer, generate_answers, stream_answer
 
-# The README's Python example, run verbatim (in a folder holding `exercise.mp4`).
-README_EXAMPLE = """\
-import videogemma
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-model, processor = videogemma.load("tiny")  # or a trained run: videogemma.load("outputs/demo/run")
-inputs = processor(videos=["exercise.mp4"], text=["How is my squat form?"], padding_side="left")
-output_ids = model.generate(**inputs, max_new_tokens=32)
-print(processor.batch_decode(output_ids[:, inputs["input_ids"].shape[1]:])[0])
-"""
+
+def readme_example() -> str:
+    """The README's first Python block (the API example), as a user would copy it."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("```python\n") + len("```python\n")
+    return text[start : text.index("```", start)]
 
 
 def test_readme_example_runs_and_matches_answer(tmp_path, real_clip, tiny_model, capsys, monkeypatch):
     (tmp_path / "exercise.mp4").symlink_to(real_clip)
     monkeypatch.chdir(tmp_path)
-    exec(compile(README_EXAMPLE, "README example", "exec"), {})
+    exec(compile(readme_example(), "README example", "exec"), {})
     printed = capsys.readouterr().out.strip()
     model, processor = tiny_model
     expected = answer(
@@ -131,3 +130,22 @@ def test_model_arguments_accept_a_saved_folder(tmp_path, real_clip, tiny_model, 
     out = capsys.readouterr()
     assert "random weights" not in out.err
     assert Path(tmp_path / "m" / "config.json").is_file()
+
+
+def test_the_natural_batched_call_generates_what_one_by_one_does(tmp_path, real_clip, tiny_model):
+    """Without `padding_side`, a batch of questions is padded on the left, so each answer follows its prompt."""
+    model, processor = tiny_model
+    questions = ["Hi", "How is my squat form? Tell me everything you see, please."]
+    batch = processor(videos=[real_clip, real_clip], text=questions)
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][:, -1].all()  # left padding
+    output = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    batched = [text.strip() for text in processor.batch_decode(output[:, batch["input_ids"].shape[1] :])]
+    settings = GenerationSettings(max_new_tokens=6)
+    assert batched == [answer(model, processor, real_clip, q, settings=settings).text for q in questions]
+    training = processor(
+        videos=[real_clip],
+        conversations=[[{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "squats - good form"}]],
+    )
+    assert (
+        training["attention_mask"][0, -1] == 1
+    )  # a finished conversation is a training sample: right padding

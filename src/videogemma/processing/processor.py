@@ -8,7 +8,7 @@ One object holds everything that turns a sample into model inputs, and is saved 
 - the chat template settings: placeholder token and count, sequence limit, default system text and prompt.
 
     processor = VideoGemmaProcessor.from_preset("tiny")
-    batch = processor(videos=["squats/00000340.mp4"], text=["How is my form?"], padding_side="left")
+    batch = processor(videos=["squats/00000340.mp4"], text=["How is my form?"])  # left-padded for generate
     # input_ids, attention_mask, clip_pixel_values (B,T,3,Sc,Sc), videomamba_pixel_values (B,T,3,Sv,Sv)
 
 Training uses `process_sample` per item and `collate` per batch (right padding, labels); generation calls
@@ -351,7 +351,7 @@ class VideoGemmaProcessor:
         conversations: Any = None,
         *,
         system: str | None = None,
-        padding_side: str = "right",
+        padding_side: str | None = None,
         return_labels: bool = False,
         add_generation_prompt: bool | None = None,
     ) -> BatchFeature:
@@ -360,7 +360,9 @@ class VideoGemmaProcessor:
         `videos`: one video or a list (one per sample; `None` for none). `text`: questions, one per video
         (default: the default prompt). `conversations`: conversations in any of DATA.md's shapes, instead
         of `text`. A generation prompt is added where a conversation ends with a question, unless
-        `add_generation_prompt` says otherwise.
+        `add_generation_prompt` says otherwise. Padding (`padding_side=None`) is on the left when every sample
+        ends in a generation prompt, so that `model.generate(**batch)` continues each one right after its
+        prompt, and on the right otherwise (training batches).
         """
         if text is not None and conversations is not None:
             raise ValueError("give either text (questions) or conversations, not both")
@@ -378,12 +380,16 @@ class VideoGemmaProcessor:
             conversations = [[{"from": "human", "value": question}] for question in questions]
         if len(conversations) != len(videos) or not videos:
             raise ValueError(f"got {len(videos)} videos for {len(conversations)} texts/conversations")
-        samples = [
-            self.process_sample(
-                video, conversation, system=system, add_generation_prompt=add_generation_prompt, record=index
-            )
-            for index, (video, conversation) in enumerate(zip(videos, conversations))
+        prompts = [
+            _generation_prompt(conversation, add_generation_prompt, index)
+            for index, conversation in enumerate(conversations)
         ]
+        samples = [
+            self.process_sample(video, conversation, system=system, add_generation_prompt=prompt, record=index)
+            for index, (video, conversation, prompt) in enumerate(zip(videos, conversations, prompts))
+        ]
+        if padding_side is None:
+            padding_side = "left" if all(prompts) else "right"
         return self.collate(samples, padding_side=padding_side, return_labels=return_labels)
 
     # ---- decoding --------------------------------------------------------------------------------------------
