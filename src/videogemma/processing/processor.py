@@ -385,7 +385,9 @@ class VideoGemmaProcessor:
             for index, conversation in enumerate(conversations)
         ]
         samples = [
-            self.process_sample(video, conversation, system=system, add_generation_prompt=prompt, record=index)
+            self.process_sample(
+                video, conversation, system=system, add_generation_prompt=prompt, record=index
+            )
             for index, (video, conversation, prompt) in enumerate(zip(videos, conversations, prompts))
         ]
         if padding_side is None:
