@@ -6,7 +6,9 @@
   audio towers (≈ 1 B parameters) are never loaded.
 - CLIP: a `CLIPModel` directory (`vision_model.*` keys, `config.json` with a `vision_config`) or a
   `CLIPVisionModel` directory.
-- VideoMamba: an original OpenGVLab `.pth` (read by `videogemma.modeling.videomamba`).
+- VideoMamba: an original OpenGVLab `.pth` (read by `videogemma.modeling.videomamba`), through
+  `load_torch_checkpoint`: `torch.load(weights_only=True)` that also reads the training metadata such files
+  carry (an EasyDict `config`, argparse `args`, numpy values) as plain data, and refuses anything else.
 
 The model is built on the meta device, so no component is first filled with random weights; the tensors are
 then assigned from the files and only what no checkpoint holds (the projectors, the non-persistent buffers
@@ -15,10 +17,15 @@ such as RoPE frequencies) is initialised.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Mapping
+import pickle
+import re
+import struct
+import typing
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +186,164 @@ def videomamba_tensors_for(
         state_dict, interpolate_temporal_pos_embedding=True, num_frames=config.num_frames, source=str(path)
     )
     return encoder.state_dict()
+
+
+# ---- torch checkpoints that carry training metadata -------------------------------------------------------
+
+# What `load_torch_checkpoint` reads besides tensors and plain containers (named in its refusals).
+METADATA_KINDS = "EasyDict, argparse.Namespace, numpy arrays and scalars, OmegaConf containers"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose unpickling would need a class or function outside the allow-list (it could run code)."""
+
+    def __init__(self, path: str | Path, refused: list[str]) -> None:
+        self.path = str(path)
+        self.refused = refused
+        super().__init__(
+            f"{path}: refused to load: unpickling it needs {', '.join(refused)}, which could run code. "
+            f"Only tensors, plain containers and common training metadata ({METADATA_KINDS}) are read from "
+            "checkpoints; convert the file to safetensors, or save it without the other objects"
+        )
+
+
+def load_torch_checkpoint(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)`, with the training metadata checkpoints carry read as plain data.
+
+    Tensors and plain containers load as `weights_only` allows. Besides, without importing their classes or
+    running their code: `easydict.EasyDict` becomes a dict of its items, `argparse.Namespace` a dict of its
+    attributes, OmegaConf `DictConfig` / `ListConfig` (when omegaconf is installed) dicts and lists with
+    interpolations left unresolved; numpy arrays, dtypes and scalars are rebuilt by numpy from their bytes.
+    Any other global is refused with `UnsafeCheckpointError` naming it, before anything of it runs.
+    """
+    plain = _PlainMetadata()
+    with torch.serialization.safe_globals(plain.safe_globals()):
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            refused = _refused_globals(path, str(error))
+            if refused:
+                raise UnsafeCheckpointError(path, refused) from None
+            raise ValueError(f"{path}: not a readable torch checkpoint: {_unpickler_reason(error)}") from None
+        except (RuntimeError, TypeError, ValueError, AttributeError, EOFError, struct.error) as error:
+            # a truncated or corrupt file, or a pickle that misuses the allowed classes
+            raise ValueError(f"{path}: not a readable torch checkpoint: {error}") from None
+    return plain.convert(loaded, {})
+
+
+class _PlainMetadata:
+    """Stand-ins for metadata classes (built as `OrderedDict`s, the one mapping type `weights_only` lets
+    both fill and give attributes to), and the conversion of what they built to plain dicts afterwards."""
+
+    def __init__(self) -> None:
+        # id → (where the data is, the object): "items" for EasyDict (its attributes mirror its items),
+        # "attributes" for Namespace. The objects are kept so that their ids stay theirs.
+        self.built: dict[int, tuple[str, OrderedDict]] = {}
+        self.omegaconf = _omegaconf()
+
+    def stand_in(self, source: str) -> type:
+        built = self.built
+
+        class StandIn:
+            def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:  # an OrderedDict, not a StandIn
+                data: OrderedDict = OrderedDict(args[0] if args and isinstance(args[0], Mapping) else ())
+                data.update(kwargs)
+                built[id(data)] = (source, data)
+                return data
+
+        return StandIn
+
+    def safe_globals(self) -> list[tuple[Callable, str]]:
+        entries = [
+            (self.stand_in("items"), "easydict.EasyDict"),
+            (self.stand_in("attributes"), "argparse.Namespace"),
+        ]
+        return entries + _numpy_globals() + _omegaconf_globals()
+
+    def convert(self, value: Any, memo: dict[int, Any]) -> Any:
+        """`value` with every stand-in replaced by a dict and OmegaConf containers by plain ones (in place in
+        dicts and lists, which unpickling just created)."""
+        if id(value) in memo:
+            return memo[id(value)]
+        source, data = self.built.get(id(value), (None, None))
+        if data is value:
+            plain: dict[Any, Any] = {}
+            memo[id(value)] = plain
+            for key, item in (value if source == "items" else vars(value)).items():
+                plain[key] = self.convert(item, memo)
+            return plain
+        if self.omegaconf is not None and isinstance(value, self.omegaconf.Container):
+            container = self.omegaconf.OmegaConf.to_container(value, resolve=False)
+            memo[id(value)] = converted = self.convert(container, memo)
+            return converted
+        memo[id(value)] = value
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = self.convert(item, memo)
+        elif isinstance(value, list):
+            value[:] = [self.convert(item, memo) for item in value]
+        elif type(value) is tuple:  # not torch.Size
+            memo[id(value)] = value = tuple(self.convert(item, memo) for item in value)
+        return value
+
+
+def _numpy_globals() -> list[tuple[Callable, str]]:
+    """numpy's reconstruction of arrays, dtypes and scalars from their bytes, under numpy 1 and 2 names."""
+    import numpy as np
+
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 2
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    entries: list[tuple[Callable, str]] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        entries += [
+            (multiarray._reconstruct, f"{module}._reconstruct"),
+            (multiarray.scalar, f"{module}.scalar"),
+        ]
+    # A dtype's state is set on an instance of its concrete class (numpy.dtypes.Float32DType, …).
+    for name, dtype_class in vars(np.dtypes).items():
+        if isinstance(dtype_class, type) and issubclass(dtype_class, np.dtype):
+            entries.append((dtype_class, f"numpy.dtypes.{name}"))
+    return entries
+
+
+def _omegaconf() -> Any:
+    try:
+        return importlib.import_module("omegaconf")
+    except ImportError:
+        return None
+
+
+def _omegaconf_globals() -> list[tuple[Callable, str]]:
+    """OmegaConf's containers, nodes and metadata, with the builtin types its metadata names (when installed)."""
+    omegaconf = _omegaconf()
+    if omegaconf is None:
+        return []
+    base, nodes = omegaconf.base, omegaconf.nodes
+
+    classes = [omegaconf.DictConfig, omegaconf.ListConfig, base.ContainerMetadata, base.Metadata]
+    classes += [c for c in vars(nodes).values() if isinstance(c, type) and issubclass(c, base.Node)]
+    entries = [(c, f"{c.__module__}.{c.__qualname__}") for c in classes]
+    builtin_types = (dict, list, tuple, int, float, str, bool, bytes, object)
+    entries += [(t, f"builtins.{t.__name__}") for t in builtin_types]
+    return [*entries, (typing.Any, "typing.Any"), (defaultdict, "collections.defaultdict")]
+
+
+def _refused_globals(path: str | Path, message: str) -> list[str]:
+    """The globals of the checkpoint outside the allow-list, read from the pickle without running it (or,
+    for the legacy non-zip format, the one the unpickler stopped at)."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        return re.findall(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message)[:1]
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """torch's reason for refusing, without its advice (which suggests loading with weights_only=False)."""
+    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+    reason = match.group(1) if match else str(error).strip().splitlines()[-1]
+    return reason.split(" Please use `torch.serialization")[0]
 
 
 # ---- assembly ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videogemma.config import VideoMambaConfig
+from videogemma.modeling.checkpoints import load_torch_checkpoint
 from videogemma.modeling.selective_scan import selective_scan
 
 CHECKPOINT_PREFIX = "vision_encoder."
@@ -316,7 +317,7 @@ def _load_state_dict(path_or_state_dict: str | Path | Mapping[str, Any]) -> Mapp
 
         return load_file(path)
     if path.suffix in (".pth", ".pt", ".bin"):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_checkpoint(path)
     raise ValueError(
         f"{path}: unknown checkpoint format {path.suffix!r} (expected .pth, .pt, .bin or .safetensors)"
     )
