@@ -295,7 +295,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean.add_argument("--root", required=True, help="dataset folder")
     clean.add_argument("--out", help="write a cleaned copy here (videos hard-linked)")
     clean.add_argument(
-        "--in-place", action="store_true", help="filter the files in --root (backups as *.bak)"
+        "--in-place",
+        action="store_true",
+        help="filter the files in --root (backups: *.bak, then *.bak.1, *.bak.2, ... never overwritten)",
     )
     clean.add_argument("--delete-rejected", action="store_true", help="delete rejected videos from --root")
     clean.add_argument("--min-width", type=int, default=640)

@@ -341,32 +341,8 @@ def clean_dataset(
     accepted = {d.measure.path for d in decisions if d.accepted}
     accepted_names = {basename(p) for p in accepted}
 
-    files: dict[str, str] = {}
-    result = CleanResult(decisions, output, files)
-    _write_csv(output / "clean_summary.csv", SUMMARY_HEADER, result.summary_rows())
-    metric_rows = []
-    for d in decisions:
-        m = d.measure
-        values = [m.width, m.height, m.fps, m.duration, m.num_frames, m.brightness, m.sharpness]
-        metric_rows.append(
-            [
-                m.path,
-                m.class_name,
-                *map(_round, values),
-                _round(m.active_pair_fraction),
-                "accepted" if d.accepted else "rejected",
-                ";".join(d.reasons),
-                m.error or "",
-            ]
-        )
-    _write_csv(output / "clean_metrics.csv", METRICS_HEADER, metric_rows)
-    rejected = [
-        {"video": d.measure.path, "class": d.measure.class_name, "reasons": d.reasons}
-        for d in result.rejected
-    ]
-    write_json(output / "rejected_videos.json", rejected)
-    for name in ("clean_summary.csv", "clean_metrics.csv", "rejected_videos.json"):
-        files[name] = str(output / name)
+    result = CleanResult(decisions, output, _write_reports(output, decisions))
+    files = result.files
 
     # The filtered manifest keeps the original keys (their style) of the accepted videos.
     manifest_path = root / MANIFEST_NAME
@@ -397,13 +373,49 @@ def clean_dataset(
         write_json(output / name, records)
         files[name] = str(output / name)
     if delete_rejected:
-        manifest = root / MANIFEST_NAME
-        for d in result.rejected:
-            # Checked again right before deleting: the run may have lasted long enough for links to change.
-            where = f"entry {d.measure.path!r}"
-            resolve_in_root(d.measure.path, root, source_file=manifest, record=where)
-            (root / d.measure.path).unlink(missing_ok=True)
+        _delete(root, [d.measure.path for d in result.rejected])
     return result
+
+
+def _write_reports(output: Path, decisions: list[Decision]) -> dict[str, str]:
+    """`clean_summary.csv`, `clean_metrics.csv` and `rejected_videos.json` in `output`: {name: path}."""
+    _write_csv(
+        output / "clean_summary.csv", SUMMARY_HEADER, CleanResult(decisions, output, {}).summary_rows()
+    )
+    metric_rows = []
+    for d in decisions:
+        m = d.measure
+        values = [m.width, m.height, m.fps, m.duration, m.num_frames, m.brightness, m.sharpness]
+        metric_rows.append(
+            [
+                m.path,
+                m.class_name,
+                *map(_round, values),
+                _round(m.active_pair_fraction),
+                "accepted" if d.accepted else "rejected",
+                ";".join(d.reasons),
+                m.error or "",
+            ]
+        )
+    _write_csv(output / "clean_metrics.csv", METRICS_HEADER, metric_rows)
+    rejected = [
+        {"video": d.measure.path, "class": d.measure.class_name, "reasons": d.reasons}
+        for d in decisions
+        if not d.accepted
+    ]
+    write_json(output / "rejected_videos.json", rejected)
+    return {
+        name: str(output / name)
+        for name in ("clean_summary.csv", "clean_metrics.csv", "rejected_videos.json")
+    }
+
+
+def _delete(root: Path, videos: list[str]) -> None:
+    """Delete rejected videos (paths relative to `root`), each checked again right before: a long run
+    leaves time for links to change, and nothing outside the root may ever be deleted."""
+    for video in videos:
+        resolve_in_root(video, root, source_file=root / MANIFEST_NAME, record=f"entry {video!r}")
+        (root / video).unlink(missing_ok=True)
 
 
 def backup_file(path: Path) -> Path:
