@@ -1,14 +1,21 @@
 """The `videogemma` command line: one entry point, one subcommand family per area of the package.
 
 Each area owns its subcommands in a `commands.py` module exposing `register(subparsers)`; heavy imports
-(torch, transformers) happen inside the command functions so that `videogemma --help` stays instant.
+(torch, transformers) happen inside the command functions so that `videogemma --help` stays quick.
+
+Every command fails the same way: the package's own errors (bad input, each naming its file or record) and the
+usual OS errors become one line on stderr, exit status 2 for bad input and 1 for a failure while running;
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+
+from videogemma.errors import VideoGemmaError
 
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
@@ -18,6 +25,25 @@ COMMAND_MODULES = (
     "videogemma.inference.commands",
     "videogemma.demo",
 )
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+# OS errors caused by what the user asked for (a path), and those met while running, with what to do.
+_INPUT_ERRNOS = {
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "is not a folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+_RUNTIME_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "permission denied: check the file's and its folder's permissions",
+    errno.EPERM: "operation not permitted: check the file's and its folder's permissions",
+    errno.EFBIG: "the file is too large for this file system",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, or write elsewhere",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,17 +51,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="videogemma",
         description="Video understanding with Gemma-3n-E2B in the Mobile-VideoGPT architecture.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
+def describe_error(error: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for an error a command ended with."""
+    if isinstance(error, VideoGemmaError):
+        return EXIT_BAD_INPUT, str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return (
+            EXIT_BAD_INPUT,
+            f"a file is not valid {error.encoding} text ({error.reason} at byte {error.start})",
+        )
+    if isinstance(error, OSError):
+        where = " → ".join(str(name) for name in (error.filename, error.filename2) if name) or "?"
+        if error.errno in _INPUT_ERRNOS:
+            return EXIT_BAD_INPUT, f"{where}: {_INPUT_ERRNOS[error.errno]}"
+        reason = _RUNTIME_ERRNOS.get(error.errno, error.strerror or str(error))
+        return EXIT_FAILURE, f"{where}: {reason}"
+    return EXIT_FAILURE, f"unexpected {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Every subcommand sets `func` (via `set_defaults`) to a callable taking the parsed args.
-    return int(args.func(args) or 0)
+    name = " ".join(part for part in (args.command, getattr(args, "data_command", None)) if part)
+    try:
+        # Every subcommand sets `func` (via `set_defaults`) to a callable taking the parsed args.
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"videogemma {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if args.debug:
+            raise
+        status, message = describe_error(error)
+        print(f"videogemma {name}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

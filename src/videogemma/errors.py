@@ -11,7 +11,12 @@ from os import PathLike
 from typing import Any
 
 
-class VideoGemmaDataError(ValueError):
+class VideoGemmaError(ValueError):
+    """Base class of the errors the package raises for bad input: data, configs, models, arguments. The command
+    line reports each as one line (exit status 2); its message names the file or record and what is wrong."""
+
+
+class VideoGemmaDataError(VideoGemmaError):
     """Base class of every error caused by bad input data (a file, a record, a prompt)."""
 
 
@@ -89,5 +94,5 @@ class PromptTooLongError(VideoGemmaDataError):
         )
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(VideoGemmaError):
     """A model source that cannot be loaded: the message names the path (or preset) and what is missing."""

@@ -195,6 +195,22 @@ def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
     return VideoGemmaProcessor.from_config(model_config, tokenizer)
 
 
+def load_processor(model: str | os.PathLike[str]) -> Any:
+    """The processor whose checks validation applies: `tiny` (the preset's), or a folder holding a saved one
+    (a model saved with `save_pretrained`, or a training run's `processor/`)."""
+    from videogemma.processing.processor import PROCESSOR_CONFIG_NAME, VideoGemmaProcessor
+
+    if str(model) == TOKENIZER_PRESET:
+        return VideoGemmaProcessor.from_preset(TOKENIZER_PRESET)
+    for folder in (Path(model), Path(model) / RUN_PROCESSOR_DIR):
+        if (folder / PROCESSOR_CONFIG_NAME).is_file():
+            return VideoGemmaProcessor.from_pretrained(folder)
+    raise ModelLoadError(
+        f"{model}: not `tiny` nor a folder with a saved processor ({PROCESSOR_CONFIG_NAME} in it or in its "
+        "processor/ subfolder, as a saved model or a training run has)"
+    )
+
+
 def check_processor_matches(processor: Any, config: VideoGemmaConfig, where: str | os.PathLike) -> None:
     """A saved processor must give the model the frames and tokens its config reads; names each field that
     differs."""

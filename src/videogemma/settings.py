@@ -10,8 +10,10 @@ import dataclasses
 import typing
 from typing import Any
 
+from videogemma.errors import VideoGemmaError
 
-class SettingsError(ValueError):
+
+class SettingsError(VideoGemmaError):
     """A settings mapping that does not fit its dataclass; the message names the dotted key."""
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, CLIPVisionConfig, Gemma3nTextConfig
 
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
+from videogemma.errors import VideoGemmaError
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def videomamba_tensors_for(
 METADATA_KINDS = "EasyDict, argparse.Namespace, numpy arrays and scalars, OmegaConf containers"
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(VideoGemmaError):
     """A checkpoint whose unpickling would need a class or function outside the allow-list (it could run code)."""
 
     def __init__(self, path: str | Path, refused: list[str]) -> None:

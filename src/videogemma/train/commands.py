@@ -52,13 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     import logging
 
     from videogemma.train.run import run_training
-    from videogemma.train.train_config import TrainConfigError, load_train_config
+    from videogemma.train.train_config import load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_train_config(args.config, args.overrides)
-    except TrainConfigError as error:
-        raise SystemExit(f"videogemma train: {error}") from None
+    config = load_train_config(args.config, args.overrides)
     run_dir = run_training(config, resume=args.resume)
     print(f"run directory: {run_dir}")
     return 0

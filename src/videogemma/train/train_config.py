@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from videogemma.errors import ModelLoadError
+from videogemma.errors import ModelLoadError, VideoGemmaError
 from videogemma.loading import ModelSource, preset_config
 from videogemma.settings import from_mapping
 
@@ -39,7 +39,7 @@ LORA_TARGET_REGEX = (
 )
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(VideoGemmaError):
     """A training configuration that cannot work; the message names the key and the reason."""
 
 

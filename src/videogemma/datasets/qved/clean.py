@@ -61,20 +61,28 @@ CACHE_NAME = "clean_metrics_cache.jsonl"
 
 @dataclass(frozen=True)
 class CleanThresholds:
-    min_width: int = 640
-    min_height: int = 360
-    min_brightness: float = 35.0
-    max_brightness: float = 190.0
-    min_sharpness: float = 50.0
-    frame_step: int = 15  # measure frames 0, step, 2·step, …
-    max_samples: int = 20
-    motion_classes: tuple[str, ...] = ()  # classes that must show motion
-    motion_pixel_threshold: int = 18  # grey levels a pixel must change by
-    motion_pixel_fraction: float = 0.01  # of pixels changed for a pair of samples to count as active
-    motion_pair_fraction: float = 0.30  # of active pairs for the clip to count as moving
-    min_frames: int = 1  # a clip must have at least this many frames (e.g. what the sampler reads)
-    min_duration: float = 0.0  # seconds
-    min_fps: float = 0.0
+    """What a clip must meet to be kept (the `data clean` flags are made from these fields)."""
+
+    min_width: int = field(default=640, metadata={"help": "pixels"})
+    min_height: int = field(default=360, metadata={"help": "pixels"})
+    min_brightness: float = field(default=35.0, metadata={"help": "mean grey level"})
+    max_brightness: float = field(default=190.0, metadata={"help": "mean grey level"})
+    min_sharpness: float = field(default=50.0, metadata={"help": "variance of the Laplacian"})
+    frame_step: int = field(default=15, metadata={"help": "measure frames 0, step, 2·step, ..."})
+    max_samples: int = field(default=20, metadata={"help": "frames measured per clip at most"})
+    motion_classes: tuple[str, ...] = field(default=(), metadata={"help": "classes that must show motion"})
+    motion_pixel_threshold: int = field(default=18, metadata={"help": "grey levels a pixel must change by"})
+    motion_pixel_fraction: float = field(
+        default=0.01, metadata={"help": "fraction of pixels changed for a pair of samples to count as active"}
+    )
+    motion_pair_fraction: float = field(
+        default=0.30, metadata={"help": "fraction of active pairs for the clip to count as moving"}
+    )
+    min_frames: int = field(
+        default=1, metadata={"help": "frames a clip must have (e.g. what the model reads)"}
+    )
+    min_duration: float = field(default=0.0, metadata={"help": "seconds"})
+    min_fps: float = field(default=0.0, metadata={"help": "frames per second"})
 
 
 @dataclass

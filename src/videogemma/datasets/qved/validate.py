@@ -160,22 +160,6 @@ def check_video(
     return check
 
 
-def load_processor(model: str | os.PathLike[str]) -> Any:
-    """The processor whose checks validation applies: `tiny` (the preset's), or a folder holding a saved one
-    (a model saved with `save_pretrained`, or a training run's `processor/`)."""
-    from videogemma.processing.processor import PROCESSOR_CONFIG_NAME, VideoGemmaProcessor
-
-    if str(model) == "tiny":
-        return VideoGemmaProcessor.from_preset("tiny")
-    for folder in (Path(model), Path(model) / "processor"):
-        if (folder / PROCESSOR_CONFIG_NAME).is_file():
-            return VideoGemmaProcessor.from_pretrained(folder)
-    raise VideoGemmaDataError(
-        f"{model}: not `tiny` nor a folder with a saved processor ({PROCESSOR_CONFIG_NAME} in it or in its "
-        "processor/ subfolder, as a saved model or a training run has)"
-    )
-
-
 def _template_problem(processor: Any, record: ConversationRecord) -> tuple[str, str] | None:
     """(kind, message) when the chat template refuses the record as training renders it, else None."""
     try:
@@ -241,7 +225,10 @@ def validate_split_files(
     """
     from tqdm import tqdm
 
-    processor = processor if processor is not None else load_processor("tiny")
+    if processor is None:
+        from videogemma.loading import TOKENIZER_PRESET, load_processor
+
+        processor = load_processor(TOKENIZER_PRESET)
     min_frames = processor.num_frames if min_frames is None else min_frames
     if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
         raise ValueError(f"min_frames must be a positive whole number, got {min_frames!r}")

@@ -72,8 +72,8 @@ def test_clean_augment_stats(synthetic, tmp_path, capsys):
                  "--min-frames", "8", "--max-brightness", "255", "--min-brightness", "0"]) == 0  # fmt: skip
     assert "TOTAL" in capsys.readouterr().out
     assert len(json.loads((root / "manifest.json").read_text())) == 36
-    with pytest.raises(SystemExit):
-        main(["data", "clean", "--root", str(root)])  # neither --out nor --in-place
+    assert main(["data", "clean", "--root", str(root)]) == 2  # neither --out nor --in-place
+    assert "give exactly one of --out DIR and --in-place" in capsys.readouterr().err
 
     assert main(["data", "augment", "--root", str(root), "--ops", "hflip,salt", "--classes", "squats"]) == 0
     assert "TOTAL" in capsys.readouterr().out
