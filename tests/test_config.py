@@ -57,6 +57,8 @@ def test_num_frames_is_the_one_frame_knob():
         (dict(num_frames=10), "multiple of chunk_size"),
         (dict(keyframes_per_chunk=5), "keyframes_per_chunk"),
         (dict(image_token_id=5), "image_token_id"),
+        # tiny's vocabulary ends at 1032: Gemma-3n's 128-id vision block cannot start at 1024
+        (dict(vision_vocab_offset=1024), r"vision vocabulary block \[vision_vocab_offset 1024"),
     ],
 )
 def test_invalid_geometry_is_rejected(overrides, message):
@@ -91,3 +93,11 @@ def test_video_keyframe_merge_defaults_to_mean_and_old_configs_load(tmp_path):
 def test_invalid_keyframe_merge_is_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         VideoGemmaConfig.from_preset("tiny", **overrides)
+
+
+def test_presets_embed_vision_vocabulary_ids_with_the_text_table():
+    # Only a model built from a full Gemma-3n checkpoint holds embed_vision's vectors (and says so).
+    assert VideoGemmaConfig.from_preset("tiny").vision_vocab_offset is None
+    assert VideoGemmaConfig.from_preset("e2b").vision_vocab_offset is None
+    config = VideoGemmaConfig.from_preset("tiny", vision_vocab_offset=1024, vision_vocab_size=2)
+    assert VideoGemmaConfig.from_dict(config.to_dict()).vision_vocab_offset == 1024

@@ -49,6 +49,9 @@ GEMMA3N_END_OF_TURN_ID = 106
 GEMMA3N_START_OF_IMAGE_ID = 255999
 GEMMA3N_END_OF_IMAGE_ID = 262144
 GEMMA3N_IMAGE_SOFT_TOKEN_ID = 262145
+# Gemma-3n's vision vocabulary block (`vision_config.vocab_size`): ids from its offset (262144) on are embedded
+# by `embed_vision`, not by the text table.
+GEMMA3N_VISION_VOCAB_SIZE = 128
 
 # The `tiny` preset's tokenizer layout: Gemma's special-token names first (ids 0..7), byte-level BPE tokens up
 # to `TINY_TEXT_VOCAB`, then the multimodal tokens above the per-layer-input table, in Gemma-3n's order,
@@ -138,6 +141,8 @@ class VideoGemmaConfig(PretrainedConfig):
         video_keyframe_merge: str = "mean",
         keyframe_block_size: int = 512,
         image_token_id: int = GEMMA3N_IMAGE_SOFT_TOKEN_ID,
+        vision_vocab_offset: int | None = None,
+        vision_vocab_size: int = GEMMA3N_VISION_VOCAB_SIZE,
         end_of_turn_token_id: int = GEMMA3N_END_OF_TURN_ID,
         max_sequence_length: int = 4096,
         **kwargs: Any,
@@ -168,6 +173,13 @@ class VideoGemmaConfig(PretrainedConfig):
         # Query rows per block in keyframe scoring: bounds its memory, never changes its result.
         self.keyframe_block_size = keyframe_block_size
         self.image_token_id = image_token_id
+        # Gemma-3n embeds the hard tokens of its vision vocabulary block (ids vision_vocab_offset ..
+        # + vision_vocab_size - 1: <end_of_image>, ...) with `embed_vision`, not with the text table. Set (by
+        # `from_components` from a full Gemma-3n checkpoint that holds `model.embed_vision.*`): the model keeps
+        # those vectors in its `vision_token_embeds` buffer and uses them. None (text-only checkpoints, the
+        # presets): those ids take their text embedding row.
+        self.vision_vocab_offset = vision_vocab_offset
+        self.vision_vocab_size = vision_vocab_size
         self.end_of_turn_token_id = end_of_turn_token_id
         # Generation stops at <eos> or <end_of_turn>.
         kwargs.setdefault("eos_token_id", [self.text_config.eos_token_id, end_of_turn_token_id])
@@ -245,6 +257,12 @@ class VideoGemmaConfig(PretrainedConfig):
             raise ValueError(
                 f"image_token_id {self.image_token_id} must lie in [vocab_size_per_layer_input "
                 f"{self.text_config.vocab_size_per_layer_input}, vocab_size {vocab})"
+            )
+        offset = self.vision_vocab_offset
+        if offset is not None and not (offset >= 0 and 0 < self.vision_vocab_size <= vocab - offset):
+            raise ValueError(
+                f"the vision vocabulary block [vision_vocab_offset {offset}, + vision_vocab_size "
+                f"{self.vision_vocab_size}) must be non-empty and lie in the vocabulary [0, {vocab})"
             )
 
     @classmethod

@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import CLIPConfig, CLIPModel, Gemma3nConfig, Gemma3nForCausalLM
+from transformers.models.gemma3n.modeling_gemma3n import Gemma3nModel, Gemma3nMultimodalEmbedder
 
 import videogemma.modeling.checkpoints as checkpoints
-from videogemma.config import VideoGemmaConfig
+from videogemma.config import TINY_MULTIMODAL_TOKENS, TINY_TEXT_VOCAB, VideoGemmaConfig
+from videogemma.constants import END_OF_AUDIO, END_OF_IMAGE
 from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
 from videogemma.modeling.videomamba import VideoMamba
 
@@ -24,12 +27,26 @@ TINY_OVERRIDES = dict(
     end_of_turn_token_id=TINY.end_of_turn_token_id,
     max_sequence_length=TINY.max_sequence_length,
 )
+END_OF_IMAGE_ID = TINY_TEXT_VOCAB + TINY_MULTIMODAL_TOKENS.index(END_OF_IMAGE)
+# The tiny vocabulary's multimodal block laid out as Gemma-3n's: the vision block from <end_of_image> (its
+# <image_soft_token> included), the audio block from <end_of_audio> to the end of the vocabulary.
+AUDIO_VOCAB_OFFSET = TINY_TEXT_VOCAB + TINY_MULTIMODAL_TOKENS.index(END_OF_AUDIO)
+TINY_GEMMA3N = Gemma3nConfig(
+    text_config=TINY.text_config.to_dict(),
+    vision_config=dict(
+        hidden_size=32, vocab_offset=END_OF_IMAGE_ID, vocab_size=AUDIO_VOCAB_OFFSET - END_OF_IMAGE_ID
+    ),
+    audio_config=dict(
+        hidden_size=24,
+        vocab_offset=AUDIO_VOCAB_OFFSET,
+        vocab_size=TINY.text_config.vocab_size - AUDIO_VOCAB_OFFSET,
+    ),
+    image_token_id=TINY.image_token_id,
+)
 # Tensors of a full Gemma-3n checkpoint that VideoGemma must never read.
 FOREIGN_TENSORS = {
     "model.vision_tower.timm_model.conv_stem.conv.weight": (8, 3, 3, 3),
     "model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight": (16, 8),
-    "model.embed_vision.embedding.weight": (4, 128),
-    "model.embed_audio.embedding.weight": (4, 128),
     # shared-KV layers carry no k/v projections in transformers; real checkpoints still hold them
     "model.language_model.layers.3.self_attn.k_proj.weight": (64, 128),
 }
@@ -52,6 +69,12 @@ class Components:
             )
         ).eval()
         self.videomamba = VideoMamba(TINY.videomamba_config).eval()
+        # Gemma-3n's embedders of hard multimodal tokens, random weights (norm scales included)
+        self.embed_vision = Gemma3nMultimodalEmbedder(TINY_GEMMA3N.vision_config, TINY.text_config)
+        self.embed_audio = Gemma3nMultimodalEmbedder(TINY_GEMMA3N.audio_config, TINY.text_config)
+        with torch.no_grad():
+            for parameter in [*self.embed_vision.parameters(), *self.embed_audio.parameters()]:
+                parameter.normal_()
 
         self.full_lm_dir = root / "gemma-3n-full"
         self.write_full_gemma3n(self.full_lm_dir)
@@ -66,16 +89,17 @@ class Components:
 
     def write_full_gemma3n(self, directory: Path) -> None:
         """The `google/gemma-3n-E2B` layout: text decoder under `model.language_model.`, towers beside it,
-        no lm_head (tied), two shards and an index."""
+        the hard-token embedders, no lm_head (tied), two shards and an index."""
         directory.mkdir()
-        Gemma3nConfig(
-            text_config=TINY.text_config.to_dict(), image_token_id=TINY.image_token_id
-        ).save_pretrained(directory)
+        TINY_GEMMA3N.save_pretrained(directory)
         tensors = {
             "model.language_model." + key.removeprefix("model."): value.clone()
             for key, value in self.lm.state_dict().items()
             if key.startswith("model.")
         }
+        for name in ("embed_vision", "embed_audio"):
+            embedder = getattr(self, name).state_dict()
+            tensors.update({f"model.{name}.{key}": value.clone() for key, value in embedder.items()})
         tensors.update({key: torch.randn(shape) for key, shape in FOREIGN_TENSORS.items()})
         keys = sorted(tensors)
         shards = {
@@ -167,7 +191,13 @@ def test_full_gemma3n_layout_loads_the_text_decoder_only(
     components: Components, model: VideoGemmaForConditionalGeneration, read_keys: list[str]
 ) -> None:
     assert read_keys and not set(read_keys) & set(FOREIGN_TENSORS)
-    assert all(key.startswith("model.language_model.") or "vision_model." in key for key in read_keys)
+    readable = ("model.language_model.", "vision_model.", "model.embed_vision.")
+    assert all(key.startswith(readable) for key in read_keys)
+    # embed_vision's hard-token path, not its soft-token norm
+    assert {key for key in read_keys if key.startswith("model.embed_vision.")} == {
+        f"model.embed_vision.{name}.weight"
+        for name in ("embedding", "hard_embedding_norm", "embedding_projection")
+    }
     assert_same_tensors(model.language_model.state_dict(), components.lm.state_dict())
     assert_same_tensors(model.clip.vision_model.state_dict(), components.clip.vision_model.state_dict())
     assert_same_tensors(model.videomamba.state_dict(), components.videomamba.state_dict())
@@ -212,6 +242,12 @@ def test_text_only_gemma3n_and_clip_vision_dirs(
     )
     assert_same_tensors(other.language_model.state_dict(), model.language_model.state_dict())
     assert_same_tensors(other.clip.state_dict(), model.clip.state_dict())
+    # no embed_vision: <end_of_image> keeps its text embedding row, as before
+    assert other.config.vision_vocab_offset is None and other.vision_token_embeds is None
+    ids = torch.tensor([[2, 7, END_OF_IMAGE_ID, 30]])
+    with torch.no_grad():
+        embeds, _ = other.embed_inputs(ids)
+        assert torch.equal(embeds, other.language_model.model.embed_tokens(ids))
     # a dict override updates a sub-config's fields
     overridden = VideoGemmaForConditionalGeneration.from_components(
         lm=components.text_lm_dir,
@@ -259,8 +295,86 @@ def test_save_pretrained_from_pretrained_round_trip(
     assert loaded.frozen_encoders == {"clip", "videomamba"}
     assert not any(p.requires_grad for p in loaded.videomamba.parameters())
     assert loaded.config.num_visual_tokens == model.config.num_visual_tokens
+    assert "vision_token_embeds" in load_file(tmp_path / "videogemma" / "model.safetensors")
+    assert loaded.config.vision_vocab_offset == END_OF_IMAGE_ID
     n = TINY.num_visual_tokens
-    ids = torch.tensor([[2, 5, *([TINY.image_token_id] * n), 30, 31, 32]])
+    ids = torch.tensor([[2, 5, 7, *([TINY.image_token_id] * n), END_OF_IMAGE_ID, 30, 31, 32]])
     video = random_video()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, **video).logits, model(ids, **video).logits, rtol=0, atol=0)
+
+
+class Gemma3nEmbeddingPath(nn.Module):
+    """What `transformers.Gemma3nModel.forward` reads for text ids: the text model and both hard-token
+    embedders (its vision and audio towers need timm and only run on pixels and audio features)."""
+
+    def __init__(self, components: Components) -> None:
+        super().__init__()
+        self.config = TINY_GEMMA3N
+        self.language_model = components.lm.model
+        self.embed_vision = components.embed_vision
+        self.embed_audio = components.embed_audio
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.embed_tokens
+
+    def decoder_inputs(self, input_ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The inputs Gemma3nModel.forward hands its text decoder, and the decoder's last hidden state."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.update({k: kwargs[k] for k in ("inputs_embeds", "per_layer_inputs")})
+
+        handle = self.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                hidden = Gemma3nModel.forward(self, input_ids=input_ids).last_hidden_state
+        finally:
+            handle.remove()
+        return captured, hidden
+
+
+def test_end_of_image_takes_gemma3n_embed_vision_vector(
+    components: Components, model: VideoGemmaForConditionalGeneration
+) -> None:
+    # <bos>, text, <start_of_image> (7, a text token), <end_of_image>, text; a second prompt without it
+    ids = torch.tensor([[2, 5, 40, 41, 7, END_OF_IMAGE_ID, 108, 42], [2, 5, 43, 7, 44, 45, 46, 47]])
+    reference, hidden = Gemma3nEmbeddingPath(components).decoder_inputs(ids)
+    with torch.no_grad():
+        embeds, per_layer = model.embed_inputs(ids)
+        logits = model(ids).logits
+        text_rows = model.language_model.model.embed_tokens(ids)
+    is_end = ids == END_OF_IMAGE_ID
+    torch.testing.assert_close(embeds, reference["inputs_embeds"])
+    torch.testing.assert_close(per_layer, reference["per_layer_inputs"], rtol=0, atol=0)
+    torch.testing.assert_close(logits, model._lm_logits(hidden))
+    # text positions are the text rows, bit for bit; <end_of_image> is not (it is embed_vision's, unscaled)
+    assert torch.equal(embeds[~is_end], text_rows[~is_end])
+    expected = components.embed_vision(input_ids=torch.tensor([END_OF_IMAGE_ID])).detach()
+    torch.testing.assert_close(embeds[is_end], expected)
+    assert (embeds[is_end] - text_rows[is_end]).abs().max() > 0.1
+
+
+def test_vision_token_vectors_follow_dtype_and_can_be_left_out(
+    components: Components, model: VideoGemmaForConditionalGeneration
+) -> None:
+    arguments = dict(clip=components.clip_dir, videomamba=components.videomamba_path, **TINY_OVERRIDES)
+    bf16 = VideoGemmaForConditionalGeneration.from_components(
+        lm=components.full_lm_dir, dtype=torch.bfloat16, **arguments
+    )
+    assert bf16.vision_token_embeds.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        bf16.vision_token_embeds.float(), model.vision_token_embeds, rtol=1e-2, atol=1e-2
+    )
+    plain = VideoGemmaForConditionalGeneration.from_components(
+        lm=components.full_lm_dir, vision_vocab_offset=None, **arguments
+    )
+    assert plain.vision_token_embeds is None and "vision_token_embeds" not in plain.state_dict()
+    with pytest.raises(ValueError, match="gemma-3n-text is a text-only Gemma-3n checkpoint"):
+        VideoGemmaForConditionalGeneration.from_components(
+            lm=components.text_lm_dir,
+            image_token_id=TINY.image_token_id,
+            vision_vocab_offset=END_OF_IMAGE_ID,
+            vision_vocab_size=TINY_GEMMA3N.vision_config.vocab_size,
+            **arguments,
+        )

@@ -2,8 +2,9 @@
 
 - Gemma-3n: a full multimodal `google/gemma-3n-E2B(-it)` directory (`model.language_model.*` keys, usually
   sharded with `model.safetensors.index.json`, `config.json` with a `text_config`) or a text-only
-  `Gemma3nForCausalLM` directory (`model.*` keys). Only the text decoder's tensors are read: the vision and
-  audio towers (≈ 1 B parameters) are never loaded.
+  `Gemma3nForCausalLM` directory (`model.*` keys). Only the text decoder's tensors are read, and from a full
+  checkpoint `model.embed_vision.*` (≈ 4.5 M parameters), which gives the vectors of the vision-vocabulary
+  tokens (<end_of_image>); the vision and audio towers (≈ 1 B parameters) are never loaded.
 - CLIP: a `CLIPModel` directory (`vision_model.*` keys, `config.json` with a `vision_config`) or a
   `CLIPVisionModel` directory.
 - VideoMamba: an original OpenGVLab `.pth` (read by `videogemma.modeling.videomamba`), through
@@ -34,6 +35,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, CLIPVisionConfig, Gemma3nTextConfig
+from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedder
 
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
 from videogemma.errors import VideoGemmaError
@@ -41,6 +43,7 @@ from videogemma.errors import VideoGemmaError
 logger = logging.getLogger(__name__)
 
 GEMMA3N_MULTIMODAL_TEXT_PREFIX = "model.language_model."
+GEMMA3N_VISION_EMBEDDER_PREFIX = "model.embed_vision."
 CLIP_VISION_PREFIX = "vision_model."
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", SAFETENSORS_INDEX]
@@ -141,6 +144,55 @@ def gemma3n_text_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str
         else:
             sources[key] = key
     return sources
+
+
+def gemma3n_vision_vocab(directory: Path, checkpoint: SafetensorsCheckpoint) -> dict[str, int]:
+    """`vision_vocab_offset` / `vision_vocab_size` of a full checkpoint that holds `model.embed_vision.*`;
+    {} otherwise (a text-only checkpoint: those ids keep their text embedding rows)."""
+    vision_config = getattr(_read_config(directory, "Gemma-3n"), "vision_config", None)
+    if vision_config is None:
+        return {}
+    if not any(key.startswith(GEMMA3N_VISION_EMBEDDER_PREFIX) for key in checkpoint.key_to_file):
+        logger.warning(
+            "%s: no %s* tensors: <end_of_image> and the other vision-vocabulary ids take their text "
+            "embedding rows, which Gemma-3n never used",
+            directory,
+            GEMMA3N_VISION_EMBEDDER_PREFIX,
+        )
+        return {}
+    return {"vision_vocab_offset": vision_config.vocab_offset, "vision_vocab_size": vision_config.vocab_size}
+
+
+def read_gemma3n_vision_token_embeds(
+    directory: Path, checkpoint: SafetensorsCheckpoint, config: VideoGemmaConfig
+) -> torch.Tensor:
+    """(vision_vocab_size, hidden): what Gemma-3n's `embed_vision` gives each id of its vision vocabulary block,
+    computed in fp32 by transformers' own `Gemma3nMultimodalEmbedder` from the checkpoint's weights."""
+    full_config = _read_config(directory, "Gemma-3n")
+    vision_config = getattr(full_config, "vision_config", None)
+    if vision_config is None:
+        raise ValueError(
+            f"{directory} is a text-only Gemma-3n checkpoint: it has no embed_vision for vision_vocab_offset "
+            f"{config.vision_vocab_offset} (leave vision_vocab_offset unset)"
+        )
+    if (vision_config.vocab_offset, vision_config.vocab_size) != (
+        config.vision_vocab_offset,
+        config.vision_vocab_size,
+    ):
+        raise ValueError(
+            f"{directory}: embed_vision covers ids {vision_config.vocab_offset} + {vision_config.vocab_size}, "
+            f"the config asks for {config.vision_vocab_offset} + {config.vision_vocab_size}"
+        )
+    with torch.device("meta"):
+        embedder = Gemma3nMultimodalEmbedder(vision_config, full_config.get_text_config())
+    # The hard-token path only: soft_embedding_norm (for the vision tower's soft tokens) stays on disk.
+    hard_path = [key for key in embedder.state_dict() if not key.startswith("soft_embedding_norm.")]
+    sources = {key: GEMMA3N_VISION_EMBEDDER_PREFIX + key for key in hard_path}
+    tensors = checkpoint.read(sources, desc=f"Gemma-3n embed_vision from {directory.name}")
+    embedder.load_state_dict({key: t.float() for key, t in tensors.items()}, strict=False, assign=True)
+    ids = torch.arange(vision_config.vocab_offset, vision_config.vocab_offset + vision_config.vocab_size)
+    with torch.no_grad():
+        return embedder(input_ids=ids)
 
 
 def read_clip_vision_config(directory: Path) -> CLIPVisionConfig:
@@ -415,6 +467,8 @@ def build_from_components(
     lm_dir = resolve_checkpoint_dir(lm, "Gemma-3n")
     clip_dir = resolve_checkpoint_dir(clip, "CLIP")
     text_config, lm_ids = read_gemma3n_text_config(lm_dir)
+    lm_checkpoint = SafetensorsCheckpoint(lm_dir)
+    lm_ids.update(gemma3n_vision_vocab(lm_dir, lm_checkpoint))
     vision_config = read_clip_vision_config(clip_dir)
     videomamba_config, videomamba_state = read_videomamba(videomamba)
     stored_frames = videomamba_config.num_frames  # the config below derives its own from num_frames
@@ -433,12 +487,14 @@ def build_from_components(
         model = model_class(config)
 
     language_model = model.language_model
-    lm_checkpoint = SafetensorsCheckpoint(lm_dir)
     lm_keys = list(language_model.state_dict())
     tied = set(language_model.all_tied_weights_keys) if text_config.tie_word_embeddings else set()
     sources = gemma3n_text_sources(lm_checkpoint, [k for k in lm_keys if k not in tied])
     tensors = lm_checkpoint.read(sources, desc=f"Gemma-3n text weights from {lm_dir.name}")
     assign_tensors(language_model, tensors, f"Gemma-3n text model ({lm_dir})", dtype, tied)
+    if config.vision_vocab_offset is not None:
+        vision_token_embeds = read_gemma3n_vision_token_embeds(lm_dir, lm_checkpoint, config)
+        model.vision_token_embeds = vision_token_embeds.to(dtype or vision_token_embeds.dtype)
 
     clip_model = model.clip.vision_model
     clip_checkpoint = SafetensorsCheckpoint(clip_dir)

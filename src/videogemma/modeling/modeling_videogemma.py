@@ -138,6 +138,13 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             frame_merge=config.video_keyframe_merge,
         )
         self.language_model = Gemma3nForCausalLM(config.text_config)
+        # Gemma-3n's `embed_vision` vector for each id of its vision vocabulary block (<end_of_image>, ...),
+        # read once from the checkpoint (`from_components`), saved with the model; not trained. None: the
+        # text embedding rows (see `VideoGemmaConfig.vision_vocab_offset`).
+        vision_token_embeds = None
+        if config.vision_vocab_offset is not None:
+            vision_token_embeds = torch.zeros(config.vision_vocab_size, hidden)
+        self.register_buffer("vision_token_embeds", vision_token_embeds)
         # VideoMamba initialises itself (Mamba's dt / A / D initialisation); the generic HF init must not redo it.
         for module in self.videomamba.modules():
             module._is_hf_initialized = True
@@ -296,14 +303,17 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder inputs: (inputs_embeds, per_layer_inputs), the visual tokens scattered into the placeholders.
 
-        Placeholders are embedded as the pad id before the scatter; the per-layer inputs are looked up from the
-        ids with every id outside the per-layer table (placeholders included) mapped to 0, as Gemma-3n does for
-        its own image tokens. Both go to the decoder: `inputs_embeds` alone would drop the per-layer token part.
+        Placeholders are embedded as the pad id before the scatter; the other ids of Gemma-3n's vision vocabulary
+        block (<end_of_image>) take Gemma-3n's `embed_vision` vectors when the model holds them
+        (`vision_token_embeds`). The per-layer inputs are looked up from the ids with every id outside the
+        per-layer table (placeholders and <end_of_image> included) mapped to 0, as Gemma-3n does for its own
+        image tokens. Both go to the decoder: `inputs_embeds` alone would drop the per-layer token part.
         """
         text_model = self.language_model.model
         is_placeholder = input_ids == self.config.image_token_id
         pad_id = self.config.text_config.pad_token_id or 0
         inputs_embeds = text_model.embed_tokens(input_ids.masked_fill(is_placeholder, pad_id))
+        inputs_embeds = self._embed_vision_vocab(input_ids, inputs_embeds, is_placeholder)
         per_layer_inputs = text_model.get_per_layer_inputs(input_ids)
         if visual_tokens is not None:
             counts = is_placeholder.sum(dim=1)
@@ -323,6 +333,20 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
                 f"but no video was given"
             )
         return inputs_embeds, per_layer_inputs
+
+    def _embed_vision_vocab(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, is_placeholder: torch.Tensor
+    ) -> torch.Tensor:
+        """Gemma-3n's rule for its vision vocabulary block: those ids (placeholders aside, which the visual
+        tokens replace) are embedded by `embed_vision` (table, RMSNorm, projection, RMSNorm; no √hidden scale),
+        not by the text table. Here the precomputed vectors replace the text rows; without them, unchanged."""
+        table = self.vision_token_embeds
+        if table is None:
+            return inputs_embeds
+        index = input_ids - self.config.vision_vocab_offset
+        in_block = (index >= 0) & (index < table.shape[0]) & ~is_placeholder
+        rows = table.to(inputs_embeds.device, inputs_embeds.dtype)[index.clamp(0, table.shape[0] - 1)]
+        return torch.where(in_block.unsqueeze(-1), rows, inputs_embeds)
 
     def _lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.language_model.lm_head(hidden_states)
