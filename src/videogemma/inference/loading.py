@@ -80,6 +80,32 @@ def load(
     return _place(model.eval(), dtype, device), processor
 
 
+def check_device(device: torch.device | str | None) -> None:
+    """Refuse a device this machine cannot use (`cuda` on a CPU-only torch, `cuda:3` with two GPUs), before
+    anything is loaded onto it."""
+    if device is None:
+        return
+    import torch
+
+    from videogemma.inference.generate import InferenceArgumentError
+
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InferenceArgumentError(f"--device {device}: not a device name ({error})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InferenceArgumentError(
+                f"--device {device}: no CUDA GPU is usable here (torch {torch.__version__}, CUDA "
+                f"{torch.version.cuda or 'not built in'}); leave out --device or pass cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise InferenceArgumentError(f"--device {device}: only {count} CUDA GPU(s) are visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InferenceArgumentError(f"--device {device}: MPS is not available on this machine")
+
+
 def _place(model: Any, dtype: torch.dtype | str | None, device: torch.device | str | None) -> Any:
     import torch
 
