@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS, EvaluationResult, band
+from videogemma.evaluation.output_files import atomic_write
 
 # The same fills as the workbook.
 BAND_CSS = {"green": "#C6EFCE", "yellow": "#FFEB9C", "red": "#FFC7CE"}
@@ -158,5 +159,6 @@ def write_html(
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, plots, title), encoding="utf-8")
+    with atomic_write(path) as file:
+        file.write(render_html(result, plots, title))
     return path
