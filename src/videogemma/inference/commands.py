@@ -168,7 +168,7 @@ def run_infer(args: argparse.Namespace) -> int:
         if not args.video.is_file():
             raise VideoDecodeError(args.video, "no such file" if not args.video.exists() else "not a file")
         model, processor, _ = load_from_args(args)
-    except (VideoGemmaDataError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
         return _refuse("infer", error)
     streamer = (
         TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
@@ -201,7 +201,6 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_infer_batch(args: argparse.Namespace) -> int:
-    from videogemma.data.errors import VideoGemmaDataError
     from videogemma.evaluation.output_files import plain_warnings
     from videogemma.inference.batch import check_batch_arguments, list_samples, run_batch_inference
     from videogemma.inference.loading import check_device
@@ -223,7 +222,7 @@ def run_infer_batch(args: argparse.Namespace) -> int:
     with output, plain_warnings("videogemma infer-batch"):
         try:
             model, processor, model_name = load_from_args(args)
-        except (VideoGemmaDataError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
             return _refuse("infer-batch", error)
         run_batch_inference(
             model,

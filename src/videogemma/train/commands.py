@@ -32,7 +32,10 @@ def register(subparsers: Any) -> None:
     )
     train.__class__ = _OverridesParser
     train.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints too)"
+    )
     train.set_defaults(func=_train, overrides=[])
 
     export = subparsers.add_parser(
@@ -46,16 +49,23 @@ def register(subparsers: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
-    from videogemma.train.run import run_training
+    from videogemma.data.errors import VideoGemmaDataError
+    from videogemma.train.run import RUN_FILES, run_training
+    from videogemma.train.run_files import check_output_dir
     from videogemma.train.train_config import TrainConfigError, load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_train_config(args.config, args.overrides)
+        check_output_dir(Path(config.output_dir), args.resume, args.overwrite, RUN_FILES)
     except TrainConfigError as error:
         raise SystemExit(f"videogemma train: {error}") from None
-    run_dir = run_training(config, resume=args.resume)
+    try:
+        run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
+    except (TrainConfigError, VideoGemmaDataError) as error:  # e.g. damaged weights or checkpoints
+        raise SystemExit(f"videogemma train: {error}") from None
     print(f"run directory: {run_dir}")
     return 0
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from videogemma.config import VideoGemmaConfig
+from videogemma.train.stages import PROJECTORS
 from videogemma.train.train_config import ModelSource, TrainConfigError
 
 
@@ -38,6 +39,7 @@ def preset_config(name: str, overrides: dict[str, Any]) -> VideoGemmaConfig:
 
 def build_model(source: ModelSource, seed: int) -> nn.Module:
     """The model before any stage-specific freezing or LoRA."""
+    from videogemma.modeling.integrity import ModelWeightsError
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
 
     kind = source.kind()
@@ -48,6 +50,8 @@ def build_model(source: ModelSource, seed: int) -> nn.Module:
     elif kind == "pretrained":
         try:
             model = VideoGemmaForConditionalGeneration.from_pretrained(source.pretrained, **source.overrides)
+        except ModelWeightsError:
+            raise  # it names the file and the tensor already
         except (OSError, ValueError) as error:
             raise TrainConfigError(f"model.pretrained: cannot load {source.pretrained}: {error}") from error
     else:
@@ -88,21 +92,36 @@ def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
     )
 
 
-def load_projector_weights(model: nn.Module, path: str | Path) -> list[str]:
+def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[str, ...] = ()) -> list[str]:
     """Load `image_projector.*` / `video_projector.*` tensors (a `projectors.safetensors`); returns the
-    projectors it set. Every tensor must fit: a mismatch is an error naming the file."""
-    state = load_file(str(path))
-    loaded = sorted({name.split(".", 1)[0] for name in state})
-    unknown = [p for p in loaded if p not in ("image_projector", "video_projector")]
+    projectors it set. The file must be whole, hold only projector tensors, every tensor of each projector it
+    holds (and of each `required` one) with the model's shape, and no NaN or infinite value: anything else is
+    a `ModelWeightsError` naming the file and the tensor."""
+    from videogemma.modeling.integrity import (
+        ModelWeightsError,
+        check_finite,
+        check_tensors_match,
+        safetensors_header,
+    )
+
+    found = safetensors_header(path)
+    loaded = sorted({name.split(".", 1)[0] for name in found})
+    unknown = [p for p in loaded if p not in PROJECTORS]
     if unknown:
-        raise TrainConfigError(
+        raise ModelWeightsError(
             f"{path}: holds {unknown}, expected only image_projector / video_projector weights"
         )
-    for projector in loaded:
+    projectors = sorted(set(loaded) | set(required))
+    expected = {
+        f"{projector}.{name}": tuple(tensor.shape)
+        for projector in projectors
+        for name, tensor in getattr(model, projector).state_dict().items()
+    }
+    check_tensors_match(expected, found, path)
+    state = load_file(str(path))
+    check_finite(state.items(), path)
+    for projector in projectors:
         prefix = f"{projector}."
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            getattr(model, projector).load_state_dict(part, strict=True)
-        except RuntimeError as error:
-            raise TrainConfigError(f"{path}: {projector} weights do not fit the model: {error}") from error
-    return loaded
+        getattr(model, projector).load_state_dict(part, strict=True)
+    return projectors
