@@ -49,22 +49,17 @@ def register(subparsers: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import logging
-    from pathlib import Path
 
     from videogemma.data.errors import VideoGemmaDataError
-    from videogemma.train.run import RUN_FILES, run_training
-    from videogemma.train.run_files import check_output_dir
+    from videogemma.train.run import run_training
     from videogemma.train.train_config import TrainConfigError, load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_train_config(args.config, args.overrides)
-        check_output_dir(Path(config.output_dir), args.resume, args.overwrite, RUN_FILES)
-    except TrainConfigError as error:
-        raise SystemExit(f"videogemma train: {error}") from None
-    try:
+        # run_training refuses an output_dir holding a run (without --resume / --overwrite) before any work.
         run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
-    except (TrainConfigError, VideoGemmaDataError) as error:  # e.g. damaged weights or checkpoints
+    except (TrainConfigError, VideoGemmaDataError) as error:  # also damaged weights or checkpoints
         raise SystemExit(f"videogemma train: {error}") from None
     print(f"run directory: {run_dir}")
     return 0
