@@ -15,6 +15,7 @@ an existing file safe (lock, no silent overwrite, no mixing of splits).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -201,15 +202,15 @@ def run_batch_inference(
     check_batch_arguments(batch_size, num_workers)
     settings = settings or GenerationSettings()
     settings.validate()
-    if isinstance(out_path, PredictionOutput):
-        return _run(model, processor, samples, out_path, batch_size, num_workers, settings, system,
-                    {"model": model_name, "dataset": dataset_name}, show_progress)  # fmt: skip
-    claim = PredictionOutput.claim(
+    identifiers = {"model": model_name, "dataset": dataset_name}
+    claimed = isinstance(out_path, PredictionOutput)
+    output = out_path if claimed else PredictionOutput.claim(
         out_path, samples, resume=resume, overwrite=overwrite, retry_errors=retry_errors, data=dataset_name
-    )
-    with claim:
-        return _run(model, processor, samples, claim, batch_size, num_workers, settings, system,
-                    {"model": model_name, "dataset": dataset_name}, show_progress)  # fmt: skip
+    )  # fmt: skip
+    # A claim made here is released here; the caller's stays the caller's.
+    with contextlib.nullcontext() if claimed else output:
+        return _run(model, processor, samples, output, batch_size, num_workers, settings, system, identifiers,
+                    show_progress)  # fmt: skip
 
 
 def _run(
