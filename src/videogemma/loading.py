@@ -142,6 +142,7 @@ def build_model(source: ModelSource, seed: int) -> nn.Module:
     """The model before any stage-specific freezing or LoRA."""
     import torch
 
+    from videogemma.modeling.integrity import ModelWeightsError
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
 
     kind = source.kind()
@@ -154,6 +155,8 @@ def build_model(source: ModelSource, seed: int) -> nn.Module:
     elif kind == "pretrained":
         try:
             model = VideoGemmaForConditionalGeneration.from_pretrained(source.pretrained, **source.overrides)
+        except ModelWeightsError:
+            raise  # it names the file and the tensor already
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load the saved model {source.pretrained}: {error}") from error
     else:
@@ -230,26 +233,41 @@ def check_processor_matches(processor: Any, config: VideoGemmaConfig, where: str
         raise ModelLoadError(f"{where}: the processor does not match the model: {', '.join(differing)}")
 
 
-def load_projector_weights(model: nn.Module, path: str | Path) -> list[str]:
+def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[str, ...] = ()) -> list[str]:
     """Load `image_projector.*` / `video_projector.*` tensors (a `projectors.safetensors`); returns the
-    projectors it set. Every tensor must fit: a mismatch is an error naming the file."""
+    projectors it set. The file must be whole, hold only projector tensors, every tensor of each projector it
+    holds (and of each `required` one) with the model's shape, and no NaN or infinite value: anything else is
+    a `ModelWeightsError` naming the file and the tensor."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
-    loaded = sorted({name.split(".", 1)[0] for name in state})
+    from videogemma.modeling.integrity import (
+        ModelWeightsError,
+        check_finite,
+        check_tensors_match,
+        safetensors_header,
+    )
+
+    found = safetensors_header(path)
+    loaded = sorted({name.split(".", 1)[0] for name in found})
     unknown = [p for p in loaded if p not in PROJECTOR_NAMES]
     if unknown:
-        raise ModelLoadError(
+        raise ModelWeightsError(
             f"{path}: holds {unknown}, expected only image_projector / video_projector weights"
         )
-    for projector in loaded:
+    projectors = sorted(set(loaded) | set(required))
+    expected = {
+        f"{projector}.{name}": tuple(tensor.shape)
+        for projector in projectors
+        for name, tensor in getattr(model, projector).state_dict().items()
+    }
+    check_tensors_match(expected, found, path)
+    state = load_file(str(path))
+    check_finite(state.items(), path)
+    for projector in projectors:
         prefix = f"{projector}."
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            getattr(model, projector).load_state_dict(part, strict=True)
-        except RuntimeError as error:
-            raise ModelLoadError(f"{path}: {projector} weights do not fit the model: {error}") from error
-    return loaded
+        getattr(model, projector).load_state_dict(part, strict=True)
+    return projectors
 
 
 # ---- training runs -----------------------------------------------------------------------------------------
@@ -302,22 +320,48 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
         if not projectors.is_file():
             raise ModelLoadError(f"{run_dir}: {PROJECTORS_NAME} is missing (did the run finish?)")
         model = build_model(run.model, run.seed)
-        load_projector_weights(model, projectors)
+        load_projector_weights(model, projectors, required=PROJECTOR_NAMES)
         if run.stage == "finetune":
-            model = _merge_adapter(model, run_dir / RUN_ADAPTER_DIR)
+            adapter_dir = run_dir / RUN_ADAPTER_DIR
+            if not adapter_dir.is_dir():
+                raise ModelLoadError(f"{run_dir}: the LoRA {RUN_ADAPTER_DIR}/ directory is missing")
+            model = load_adapter(model, adapter_dir).merge_and_unload()
             # modules_to_save copies were merged back into the projectors; the file is the ground truth.
-            load_projector_weights(model, projectors)
+            load_projector_weights(model, projectors, required=PROJECTOR_NAMES)
     check_processor_matches(processor, model.config, run_dir / RUN_PROCESSOR_DIR)
     model.freeze_encoders(clip=True, videomamba=True)
     return model.eval(), processor
 
 
-def _merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
-    from peft import PeftModel
+def load_adapter(model: Any, adapter_dir: Path) -> Any:
+    """The PEFT model of `model` with the LoRA adapter saved in `adapter_dir`, strictly: the adapter file must be
+    whole, hold every tensor the adapter's config creates, each with its shape, nothing else and no NaN or
+    infinite value (PEFT alone would warn and leave what is missing at its random initialisation)."""
+    import warnings
 
-    if not adapter_dir.is_dir():
-        raise ModelLoadError(f"{adapter_dir.parent}: the LoRA {adapter_dir.name}/ directory is missing")
-    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    from peft import PeftModel, get_peft_model_state_dict
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import load_file
+
+    from videogemma.modeling.integrity import (
+        ModelWeightsError,
+        check_finite,
+        check_tensors_match,
+        safetensors_header,
+    )
+
+    weights = adapter_dir / SAFETENSORS_WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelWeightsError(f"{weights}: missing (the run's LoRA adapter weights)")
+    found = safetensors_header(weights)
+    with warnings.catch_warnings():
+        # PEFT warns about the tensors it skips; the check below names them and stops instead.
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, ignore_mismatched_sizes=True)
+    expected = {name: tuple(t.shape) for name, t in get_peft_model_state_dict(peft_model).items()}
+    check_tensors_match(expected, found, weights)
+    check_finite(load_file(str(weights)).items(), weights)
+    return peft_model
 
 
 # ---- one call ----------------------------------------------------------------------------------------------

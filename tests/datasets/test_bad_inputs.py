@@ -26,7 +26,7 @@ from videogemma.constants import QVED_FINE_GRAINED_PROMPT
 from videogemma.datasets.dataset import ConversationDataset
 from videogemma.datasets.qved.augment import augment_dataset
 from videogemma.datasets.qved.clean import CleanThresholds, clean_dataset
-from videogemma.datasets.qved.io import atomic_output, read_manifest, write_json, write_mp4
+from videogemma.datasets.qved.io import read_manifest, write_json, write_mp4
 from videogemma.datasets.qved.prepare import prepare_splits
 from videogemma.datasets.qved.stats import collect_stats
 from videogemma.datasets.qved.validate import validate_split_files
@@ -38,6 +38,7 @@ from videogemma.errors import (
     VideoGemmaDataError,
     VideoLimitError,
 )
+from videogemma.files import atomic_write
 from videogemma.inference.batch import list_samples
 from videogemma.processing.processor import VideoGemmaProcessor
 from videogemma.processing.video import VideoLimits, open_video, read_video_frames
@@ -306,7 +307,7 @@ def test_three_in_place_runs_keep_every_backup(tmp_path):
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "manifest.json"
     write_json(path, {"a.mp4": "squats"})
-    with pytest.raises(KeyboardInterrupt), atomic_output(path) as file:
+    with pytest.raises(KeyboardInterrupt), atomic_write(path) as file:
         file.write('{"half": ')
         raise KeyboardInterrupt
     assert json.loads(path.read_text()) == {"a.mp4": "squats"}

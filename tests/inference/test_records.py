@@ -9,7 +9,6 @@ import pytest
 
 from videogemma.inference.records import (
     PredictionRecord,
-    PredictionRecordError,
     PredictionWriter,
     export_csv,
     export_json,
@@ -53,26 +52,24 @@ def test_writer_appends_one_line_per_record_and_reads_back(tmp_path):
 def test_torn_last_line_is_ignored_when_reading(tmp_path):
     path = tmp_path / "preds.jsonl"
     path.write_text(json.dumps(_record(1)) + "\n" + json.dumps(_record(2)) + "\n" + '{"id": 3, "predic')
-    with pytest.warns(UserWarning, match="incomplete last line 3"):
+    with pytest.warns(UserWarning, match="line 3: incomplete last line"):
         records = read_records(path)
     assert [r.id for r in records] == [1, 2]
 
 
-def test_invalid_line_in_the_middle_is_an_error_naming_the_line(tmp_path):
+def test_invalid_line_in_the_middle_is_skipped_and_named(tmp_path):
     path = tmp_path / "preds.jsonl"
     path.write_text(json.dumps(_record(1)) + "\n{not json\n" + json.dumps(_record(2)) + "\n")
-    with pytest.raises(PredictionRecordError, match=r"preds.jsonl, line 2"):
-        read_records(path)
+    with pytest.warns(UserWarning, match=r"preds.jsonl: skipped 1 unreadable line .*line 2: invalid JSON"):
+        records = read_records(path)
+    assert [r.id for r in records] == [1, 2]
 
 
-def test_record_without_id_or_with_unknown_status_is_rejected(tmp_path):
+def test_record_without_id_or_with_unknown_status_is_skipped_and_named(tmp_path):
     path = tmp_path / "preds.jsonl"
-    path.write_text(json.dumps({"prediction": "x"}) + "\n")
-    with pytest.raises(PredictionRecordError, match="line 1: missing 'id'"):
-        read_records(path)
-    path.write_text(json.dumps(_record(4, status="done")) + "\n")
-    with pytest.raises(PredictionRecordError, match=r"id 4.*status 'done'"):
-        read_records(path)
+    path.write_text(json.dumps({"prediction": "x"}) + "\n" + json.dumps(_record(4, status="done")) + "\n")
+    with pytest.warns(UserWarning, match=r"line 1: missing 'id'; line 2 \(id 4\): status 'done'"):
+        assert read_records(path) == []
 
 
 def test_resume_cuts_the_torn_line_and_reports_finished_ids(tmp_path):

@@ -80,3 +80,15 @@ def tiny_config_file(tmp_path: Path, tiny_dataset: Path) -> Callable[..., Path]:
         return write_config(tmp_path / f"{name}.yaml", config)
 
     return write
+
+
+@pytest.fixture(scope="module")
+def module_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Callable[..., Path]:
+    """`tiny_config_file` for module-scoped fixtures (a run trained once and read by several tests)."""
+
+    def write(stage: str, name: str = "run", **changes: Any) -> Path:
+        folder = tmp_path_factory.mktemp(name)
+        config = make_tiny_config(tiny_dataset, folder / name, stage=stage, **changes)
+        return write_config(folder / f"{name}.yaml", config)
+
+    return write

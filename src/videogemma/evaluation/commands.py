@@ -1,10 +1,17 @@
-"""`videogemma eval`: score a prediction file and write metrics.json, the workbook, HTML report and plots."""
+"""`videogemma eval`: score a prediction file and write metrics.json, the workbook, HTML report and plots.
+
+Unreadable lines of the prediction file (a torn write, a damaged line) are skipped and named on stderr and in
+metrics.json (`identifiers.skipped_lines`); every intact record is scored. Each report file is written to a
+temporary file and renamed, and a report folder that would overwrite the prediction file is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,18 +131,27 @@ def evaluate_file(
     from videogemma.evaluation.plots import make_evaluation_plots
     from videogemma.evaluation.report_excel import write_workbook
     from videogemma.evaluation.report_html import write_html
+    from videogemma.files import atomic_write
     from videogemma.inference.records import (
         PredictionRecordError,
         export_csv,
-        read_records,
+        read_prediction_file,
         throughput_stats,
     )
 
-    records = read_records(predictions)
+    outputs = report_paths(out_dir)
+    _check_not_input(predictions, outputs)
+    prediction_file = read_prediction_file(predictions)
+    records = prediction_file.latest()
+    damage = prediction_file.damage_report()
     if not records:
-        raise PredictionRecordError(f"{predictions}: no prediction records")
+        raise PredictionRecordError(f"{damage or f'{predictions}: no prediction records'}")
+    if damage:
+        warnings.warn(damage, stacklevel=2)
     identifiers = record_identifiers(records)
     identifiers["predictions_file"] = str(predictions)
+    if damage:
+        identifiers["skipped_lines"] = prediction_file.damaged_numbers
     if model_name:
         identifiers["model"] = [model_name]
     if dataset_name:
@@ -154,30 +170,49 @@ def evaluate_file(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = make_evaluation_plots(result, out_dir / "plots")
-    outputs = {
+    write_workbook(result, outputs["workbook"])
+    write_html(result, outputs["html"], plots, title=f"VideoGemma evaluation: {predictions.name}")
+    export_csv(records, outputs["csv"])
+    with atomic_write(outputs["metrics"]) as file:
+        file.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    return result, {**outputs, **plots}
+
+
+def report_paths(out_dir: Path) -> dict[str, Path]:
+    """The report files `evaluate_file` writes into `out_dir` (the plots go to `out_dir/plots/`)."""
+    return {
         "metrics": out_dir / "metrics.json",
-        "workbook": write_workbook(result, out_dir / "evaluation.xlsx"),
-        "html": write_html(
-            result, out_dir / "report.html", plots, title=f"VideoGemma evaluation: {predictions.name}"
-        ),
-        "csv": export_csv(records, out_dir / "predictions.csv"),
-        **plots,
+        "workbook": out_dir / "evaluation.xlsx",
+        "html": out_dir / "report.html",
+        "csv": out_dir / "predictions.csv",
     }
-    outputs["metrics"].write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-    return result, outputs
+
+
+def _check_not_input(predictions: Path, outputs: dict[str, Path]) -> None:
+    from videogemma.inference.records import PredictionRecordError
+
+    for path in outputs.values():
+        if path.exists() and predictions.exists() and os.path.samefile(path, predictions):
+            raise PredictionRecordError(
+                f"--out {path.parent}: the report's {path.name} would overwrite the predictions {predictions}; "
+                "choose another --out"
+            )
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from videogemma.console import plain_warnings
+
     try:
-        result, outputs = evaluate_file(
-            args.predictions,
-            args.out,
-            similarity_model=args.similarity_model,
-            bertscore_model=args.bertscore_model,
-            bertscore_layers=args.bertscore_layers,
-            model_name=args.model_name,
-            dataset_name=args.dataset_name,
-        )
+        with plain_warnings("videogemma eval"):
+            result, outputs = evaluate_file(
+                args.predictions,
+                args.out,
+                similarity_model=args.similarity_model,
+                bertscore_model=args.bertscore_model,
+                bertscore_layers=args.bertscore_layers,
+                model_name=args.model_name,
+                dataset_name=args.dataset_name,
+            )
     except (VideoGemmaDataError, FileNotFoundError) as error:
         print(f"videogemma eval: error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,8 @@
-"""The Excel workbook earlier QVED users expect: per-sample results and a summary with band charts."""
+"""The Excel workbook earlier QVED users expect: per-sample results and a summary with band charts.
+
+Text from records (predictions are model output) is stored as text, never as a formula: a prediction
+`=HYPERLINK(...)` shows as those characters and does nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ import os
 from pathlib import Path
 
 from openpyxl import Workbook
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.chart import BarChart, Reference
 from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
 
 from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS, EvaluationResult, band
+from videogemma.files import atomic_path
 
 RESULTS_SHEET = "Test Evaluation Results"
 SUMMARY_SHEET = "Summary"
@@ -39,6 +44,14 @@ def _text(value: object) -> object:
     return value if len(value) <= _EXCEL_CELL_LIMIT else value[: _EXCEL_CELL_LIMIT - 1] + "…"
 
 
+def _set(cell: Cell, value: object) -> Cell:
+    """Write `value` into `cell`; text is always stored as text (openpyxl would store `=...` as a formula)."""
+    cell.value = _text(value)
+    if isinstance(cell.value, str):
+        cell.data_type = "s"
+    return cell
+
+
 def _style_header(sheet, row: int, columns: int) -> None:
     for column in range(1, columns + 1):
         cell = sheet.cell(row=row, column=column)
@@ -55,14 +68,16 @@ def _write_results(sheet, result: EvaluationResult) -> None:
     sheet.append(headers)
     _style_header(sheet, 1, len(headers))
     first_metric_column = 5
-    for sample in result.samples:
+    # Rows are counted here: `sheet.max_row` scans every cell, once per row that made the writer quadratic.
+    for row_index, sample in enumerate(result.samples, start=2):
         record = sample.record
         status = "empty" if sample.outcome == "empty" else record.status
         row = [record.id, record.video_path, record.ground_truth, record.prediction]
         row += [round(sample.scores[name], 4) for name in result.metrics]
         row += ["yes" if sample.exercise_identified else "no", status, record.error]
-        sheet.append([_text(value) for value in row])
-        row_index = sheet.max_row
+        for column, value in enumerate(row, start=1):
+            if value is not None:
+                _set(sheet.cell(row=row_index, column=column), value)
         for offset, name in enumerate(result.metrics):
             band_name = band(name, sample.scores[name])
             if band_name:
@@ -72,7 +87,7 @@ def _write_results(sheet, result: EvaluationResult) -> None:
         for column in (3, 4, len(headers)):
             sheet.cell(row=row_index, column=column).alignment = Alignment(wrap_text=True, vertical="top")
     sheet.freeze_panes = "A2"
-    sheet.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{sheet.max_row}"
+    sheet.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{len(result.samples) + 1}"
     widths = {"ID": 8, "Video path": 32, "Ground truth": 60, "Prediction": 60, "Error": 40}
     for column, header in enumerate(headers, start=1):
         sheet.column_dimensions[get_column_letter(column)].width = widths.get(header, 14)
@@ -83,12 +98,12 @@ def _section(sheet, row: int, title: str, headers: list[str], rows: list[list[ob
     sheet.cell(row=row, column=1, value=title).font = SECTION_FONT
     row += 1
     for column, header in enumerate(headers, start=1):
-        sheet.cell(row=row, column=column, value=header)
+        _set(sheet.cell(row=row, column=column), header)
     _style_header(sheet, row, len(headers))
     for values in rows:
         row += 1
         for column, value in enumerate(values, start=1):
-            sheet.cell(row=row, column=column, value=_text(value)).border = CELL_BORDER
+            _set(sheet.cell(row=row, column=column), value).border = CELL_BORDER
     return row + 2
 
 
@@ -185,5 +200,6 @@ def write_workbook(result: EvaluationResult, path: str | os.PathLike) -> Path:
     results_sheet.title = RESULTS_SHEET
     _write_results(results_sheet, result)
     _write_summary(workbook.create_sheet(SUMMARY_SHEET), result)
-    workbook.save(path)
+    with atomic_path(path) as temporary:
+        workbook.save(temporary)
     return path

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS, EvaluationResult, band
+from videogemma.files import atomic_write
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -155,5 +156,6 @@ def write_html(
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, plots, title), encoding="utf-8")
+    with atomic_write(path) as file:
+        file.write(render_html(result, plots, title))
     return path

@@ -65,13 +65,20 @@ class SentenceSimilarity:
         return torch.cat(chunks)
 
     def pairwise(self, predictions: list[str], references: list[str]) -> list[float]:
-        """Cosine similarity of each prediction with its reference."""
+        """Cosine similarity of each prediction with its reference.
+
+        Each distinct text is embedded once (references repeat: a split has few distinct labels), in order of
+        length so that a batch pads little; the embedding of a text does not depend on its batch.
+        """
         if len(predictions) != len(references):
             raise ValueError("predictions and references differ in length")
         if not predictions:
             return []
-        embeddings = self.embed(list(predictions) + list(references))
-        left, right = embeddings[: len(predictions)], embeddings[len(predictions) :]
+        distinct = sorted(set(predictions) | set(references), key=len)
+        embeddings = self.embed(distinct)
+        row = {text: index for index, text in enumerate(distinct)}
+        left = embeddings[[row[text] for text in predictions]]
+        right = embeddings[[row[text] for text in references]]
         return (left * right).sum(dim=-1).tolist()
 
 

@@ -6,16 +6,20 @@
 Decoding and preprocessing run in DataLoader workers, ahead of the model, while the model generates for
 the previous batch. Each worker processes its samples one by one, so a sample that fails (missing or
 corrupt video, prompt too long) becomes an error record with the error text and the rest of its batch
-goes on. Records are appended to a JSON Lines file as each batch finishes (`evaluation.records`), so a
-killed run keeps what it finished and `resume=True` skips it; JSON and CSV exports and the throughput
-statistics are written at the end.
+goes on; so does a generation that is empty or non-finite (an error record, not a success). Records are
+appended to a JSON Lines file as each batch finishes (`evaluation.records`), so a killed run keeps what it
+finished and `resume=True` skips it, matching records to samples by video path and prompt; JSON and CSV
+exports and the throughput statistics are written at the end. `inference.output` holds the rules that keep
+an existing file safe (lock, no silent overwrite, no mixing of splits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +31,23 @@ from tqdm.auto import tqdm
 
 from videogemma.constants import VIDEO_SUFFIXES
 from videogemma.errors import VideoGemmaDataError
-from videogemma.inference.generate import GenerationSettings, generate_answers
+from videogemma.files import atomic_write
+from videogemma.inference.generate import (
+    GenerationSettings,
+    InferenceArgumentError,
+    generate_answers,
+)
+from videogemma.inference.output import PredictionOutput
 from videogemma.inference.records import (
     STATUS_ERROR,
     STATUS_SUCCESS,
     PredictionRecord,
-    PredictionWriter,
-    export_csv,
-    export_json,
     format_throughput,
+    sample_key,
     throughput_stats,
 )
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 @dataclass
@@ -53,6 +63,12 @@ class InferenceSample:
     prompt: str | None
     ground_truth: str | None = None
     error: str | None = None
+    occurrence: int = 0  # k for the k-th repeat of the same video and prompt in the input
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What its prediction record is matched by on resume (`evaluation.records.sample_key`)."""
+        return sample_key(self.video_path, self.prompt, self.occurrence, self.id)
 
 
 def list_samples(
@@ -103,7 +119,22 @@ def list_samples(
     for error in bad_records:
         label = str(error.record)
         samples.append(InferenceSample(label, None, None, [], None, error=f"{type(error).__name__}: {error}"))
+    seen: Counter[tuple[Any, ...]] = Counter()
+    for sample in samples:
+        if sample.video_path is not None:
+            sample.occurrence = seen[sample.video_path, sample.prompt]
+            seen[sample.video_path, sample.prompt] += 1
     return samples
+
+
+def check_batch_arguments(batch_size: int, num_workers: int) -> None:
+    """Refuse loader settings that cannot work, before anything is opened or loaded."""
+    if batch_size < 1:
+        raise InferenceArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InferenceArgumentError(
+            f"--num-workers must be 0 (decode in this process) or more, got {num_workers}"
+        )
 
 
 class _PreprocessedSamples(Dataset):
@@ -147,12 +178,13 @@ def run_batch_inference(
     model: Any,
     processor: Any,
     samples: Sequence[InferenceSample],
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | PredictionOutput,
     *,
     batch_size: int = 1,
     num_workers: int = 1,
     resume: bool = False,
     retry_errors: bool = False,
+    overwrite: bool = False,
     settings: GenerationSettings | None = None,
     system: str | None = None,
     model_name: str | None = None,
@@ -161,18 +193,47 @@ def run_batch_inference(
 ) -> dict[str, Any]:
     """Generate an answer for every sample not yet in `out_path`; returns this run's throughput statistics.
 
-    Writes `out_path` (JSON Lines, one record per sample), and at the end `<stem>.json`, `<stem>.csv` and
-    `<stem>_throughput.json` beside it. Without `resume`, an existing `out_path` is started over.
+    Writes `out_path` (JSON Lines, one record per sample, `<stem>.jsonl`), and at the end `<stem>.json`,
+    `<stem>.csv` and `<stem>_throughput.json` beside it. `out_path` is claimed as `PredictionOutput.claim`
+    says: an existing file is refused unless `resume` (keep it, skip its samples; `retry_errors`: redo the
+    failed ones) or `overwrite` (start over). A caller that claimed the output already (to check it before
+    loading the model) passes the `PredictionOutput`; `resume`, `retry_errors` and `overwrite` then come
+    from the claim.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    out_path = Path(out_path)
-    writer = PredictionWriter(out_path, resume=resume)
-    done = writer.finished_ids(include_errors=not retry_errors)
-    pending = [sample for sample in samples if sample.id not in done]
-    if resume and done:
-        print(f"resuming {out_path}: {len(samples) - len(pending)} samples done, {len(pending)} to go")
+    check_batch_arguments(batch_size, num_workers)
+    settings = settings or GenerationSettings()
+    settings.validate()
+    identifiers = {"model": model_name, "dataset": dataset_name}
+    claimed = isinstance(out_path, PredictionOutput)
+    output = out_path if claimed else PredictionOutput.claim(
+        out_path, samples, resume=resume, overwrite=overwrite, retry_errors=retry_errors, data=dataset_name
+    )  # fmt: skip
+    # A claim made here is released here; the caller's stays the caller's.
+    with contextlib.nullcontext() if claimed else output:
+        return _run(model, processor, samples, output, batch_size, num_workers, settings, system, identifiers,
+                    show_progress)  # fmt: skip
 
+
+def _run(
+    model: Any,
+    processor: Any,
+    samples: Sequence[InferenceSample],
+    output: PredictionOutput,
+    batch_size: int,
+    num_workers: int,
+    settings: GenerationSettings,
+    system: str | None,
+    identifiers: dict[str, Any],
+    show_progress: bool,
+) -> dict[str, Any]:
+    for note in output.notes:
+        print(note)
+    writer = output.begin()
+    pending = [sample for sample in samples if sample.key not in output.done]
+    if output.resume and len(pending) < len(samples):
+        print(
+            f"resuming {output.paths.jsonl}: {len(samples) - len(pending)} samples done, {len(pending)} to go"
+        )
     loader = DataLoader(
         _PreprocessedSamples(pending, processor, system),
         batch_size=batch_size,
@@ -182,63 +243,66 @@ def run_batch_inference(
         prefetch_factor=2 if num_workers else None,
         persistent_workers=False,
     )
-    identifiers = {"model": model_name, "dataset": dataset_name}
     new_records: list[PredictionRecord] = []
     start = time.perf_counter()
     progress = tqdm(total=len(pending), unit="video", desc="inference", disable=not show_progress)
-    with writer:
+    try:
         for items in loader:
-            ready = [(sample, inputs) for sample, inputs in items if not isinstance(inputs, str)]
-            for sample, message in ((s, m) for s, m in items if isinstance(m, str)):
-                new_records.append(
-                    writer.append(_record(sample, identifiers, status=STATUS_ERROR, error=message))
-                )
-            if ready:
-                batch = processor.collate(
-                    [inputs for _, inputs in ready], padding_side="left", return_labels=False
-                )
-                answers = generate_answers(model, processor, batch, settings)
-                for (sample, _), answer in zip(ready, answers):
-                    record = _record(
-                        sample,
-                        identifiers,
-                        prediction=answer.text,
-                        generated_tokens=answer.generated_tokens,
-                        generation_time=answer.generation_time,
-                        tokens_per_second=answer.tokens_per_second,
-                        time_to_first_token=answer.time_to_first_token,
-                    )
-                    new_records.append(writer.append(record))
+            for record in _answer_batch(model, processor, items, settings, identifiers):
+                new_records.append(writer.append(record))
             progress.update(len(items))
             rates = [r.tokens_per_second for r in new_records if r.tokens_per_second]
             if rates:
                 progress.set_postfix(
                     tok_s=f"{sum(rates) / len(rates):.1f}", errors=_count_errors(new_records)
                 )
-        all_records = writer.records()
-    progress.close()
+    finally:
+        writer.close()
+        progress.close()
     wall_time = time.perf_counter() - start
-
-    # Exports in the order of the inputs (the JSON Lines file is in order of completion).
-    order = {sample.id: position for position, sample in enumerate(samples)}
-    all_records.sort(key=lambda record: order.get(record.id, len(order)))
-    export_json(all_records, out_path.with_suffix(".json"))
-    export_csv(all_records, out_path.with_suffix(".csv"))
+    output.finish(writer, samples)
     stats = throughput_stats(new_records, wall_time_s=wall_time)
-    stats.update(
-        batch_size=batch_size,
-        num_workers=num_workers,
-        wall_time_s=wall_time,
-        errors=_count_errors(new_records),
-    )
-    throughput_path = out_path.with_name(out_path.stem + "_throughput.json")
-    throughput_path.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    stats.update(batch_size=batch_size, num_workers=num_workers, wall_time_s=wall_time,
+                 errors=_count_errors(new_records))  # fmt: skip
+    paths = output.paths
+    with atomic_write(paths.throughput) as file:
+        file.write(json.dumps(stats, indent=2) + "\n")
     if show_progress:
         print(format_throughput(stats))
-        print(
-            f"wrote {out_path}, {out_path.with_suffix('.json')}, {out_path.with_suffix('.csv')}, {throughput_path}"
-        )
+        print(f"wrote {paths.jsonl}, {paths.json}, {paths.csv}, {paths.throughput}")
     return stats
+
+
+def _answer_batch(
+    model: Any,
+    processor: Any,
+    items: list[tuple[InferenceSample, dict[str, torch.Tensor] | str]],
+    settings: GenerationSettings,
+    identifiers: dict[str, Any],
+) -> list[PredictionRecord]:
+    """The records of one loader batch: failed preprocessing first, then the generated answers."""
+    records = [
+        _record(sample, identifiers, status=STATUS_ERROR, error=message)
+        for sample, message in items
+        if isinstance(message, str)
+    ]
+    ready = [(sample, inputs) for sample, inputs in items if not isinstance(inputs, str)]
+    if not ready:
+        return records
+    batch = processor.collate([inputs for _, inputs in ready], padding_side="left", return_labels=False)
+    for (sample, _), answer in zip(ready, generate_answers(model, processor, batch, settings)):
+        timing = {
+            "generated_tokens": answer.generated_tokens,
+            "generation_time": answer.generation_time,
+            "tokens_per_second": answer.tokens_per_second,
+            "time_to_first_token": answer.time_to_first_token,
+        }
+        if answer.error is not None:
+            # An empty or non-finite answer is no answer: the sample failed (and --retry-errors redoes it).
+            records.append(_record(sample, identifiers, status=STATUS_ERROR, error=answer.error, **timing))
+        else:
+            records.append(_record(sample, identifiers, prediction=answer.text, **timing))
+    return records
 
 
 def _count_errors(records: list[PredictionRecord]) -> int:
@@ -252,6 +316,7 @@ def _record(sample: InferenceSample, identifiers: dict[str, Any], **fields: Any)
         video_path=sample.video_path,
         prompt=sample.prompt,
         ground_truth=sample.ground_truth,
+        occurrence=sample.occurrence,
         **{k: v for k, v in identifiers.items() if v is not None},
         **fields,
     )

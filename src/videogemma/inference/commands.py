@@ -4,7 +4,10 @@ videogemma infer VIDEO [--model tiny|DIR|RUN_DIR | --lm DIR --clip DIR --videoma
                  [--prompt TEXT] [--system TEXT] [--stream] [--max-new-tokens N]
                  [--do-sample --temperature T --top-p P --top-k K --seed S]
 videogemma infer-batch --data SPLIT.json|VIDEO_DIR --out predictions.jsonl [--batch-size N]
-                 [--num-workers N] [--resume] [model and decoding options as above]
+                 [--num-workers N] [--resume [--retry-errors] | --overwrite] [model and decoding options]
+
+Every option is checked, and `--out` locked and checked against what it holds, before the model loads; a
+refusal is one line on stderr (exit 2) and leaves every file as it was.
 videogemma demo [--out DIR] [--quick]
 """
 
@@ -70,11 +73,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     batch.add_argument("--resume", action="store_true", help="keep --out and skip the samples it holds")
     batch.add_argument("--retry-errors", action="store_true", help="with --resume, redo the failed samples")
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out (and its exports) that holds earlier results",
+    )
     batch.add_argument("--prompt", default=None, help="question for a video folder (default: QVED's prompt)")
     batch.add_argument("--system", default=None, help="system text (folded into the first user turn)")
     add_model_arguments(batch)
     add_generation_arguments(batch)
     batch.set_defaults(func=run_infer_batch)
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Refuse a `--model` / component path that does not exist before anything else happens."""
+    from videogemma.config import PRESETS
+
+    if args.model is not None and args.model not in PRESETS and not Path(args.model).exists():
+        raise FileNotFoundError(
+            f"--model {args.model}: no such folder, and not a preset ({', '.join(sorted(PRESETS))})"
+        )
+    for option in ("lm", "clip", "videomamba"):
+        value = getattr(args, option)
+        # A component may also be a Hub id (used where a network exists); a path-like value must exist.
+        if value and (Path(value).is_absolute() or value.startswith(".")) and not Path(value).exists():
+            raise FileNotFoundError(f"--{option} {value}: no such file or folder")
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -113,24 +136,44 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def _refuse(command: str, error: Exception) -> int:
+    print(f"videogemma {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def run_infer(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from videogemma.errors import VideoGemmaDataError
-    from videogemma.inference.generate import answer
+    from videogemma.errors import VideoDecodeError, VideoGemmaDataError
+    from videogemma.inference.generate import answer, check_device
 
-    model, processor, _ = load_from_args(args)
+    try:
+        settings = settings_from_args(args)
+        check_device(args.device)
+        check_model_arguments(args)
+        if not args.video.is_file():
+            raise VideoDecodeError(args.video, "no such file" if not args.video.exists() else "not a file")
+        model, processor, _ = load_from_args(args)
+    except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
+        return _refuse("infer", error)
     streamer = (
         TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     )
     try:
         result = answer(
-            model, processor, args.video, args.prompt, system=args.system, settings=settings_from_args(args),
+            model,
+            processor,
+            args.video,
+            args.prompt,
+            system=args.system,
+            settings=settings,
             streamer=streamer,
-        )  # fmt: skip
+        )
     except VideoGemmaDataError as error:
-        print(f"videogemma infer: error: {error}", file=sys.stderr)
-        return 2
+        return _refuse("infer", error)
+    if result.error is not None:
+        print(f"videogemma infer: error: {args.video}: {result.error}", file=sys.stderr)
+        return 1
     if not args.stream:
         print(result.text)
     rate = result.tokens_per_second or 0.0
@@ -144,26 +187,39 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_infer_batch(args: argparse.Namespace) -> int:
-    from videogemma.inference.batch import list_samples, run_batch_inference
+    from videogemma.console import plain_warnings
+    from videogemma.inference.batch import check_batch_arguments, list_samples, run_batch_inference
+    from videogemma.inference.generate import check_device
+    from videogemma.inference.output import PredictionOutput
 
+    # Options first, then the input, then the output (locked, checked): all before the model loads.
     try:
+        settings = settings_from_args(args)
+        check_batch_arguments(args.batch_size, args.num_workers)
+        check_device(args.device)
+        check_model_arguments(args)
         samples = list_samples(args.data, dataset_root=args.dataset_root, prompt=args.prompt)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"videogemma infer-batch: error: {error}", file=sys.stderr)
-        return 2
-    model, processor, model_name = load_from_args(args)
-    run_batch_inference(
-        model,
-        processor,
-        samples,
-        args.out,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        resume=args.resume,
-        retry_errors=args.retry_errors,
-        settings=settings_from_args(args),
-        system=args.system,
-        model_name=model_name,
-        dataset_name=str(args.data),
-    )
+        output = PredictionOutput.claim(
+            args.out, samples, resume=args.resume, overwrite=args.overwrite, retry_errors=args.retry_errors,
+            data=args.data,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError is a ValueError
+        return _refuse("infer-batch", error)
+    with output, plain_warnings("videogemma infer-batch"):
+        try:
+            model, processor, model_name = load_from_args(args)
+        except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
+            return _refuse("infer-batch", error)
+        run_batch_inference(
+            model,
+            processor,
+            samples,
+            output,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            settings=settings,
+            system=args.system,
+            model_name=model_name,
+            dataset_name=str(args.data),
+        )
     return 0

@@ -459,12 +459,31 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
     # ---- building from real checkpoints --------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`, strict: a weights file that is corrupt, lacks a tensor, holds one
+        of another shape or one the model does not have, or holds NaN / infinite values is a
+        `ModelWeightsError` naming the file and the tensor (Hugging Face would initialise what is missing at
+        random and go on). `ignore_mismatched_sizes=True` keeps Hugging Face's meaning (re-initialise those)."""
+        from transformers.utils import logging as hf_logging
+
+        from videogemma.modeling.integrity import check_loaded_model, check_saved_weights
+
+        files = check_saved_weights(Path(pretrained_model_name_or_path))
+        wants_info = kwargs.pop("output_loading_info", False)
+        tolerate_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report would only repeat the error raised below
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
+            )  # fmt: skip
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        check_loaded_model(model, info, files, Path(pretrained_model_name_or_path), tolerate_mismatch)
         # Loading replaces the parameters, and with them their requires_grad flags: freeze again.
         model.freeze_encoders("clip" in model.frozen_encoders, "videomamba" in model.frozen_encoders)
-        return loaded
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_components(

@@ -36,7 +36,10 @@ def register(subparsers: Any) -> None:
         required=True,
         help="YAML training config: a path, or a shipped config by name (qved_finetune, finetune, full, ...)",
     )
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints too)"
+    )
     train.set_defaults(func=_train, overrides=[])
 
     export = subparsers.add_parser(
@@ -56,7 +59,8 @@ def _train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_train_config(args.config, args.overrides)
-    run_dir = run_training(config, resume=args.resume)
+    # run_training refuses an output_dir holding a run (without --resume / --overwrite) before any work.
+    run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     return 0
 

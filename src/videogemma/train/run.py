@@ -8,12 +8,14 @@
   projectors.safetensors     both ETPs (every stage)
   trainer_state.json         the Trainer's state (log history, best checkpoint)
   metrics.jsonl, plots/      the metrics log and its PNG plots
-  checkpoint-<step>/         Trainer checkpoints (`--resume` continues from the newest complete one)
+  checkpoint-<step>/         Trainer checkpoints (`--resume` continues from the newest intact one)
+
+A folder holding a run is not trained into again unless `--resume` continues it or `--overwrite` replaces it
+(`run_files`). Checkpoints and the final `model/` / `adapter/` are staged and renamed into place when whole.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -37,12 +39,21 @@ from videogemma.loading import (
 from videogemma.processing.video import VideoLimits
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
+    METRICS_LOG_NAME,
     CompactProgressCallback,
     MetricsLogCallback,
     PlotCallback,
     TimeLimitCallback,
 )
 from videogemma.train.feature_cache import FeatureCache, module_weights_hash
+from videogemma.train.run_files import (
+    check_output_dir,
+    clear_run,
+    newest_intact_checkpoint,
+    publish_folder,
+    remove_staging,
+    staging_path,
+)
 from videogemma.train.stages import (
     base_model,
     check_trainable,
@@ -54,28 +65,39 @@ from videogemma.train.train_config import TrainConfig, TrainConfigError, save_tr
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Everything a run writes into its directory besides checkpoints (what --overwrite removes).
+RUN_FILES = (
+    RUN_CONFIG_NAME,
+    RUN_PROCESSOR_DIR,
+    RUN_MODEL_DIR,
+    RUN_ADAPTER_DIR,
+    PROJECTORS_NAME,
+    "trainer_state.json",
+    METRICS_LOG_NAME,
+    "plots",
+)
 
 
 def newest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint: its `trainer_state.json`, which the Trainer writes last, reads as JSON.
-    A checkpoint cut short by a kill is passed over."""
-    directory = Path(output_dir)
-    if not directory.is_dir():
-        return None
-    complete = [
-        (int(match.group(1)), path)
-        for path in directory.iterdir()
-        if (match := _CHECKPOINT.match(path.name)) and _complete(path)
-    ]
-    return max(complete)[1] if complete else None
+    """The newest checkpoint that reads back whole (`run_files.checkpoint_problem`); newer ones that do not
+    are passed over."""
+    return newest_intact_checkpoint(Path(output_dir))[0]
 
 
-def _complete(checkpoint: Path) -> bool:
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `--resume` continues from: the newest intact one, with a warning for each newer damaged
+    one passed over; None when there is no checkpoint. Checkpoints that are all damaged are an error."""
+    checkpoint, problems = newest_intact_checkpoint(run_dir)
+    for problem in problems:
+        logger.warning("--resume: passing over a damaged checkpoint: %s", problem)
+    if checkpoint is None and problems:
+        raise TrainConfigError(
+            f"--resume: every checkpoint in {run_dir} is damaged (newest: {problems[0]}); "
+            "pass --overwrite to train from the beginning"
+        )
+    if checkpoint is not None and problems:
+        logger.warning("--resume: continuing from %s instead", checkpoint.name)
+    return checkpoint
 
 
 def world_size() -> int:
@@ -199,8 +221,15 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
     )
 
 
-def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: list[Any] | None = None) -> Path:
-    """Train as `config` says; returns the run directory. `extra_callbacks`: more Trainer callbacks (timing)."""
+def run_training(
+    config: TrainConfig,
+    resume: bool = False,
+    extra_callbacks: list[Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train as `config` says; returns the run directory. An `output_dir` that holds a run is refused unless
+    `resume` (continue from its newest intact checkpoint) or `overwrite` (remove the run's files first).
+    `extra_callbacks`: more Trainer callbacks (timing)."""
     from transformers import set_seed
 
     from videogemma.train.data import build_datasets
@@ -208,9 +237,10 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
 
     config.validate()
     run_dir = Path(config.output_dir)
-    checkpoint = newest_checkpoint(run_dir) if resume else None
+    check_output_dir(run_dir, resume, overwrite, RUN_FILES)
+    checkpoint = resume_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
-        logger.warning("--resume: no complete checkpoint in %s, starting from the beginning", run_dir)
+        logger.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     args = training_arguments(config, has_eval=config.data.val_file is not None)
     if world_size() > 1 and args.parallel_mode.value != "distributed":
         # Each rank would train its own model on its shard, with nothing averaged between them.
@@ -247,6 +277,11 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
     alignment = answer_alignment_for(config, train_dataset, processor, base_model(model).config)
 
     if args.process_index == 0:
+        if overwrite:
+            removed = clear_run(run_dir, RUN_FILES)
+            if removed:
+                logger.info("--overwrite: removed the earlier run's %s", ", ".join(p.name for p in removed))
+        remove_staging(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_train_config(config, run_dir / RUN_CONFIG_NAME)
         processor.save_pretrained(run_dir / RUN_PROCESSOR_DIR)
@@ -277,16 +312,22 @@ def run_training(config: TrainConfig, resume: bool = False, extra_callbacks: lis
 
 def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
     """Final weights (the best checkpoint's, when validation ran) and the trainer state, in `run_dir`."""
-    if config.stage == "full":
-        trainer.save_model(str(run_dir / RUN_MODEL_DIR))
-    elif config.stage == "finetune":
-        trainer.save_model(str(run_dir / RUN_ADAPTER_DIR))
+    weights_dir = {"full": RUN_MODEL_DIR, "finetune": RUN_ADAPTER_DIR}.get(config.stage)
+    if weights_dir is not None:
+        # Written whole or not at all: staged, then renamed over an earlier one.
+        final = run_dir / weights_dir
+        trainer.save_model(str(staging_path(final)))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.args.should_save:
+            publish_folder(staging_path(final), final)
     # The full state dict (gathered across ZeRO-3 shards) on the main process; the projectors from it.
     state = trainer.accelerator.get_state_dict(
         trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
     )
     if trainer.args.should_save:
-        save_file(projector_state(state), run_dir / PROJECTORS_NAME)
+        staged = staging_path(run_dir / PROJECTORS_NAME)
+        save_file(projector_state(state), staged)
+        os.replace(staged, run_dir / PROJECTORS_NAME)
         trainer.save_state()  # trainer_state.json in the run directory
     trainer.accelerator.wait_for_everyone()
 

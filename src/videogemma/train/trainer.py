@@ -1,22 +1,29 @@
 """`VideoGemmaTrainer`: the `transformers` Trainer with projector parameter groups, the frozen-feature cache,
 the optional video-answer alignment loss and a guard against non-finite losses.
 
-Everything else (gradient accumulation, clipping, checkpointing, DDP / DeepSpeed, evaluation, best checkpoint,
-resumption with RNG and data order) is the Trainer's own.
+Checkpoints are written into a staging folder and renamed to `checkpoint-<step>` once every process has
+written its part (`run_files.publish_folder`), so a kill never leaves a half-written checkpoint to resume from.
+Everything else (gradient accumulation, clipping, checkpoint contents and rotation, DDP / DeepSpeed,
+evaluation, best checkpoint, resumption with RNG and data order) is the Trainer's own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.feature_cache import FeatureCache
+from videogemma.train.run_files import publish_folder, staging_path
 from videogemma.train.stages import base_model, parameter_groups
 from videogemma.train.train_config import TrainConfig
 
@@ -46,6 +53,45 @@ class VideoGemmaTrainer(Trainer):
         self.answer_alignment = answer_alignment
         self.skipped_nonfinite_batches = 0
         self._alignment_losses: list[float] = []  # since the last log
+        self._staging: Path | None = None  # while a checkpoint is being written: the folder it goes into
+
+    # ---- checkpoints: staged, then renamed into place ---------------------------------------------------
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While the Trainer writes a checkpoint, it writes into the staging folder instead of the run directory.
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging = staging_path(final)
+        try:
+            super()._save_checkpoint(model, trial)  # writes <staging>/checkpoint-<step>
+        finally:
+            staged, self._staging = self._staging / final.name, None
+        self._fix_best_checkpoint(run_dir, staged)
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, ZeRO shards)
+        if self.args.should_save:
+            publish_folder(staged, final)
+            os.rmdir(staged.parent)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _fix_best_checkpoint(self, run_dir: Path, staged: Path) -> None:
+        """The Trainer looked for the best checkpoint in the staging folder: point it at the run directory."""
+        best_step = self.state.best_global_step
+        if not best_step:
+            return
+        best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best_step}"
+        if best_step == self.state.global_step or best.is_dir():
+            self.state.best_model_checkpoint = str(best)
+        if self.args.should_save:
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
 
     # ---- optimiser: the projectors at their own learning rate -------------------------------------------
 

@@ -34,7 +34,6 @@ from videogemma.datasets.qved.io import (
     FEEDBACKS_NAME,
     FINE_GRAINED_LABELS_NAME,
     MANIFEST_NAME,
-    atomic_output,
     basename,
     manifest_class,
     read_json,
@@ -44,6 +43,7 @@ from videogemma.datasets.qved.io import (
     write_json,
 )
 from videogemma.errors import VideoGemmaDataError
+from videogemma.files import atomic_write
 from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
 
 REASONS = (
@@ -311,7 +311,7 @@ def measure_dataset(
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_output(path, newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)

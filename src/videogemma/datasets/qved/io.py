@@ -17,20 +17,19 @@ writes or deletes anything. Files are written to a temporary name in their folde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from videogemma.constants import VIDEO_SUFFIXES
 from videogemma.datasets.paths import relative_in_root, resolve_in_root
 from videogemma.errors import RecordError, VideoGemmaDataError
+from videogemma.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 FINE_GRAINED_LABELS_NAME = "fine_grained_labels.json"
@@ -69,39 +68,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write `data` so that the same data gives the same bytes in any process; atomically (no half files)."""
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    with atomic_output(path) as file:
+    with atomic_write(path) as file:
         file.write(text)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "w", newline: str | None = None) -> Iterator[IO]:
-    """A file to write `path` through: a temporary file in the same folder, renamed over `path` when the
-    block ends without an error (and removed when it fails), so `path` is always the old file or the whole
-    new one. A unique temporary name: two writers never share one, and a planted link is never followed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, _mode_for(path))  # mkstemp makes it private; a data file is not
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _mode_for(path: Path) -> int:
-    """The permissions of the file being replaced, or rw-r--r-- for a new one (reading the umask would
-    change it for a moment, for every thread)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        return 0o644
 
 
 # ---- manifest ---------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from videogemma.datasets.paths import relative_in_root
-from videogemma.datasets.qved.io import atomic_output, read_json, read_manifest, write_json
+from videogemma.datasets.qved.io import read_json, read_manifest, write_json
 from videogemma.datasets.qved.prepare import FAMILIES, SPLITS
 from videogemma.errors import VideoGemmaDataError
+from videogemma.files import atomic_write
 from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
 
 
@@ -153,7 +154,7 @@ def plot_stats(stats: DatasetStats, path: str | os.PathLike[str]) -> None:
     axes[2].barh(list(resolutions)[:10], list(resolutions.values())[:10], color="tab:purple")
     axes[2].set_title("resolutions (top 10)")
     figure.tight_layout()
-    with atomic_output(path, "wb") as file:
+    with atomic_write(path, "wb") as file:
         figure.savefig(file, dpi=100, format="png")
     plt.close(figure)
 
