@@ -37,7 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 @contextlib.contextmanager
@@ -56,7 +56,7 @@ def _fsync(path: Path) -> None:
         os.fsync(file.fileno())
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # The rename itself is durable only once the folder is synced; some filesystems refuse that (ignore).
     with contextlib.suppress(OSError):
         descriptor = os.open(folder, os.O_RDONLY)

@@ -286,3 +286,16 @@ def test_a_model_with_non_finite_weights_is_refused_at_load(tmp_path, finished_r
         in error
     )
     assert snapshot(out.parent) == before
+
+
+def test_a_folder_link_pointing_outside_is_an_error_sample_never_read(tmp_path, make_clips):
+    from videogemma.inference.batch import list_samples
+
+    outside = make_clips(tmp_path / "outside", 1)[0]
+    folder = tmp_path / "videos"
+    inside = make_clips(folder, 1)[0]
+    (folder / "link.mp4").symlink_to(outside)
+    samples = {sample.id: sample for sample in list_samples(folder)}
+    assert samples[inside.name].error is None and samples[inside.name].video == inside.resolve()
+    assert samples["link.mp4"].video is None
+    assert "PathOutsideRootError" in samples["link.mp4"].error and str(outside) in samples["link.mp4"].error

@@ -99,6 +99,13 @@ def test_load_run_merges_lora_and_export_round_trips(tmp_path: Path, tiny_datase
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)
 
+    # A second export onto the same folder is refused unless asked, and leaves the first one whole.
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
+    assert main(["export", str(run_dir), "--merge", str(out_dir)]) == 2
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()} == before
+    assert main(["export", str(run_dir), "--merge", str(out_dir), "--overwrite"]) == 0
+    assert not list(tmp_path.glob(".*merged*"))  # no staging folder left
+
 
 def test_feature_cache_gives_the_same_losses_and_weights(tmp_path: Path, train_tiny) -> None:
     # 10 training samples, batch 2: steps 6-7 are in the second epoch, served from the cache.

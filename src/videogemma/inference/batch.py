@@ -16,6 +16,7 @@ an existing file safe (lock, no silent overwrite, no mixing of splits).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -71,6 +72,33 @@ class InferenceSample:
         return sample_key(self.video_path, self.prompt, self.occurrence, self.id)
 
 
+def _folder_samples(folder: Path, question: str) -> list[InferenceSample]:
+    """The videos of a folder, sorted, each asked `question`; a file whose real path leaves the folder (a
+    symlink pointing outside) becomes a sample carrying that error, never read."""
+    from videogemma.datasets.paths import resolve_in_root
+    from videogemma.errors import RecordError
+
+    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise FileNotFoundError(errno.ENOENT, f"no video files ({', '.join(VIDEO_SUFFIXES)})", str(folder))
+    samples = []
+    for video in videos:
+        relative = video.relative_to(folder).as_posix()
+        sample = InferenceSample(
+            id=relative,
+            video=video,
+            video_path=relative,
+            conversation=[{"from": "human", "value": question}],
+            prompt=question,
+        )
+        try:
+            sample.video = resolve_in_root(relative, folder, source_file=folder, record=relative)
+        except RecordError as error:
+            sample.video, sample.error = None, f"{type(error).__name__}: {error}"
+        samples.append(sample)
+    return samples
+
+
 def list_samples(
     data: str | os.PathLike, dataset_root: str | os.PathLike | None = None, prompt: str | None = None
 ) -> list[InferenceSample]:
@@ -88,20 +116,7 @@ def list_samples(
 
     data = Path(data)
     if data.is_dir():
-        videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        if not videos:
-            raise FileNotFoundError(f"{data}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-        question = prompt or DEFAULT_PROMPT
-        return [
-            InferenceSample(
-                id=video.relative_to(data).as_posix(),
-                video=video,
-                video_path=video.relative_to(data).as_posix(),
-                conversation=[{"from": "human", "value": question}],
-                prompt=question,
-            )
-            for video in videos
-        ]
+        return _folder_samples(data, prompt or DEFAULT_PROMPT)
 
     root = Path(dataset_root) if dataset_root is not None else data.parent
     bad_records: list[RecordError] = []

@@ -48,6 +48,7 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("run_dir", help="the training run directory (its output_dir)")
     export.add_argument("--merge", required=True, metavar="OUT_DIR", help="where to write the merged model")
+    export.add_argument("--overwrite", action="store_true", help="replace a model already in OUT_DIR")
     export.set_defaults(func=_export)
 
 
@@ -68,6 +69,6 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from videogemma.train.export import export_run
 
-    out_dir = export_run(args.run_dir, args.merge)
+    out_dir = export_run(args.run_dir, args.merge, overwrite=args.overwrite)
     print(f"merged model written to {out_dir}")
     return 0

@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
+from videogemma.files import fsync_folder
 from videogemma.train.train_config import TrainConfigError
 
 STAGING_PREFIX = ".staging-"
@@ -88,20 +89,7 @@ def publish_folder(staged: Path, final: Path) -> None:
         os.rename(final, old)
     os.rename(staged, final)
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_folder(final.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some filesystems cannot sync a folder; the rename is still atomic
-    finally:
-        os.close(descriptor)
+    fsync_folder(final.parent)
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
