@@ -163,8 +163,21 @@ def test_throughput_statistics():
     assert stats["videos_per_second"] == pytest.approx(1.5)
     assert stats["videos_per_second_basis"] == "sum_generation_time"
     with_wall = throughput_stats(records, wall_time_s=8.0)
-    assert with_wall["videos_per_second"] == pytest.approx(0.5)  # all four records over the wall time
-    assert with_wall["videos_per_second_basis"] == "wall_time"
+    assert with_wall["end_to_end_videos_per_second"] == pytest.approx(0.5)  # all four records, wall time
+    assert with_wall["videos_per_second"] == pytest.approx(1.5)
+
+
+def test_a_batch_time_counts_once():
+    """Two batches of two that took 1 s and 3 s: 4 videos in 4 s, whatever each record's own time says."""
+    records = [
+        PredictionRecord.from_dict(_record(i, generation_time=time, batch_time_share=share))
+        for i, (time, share) in enumerate([(0.8, 0.5), (1.0, 0.5), (2.0, 1.5), (3.0, 1.5)])
+    ]
+    stats = throughput_stats(records)
+    assert (
+        stats["videos_per_second"] == pytest.approx(1.0) and stats["videos_per_second_basis"] == "batch_time"
+    )
+    assert json.loads(json.dumps(records[0].to_dict()))["batch_time_share"] == 0.5
 
 
 def test_read_json_lines_reports_line_numbers_and_intact_length(tmp_path):

@@ -305,12 +305,16 @@ def _answer_batch(
     if not ready:
         return records
     batch = processor.collate([inputs for _, inputs in ready], padding_side="left", return_labels=False)
-    for (sample, _), answer in zip(ready, generate_answers(model, processor, batch, settings)):
+    answers = generate_answers(model, processor, batch, settings)
+    # The batch's time, once: its slowest answer's; shared among its samples so that a sum counts it once.
+    batch_time_share = max(answer.generation_time for answer in answers) / len(answers)
+    for (sample, _), answer in zip(ready, answers):
         timing = {
             "generated_tokens": answer.generated_tokens,
             "generation_time": answer.generation_time,
             "tokens_per_second": answer.tokens_per_second,
             "time_to_first_token": answer.time_to_first_token,
+            "batch_time_share": batch_time_share,
         }
         if answer.error is not None:
             # An empty or non-finite answer is no answer: the sample failed (and --retry-errors redoes it).

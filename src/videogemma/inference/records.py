@@ -7,7 +7,10 @@ loses at most the line being written and a restarted run skips what is already d
      "prediction": "squats - ...", "status": "success", "error": null,
      "generated_tokens": 23, "generation_time": 0.84, "tokens_per_second": 27.4}
 
-Optional keys: `time_to_first_token` (seconds), `model` and `dataset` (identifiers that reports show), and
+`generation_time` and `tokens_per_second` are the sample's own (from the start of its batch's generation to
+its last token). Optional keys: `time_to_first_token` (seconds), `batch_time_share` (the time its batch took,
+divided among the batch's samples: summed over the records, the run's generation time, each batch counted
+once), `model` and `dataset` (identifiers that reports show), and
 `occurrence` (k > 0 for the k-th repeat of a sample listed more than once). Any other key is kept as is. A
 failed sample has `"status": "error"`, an empty prediction and the error text.
 
@@ -62,6 +65,7 @@ class PredictionRecord:
     generation_time: float | None = None
     tokens_per_second: float | None = None
     time_to_first_token: float | None = None
+    batch_time_share: float | None = None
     model: str | None = None
     dataset: str | None = None
     occurrence: int = 0
@@ -116,7 +120,7 @@ class PredictionRecord:
         data = asdict(self)
         extra = data.pop("extra")
         # Optional keys stay out of the file when unset, so records read like the documented example.
-        for key in ("time_to_first_token", "model", "dataset"):
+        for key in ("time_to_first_token", "batch_time_share", "model", "dataset"):
             if data[key] is None:
                 del data[key]
         if not data["occurrence"]:
@@ -466,9 +470,11 @@ def _finite(value: Any) -> bool:
 def throughput_stats(records: Iterable[PredictionRecord], wall_time_s: float | None = None) -> dict[str, Any]:
     """Generation speed from the records of samples that did not fail.
 
-    Videos per second is every record over the run's wall time when given (that includes decoding,
-    preprocessing and failed samples), else the timed records over the sum of their generation times;
-    `videos_per_second_basis` says which.
+    Videos per second is the generated videos over the time their batches took (each record's
+    `batch_time_share` summed, so a batch counts once), the same figure for `infer-batch` and for `eval` of
+    its file; records without shares (older files) fall back to the sum of their generation times.
+    `wall_time_s`, when given, adds the end-to-end rate (every record over the run's wall time: decoding,
+    preprocessing and failed samples included).
     """
     records = list(records)
     successful = [record for record in records if not record.is_error]
@@ -476,13 +482,14 @@ def throughput_stats(records: Iterable[PredictionRecord], wall_time_s: float | N
     first_token = [r.time_to_first_token for r in successful if _finite(r.time_to_first_token)]
     generation_times = [r.generation_time for r in successful if _finite(r.generation_time)]
     generated_tokens = [r.generated_tokens for r in successful if _finite(r.generated_tokens)]
-    if wall_time_s is not None and wall_time_s > 0:
-        videos_per_second, basis = len(records) / wall_time_s, "wall_time"
+    shares = [r.batch_time_share for r in successful if _finite(r.batch_time_share)]
+    if shares and sum(shares) > 0:
+        videos_per_second, basis = len(shares) / sum(shares), "batch_time"
     elif generation_times and sum(generation_times) > 0:
         videos_per_second, basis = len(generation_times) / sum(generation_times), "sum_generation_time"
     else:
         videos_per_second, basis = None, None
-    return {
+    stats = {
         "records": len(records),
         "successful": len(successful),
         "generated_tokens_total": int(sum(generated_tokens)),
@@ -492,6 +499,9 @@ def throughput_stats(records: Iterable[PredictionRecord], wall_time_s: float | N
         "videos_per_second": videos_per_second,
         "videos_per_second_basis": basis,
     }
+    if wall_time_s is not None and wall_time_s > 0:
+        stats["end_to_end_videos_per_second"] = len(records) / wall_time_s
+    return stats
 
 
 def format_throughput(stats: Mapping[str, Any]) -> str:
@@ -509,4 +519,6 @@ def format_throughput(stats: Mapping[str, Any]) -> str:
             )
     if stats.get("videos_per_second") is not None:
         lines.append(f"videos/s: {stats['videos_per_second']:.3f} (from {stats['videos_per_second_basis']})")
+    if stats.get("end_to_end_videos_per_second") is not None:
+        lines.append(f"videos/s end to end (decoding included): {stats['end_to_end_videos_per_second']:.3f}")
     return "\n".join(lines)
