@@ -1,6 +1,7 @@
 """`videogemma data ...`: the QVED tools and the synthetic dataset on the command line.
 
     videogemma data synth     --out DIR [--per-variant N] [--seed S] [--size 64] [--frames 36] [--fps 12]
+    videogemma data synth-workouts | workout-windows   long workouts for live coaching (workout_commands.py)
     videogemma data prepare   --root DATASET [--out DIR] [--ratios 0.6 0.2 0.2] [--seed 42] [--max-per-class N]
     videogemma data validate  FILE_OR_DIR ... --root DATASET [--model tiny|DIR] [--report report.json]
     videogemma data clean     --root DATASET (--out DIR | --in-place) [thresholds ...]
@@ -254,6 +255,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--workers", type=int, default=1, help="processes rendering clips in parallel")
     synth.add_argument("--exercises", nargs="+", help="class names to generate (default: all)")
     synth.set_defaults(func=_reporting_bad_input("synth", _synth))
+
+    from videogemma.datasets import workout_commands  # synth-workouts, workout-windows (live coaching)
+
+    workout_commands.register(commands)
 
     prepare = commands.add_parser("prepare", help="label files + manifest → the six conversation split files")
     prepare.add_argument(
