@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "videogemma.evaluation.commands",
     "videogemma.train.commands",
     "videogemma.inference.commands",
+    "videogemma.coach.commands",
     "videogemma.demo",
 )
 

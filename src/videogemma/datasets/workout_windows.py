@@ -47,12 +47,17 @@ SPLIT_FILE_PATTERN = "workout_windows_{}.json"
 _TIME_EPSILON = 1e-6
 
 
+def window_end(number: int, window: float, stride: float) -> float:
+    """When window `number` (from 0) ends: the coach's schedule, `window + number · stride` seconds."""
+    return round(window + number * stride, 6)
+
+
 def window_ends(duration: float, window: float, stride: float) -> list[float]:
-    """When each window ends: `window`, `window + stride`, ... up to `duration` (the coach's schedule)."""
+    """The ends of every window of a video of `duration` seconds."""
     if not (window > 0 and stride > 0):
         raise ValueError(f"window and stride must be positive seconds, got {window} and {stride}")
     count = math.floor((duration - window) / stride + _TIME_EPSILON) + 1
-    return [round(window + k * stride, 6) for k in range(max(count, 0))]
+    return [window_end(k, window, stride) for k in range(max(count, 0))]
 
 
 def due_feedbacks(workout: Workout, end: float, stride: float, first: bool = False) -> list[float]:
