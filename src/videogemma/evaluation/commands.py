@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-name", default=None, help="dataset identifier for the reports")
     parser.set_defaults(func=run_eval)
 
+    from videogemma.evaluation import coach_report  # eval-coach: live coaching against timed ground truth
+
+    coach_report.register(subparsers)
+
 
 def _similarity_scorer(option: str) -> tuple[Any, str]:
     """The sentence-similarity scorer for --similarity-model and the note the report shows."""
