@@ -139,9 +139,8 @@ def run_coach(args: argparse.Namespace) -> int:
         and not (args.append or args.overwrite)
     ):
         return _fail(f"--out {args.out} exists; pass --append to add to it or --overwrite to replace it")
-    try:  # a bad source fails before the model loads; it is opened again once the model is ready
-        with VideoSource(args.source, read_timeout=args.stall_timeout):
-            pass
+    try:  # a bad source fails before the model loads
+        VideoSource(args.source, read_timeout=args.stall_timeout).check()
     except VideoDecodeError as error:
         return _fail(str(error))
     if args.threads:

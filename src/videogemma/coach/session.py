@@ -190,7 +190,7 @@ class CoachSession:
         number = 0
         for item in source.frames():
             self._take(source, grid, store, item)
-            while self.schedule.last_index(number) <= store.newest:
+            while self.schedule.end(number) <= store.reached + 1e-6:
                 self._run_window(store.window(self.schedule, number))
                 number += 1
 
@@ -226,6 +226,7 @@ class CoachSession:
         for index, frame in grid.push(item):
             clip, videomamba = preprocess_frame(self.processor, source.to_rgb(frame))
             store.add(Sample(index, round(index * self.schedule.step, 6), clip, videomamba, time.monotonic()))
+        store.reached = item.time
 
     def _run_window(self, window: Window) -> WindowResult:
         began = time.monotonic()
@@ -301,7 +302,7 @@ class _Reader(threading.Thread):
         schedule = self.session.schedule
         with self._changed:
             while True:
-                latest = schedule.latest_due(self.store.newest)
+                latest = schedule.latest_due(self.store.reached)
                 if latest is not None and latest >= number:
                     return latest
                 if self._done:

@@ -77,18 +77,33 @@ class VideoSource:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def check(self) -> None:
+        """Refuse a source that cannot work, without taking it: a file is opened and closed again; a camera
+        device must exist; a URL must use a stream protocol (a live source is opened once, when it is read,
+        since a stream may accept a single connection)."""
+        if self.kind == "file":
+            with self:
+                return
+        if self.kind == "device" and not os.path.exists(self.name):
+            raise VideoDecodeError(self.name, "no such camera device")
+        if self.kind == "url":
+            self._check_scheme()
+
+    def _check_scheme(self) -> None:
+        scheme = self.name.split("://", 1)[0].lower()
+        if scheme not in STREAM_SCHEMES:
+            raise VideoDecodeError(
+                self.name,
+                f"{scheme}:// is not a stream protocol the coach reads ({', '.join(STREAM_SCHEMES)})",
+            )
+
     def open(self) -> None:
         if self.kind == "file":
             self._container = open_video(self.name, self.limits)  # raises VideoDecodeError naming it
         elif self.kind == "device":
             self._container = self._open_live(format="v4l2", what="camera")
         else:
-            scheme = self.name.split("://", 1)[0].lower()
-            if scheme not in STREAM_SCHEMES:
-                raise VideoDecodeError(
-                    self.name,
-                    f"{scheme}:// is not a stream protocol the coach reads ({', '.join(STREAM_SCHEMES)})",
-                )
+            self._check_scheme()
             self._container = self._open_live(format=None, what="stream")
         if not self._container.streams.video:
             self.close()

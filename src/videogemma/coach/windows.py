@@ -8,8 +8,8 @@ schedule the window model's training data is cut on) and reads the `num_frames` 
 Because the grid does not move with the window, consecutive windows share frames (all but
 `stride / step` of them), which is what lets each frame's CLIP features be computed once (`encoder.py`).
 
-A window is *due* once its last grid frame is known, i.e. once a frame at or after the window's end has
-arrived. Only the frames a window still to come can read are kept (`FrameStore`), so memory is bounded
+A window is *due* once a frame at or after its end has arrived (which also settles its last grid frame);
+at the end of a source, windows ending after its last frame are not run. Only the frames a window still to come can read are kept (`FrameStore`), so memory is bounded
 whatever the session's length.
 """
 
@@ -97,14 +97,11 @@ class WindowSchedule:
         last = self.last_index(number)
         return range(last - self.num_frames + 1, last + 1)
 
-    def latest_due(self, filled_up_to: int) -> int | None:
-        """The newest window whose last grid frame is `filled_up_to` or before (None: none yet)."""
-        number = math.floor((filled_up_to * self.step - self.window) / self.stride + _EPSILON)
-        while number >= 0 and self.last_index(number) > filled_up_to:
-            number -= 1
-        while self.last_index(number + 1) <= filled_up_to:
-            number += 1
-        return number if number >= 0 else None
+    def latest_due(self, reached: float) -> int | None:
+        """The newest window due once the source has reached `reached` seconds (None: none yet)."""
+        if reached < self.window - _EPSILON:
+            return None
+        return math.floor((reached - self.window) / self.stride + _EPSILON)
 
 
 class FrameStore:
@@ -116,6 +113,7 @@ class FrameStore:
         self._samples: dict[int, Sample] = {}
         self._lock = threading.Lock()
         self.newest = -1
+        self.reached = -math.inf  # source time of the newest frame taken (windows ending by then are due)
 
     def add(self, sample: Sample) -> None:
         with self._lock:
