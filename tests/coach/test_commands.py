@@ -94,3 +94,59 @@ def test_ctrl_c_ends_a_session_cleanly_with_everything_written(workout, tmp_path
     assert len(records) >= 2 and out.read_text().endswith("\n")
     assert f"{len(records)} feedbacks said" in stderr and len(stdout.splitlines()) == len(records)
     assert max(r["window"][1] for r in records) < 25  # it stopped early, in a 30 s workout paced to real time
+
+
+# A stream served over TCP (MPEG-TS) in real time by another process, which stops sending for a while.
+_STREAM_SERVER = """
+import sys, time, av
+port, video, stall_after = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+frames = [f.to_ndarray(format="rgb24") for f in av.open(video).decode(video=0)]
+with av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts") as out:
+    stream = out.add_stream("libx264", rate=4)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    start = time.monotonic()
+    for k, rgb in enumerate(frames):
+        if k == stall_after:
+            time.sleep(30)  # the stream stalls
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = k
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        time.sleep(max(0, start + (k + 1) / 4 - time.monotonic()))
+"""
+
+
+@pytest.mark.slow
+def test_a_stream_that_stalls_ends_the_session_with_what_was_said_kept(workout, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", _STREAM_SERVER, str(port), str(workout.video), "40"])
+    try:
+        time.sleep(1.0)  # the server listens
+        out = tmp_path / "said.jsonl"
+        argv = [
+            "coach",
+            f"tcp://127.0.0.1:{port}",
+            "--out",
+            str(out),
+            "--stall-timeout",
+            "2",
+            "--policy",
+            "interval",
+            "--interval",
+            "2",
+            *FAST,
+        ]
+        assert main(argv) == 2
+    finally:
+        server.kill()
+        server.wait()
+    err = capsys.readouterr().err
+    assert f"videogemma coach: error: cannot decode video tcp://127.0.0.1:{port}: no frame for 2 s" in err
+    assert "what was said before is kept" in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and max(r["window"][1] for r in records) <= 10.0  # 40 frames at 4 frames/s came

@@ -150,6 +150,12 @@ class VideoSource:
                 previous = max(seconds - first, previous)  # a timestamp going backwards holds the clock
                 count += 1
                 yield SourceFrame(previous, frame, stream)
+        except av.ExitError:  # PyAV's read timeout: nothing came for `read_timeout` seconds
+            raise VideoDecodeError(
+                self.name,
+                f"no frame for {self.read_timeout:g} s: the source stalled or "
+                f"disappeared (after {count} frames)",
+            ) from None
         except (av.FFmpegError, OSError) as error:
             raise VideoDecodeError(self.name, f"reading stopped after {count} frames: {error}") from None
 
