@@ -64,6 +64,10 @@ def test_the_change_policy_says_what_changed_and_repeats_only_after_a_while():
     ]
     # A change is said at once (6, 7), the same answer again only 10 s after it was last said (17, 27).
     assert said == [3, 6, 7, 17, 27]
+    # confirm=2: an answer is said once two windows in a row give it; a one-window waver is never said.
+    steady = ChangePolicy(repeat_after=10.0, confirm=2)
+    answers = ["a - x", "a - x", "a - y", "a - x", "a - y", "a - y", "a - y"]
+    assert [t for t, text in enumerate(answers) if steady.decide(float(t), text)] == [1, 5]
     never = ChangePolicy(repeat_after=float("inf"))
     assert [never.decide(t, "a - b") for t in (0, 100, 1000)] == [True, False, False]
     with pytest.raises(ValueError):

@@ -95,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="change policy: repeat an unchanged answer at most this often (s, default 10)",
     )
     policy.add_argument(
+        "--confirm",
+        type=int,
+        default=1,
+        help="change policy: windows in a row that must give an answer before it is said (default 1: at once)",
+    )
+    policy.add_argument(
         "--interval",
         type=_positive_seconds,
         default=5.0,
@@ -162,7 +168,7 @@ def run_coach(args: argparse.Namespace) -> int:
         model,
         processor,
         settings,
-        make_policy(args.policy, args.repeat_after, args.interval),
+        make_policy(args.policy, args.repeat_after, args.interval, args.confirm),
         log,
         on_window=console.window,
     )
