@@ -101,7 +101,9 @@ _STREAM_SERVER = """
 import sys, time, av
 port, video, stall_after = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 frames = [f.to_ndarray(format="rgb24") for f in av.open(video).decode(video=0)]
-with av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts") as out:
+print("ready", flush=True)
+# flush_packets: each frame goes out at once (AVIO would otherwise hold 32 kB, minutes of these frames)
+with av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts", options={"flush_packets": "1"}) as out:
     stream = out.add_stream("libx264", rate=4)
     stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
     stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
@@ -124,9 +126,14 @@ def test_a_stream_that_stalls_ends_the_session_with_what_was_said_kept(workout, 
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", _STREAM_SERVER, str(port), str(workout.video), "40"])
+    server = subprocess.Popen(
+        [sys.executable, "-c", _STREAM_SERVER, str(port), str(workout.video), "40"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        time.sleep(1.0)  # the server listens
+        assert server.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the server listens
         out = tmp_path / "said.jsonl"
         argv = [
             "coach",
@@ -149,4 +156,4 @@ def test_a_stream_that_stalls_ends_the_session_with_what_was_said_kept(workout, 
     assert f"videogemma coach: error: cannot decode video tcp://127.0.0.1:{port}: no frame for 2 s" in err
     assert "what was said before is kept" in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert records and max(r["window"][1] for r in records) <= 10.0  # 40 frames at 4 frames/s came
+    assert records and max(r["window"][1] for r in records) <= 10.0, err  # 40 frames at 4 frames/s came

@@ -77,10 +77,10 @@ class IntervalPolicy:
 
 
 def make_policy(
-    name: str, repeat_after: float = 10.0, interval: float = 5.0
+    name: str, repeat_after: float = 10.0, interval: float = 5.0, confirm: int = 1
 ) -> ChangePolicy | IntervalPolicy:
     if name == "change":
-        return ChangePolicy(repeat_after)
+        return ChangePolicy(repeat_after, confirm)
     if name == "interval":
         return IntervalPolicy(interval)
     raise ValueError(f"unknown emission policy {name!r}; choose one of {POLICIES}")

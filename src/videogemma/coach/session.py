@@ -14,8 +14,8 @@ Two ways to run, one result per window:
 
 Each window's answer goes to the emission policy (`policy.py`); what is said is one `Emission` written to
 the JSON Lines log at once (`FeedbackLog` flushes every record). `time` is when the feedback is available
-on the source's clock: the window's end plus the window's latency (from its last frame's arrival to the
-answer, waiting included). Ctrl-C (KeyboardInterrupt) ends the run cleanly: the statistics say so and
+on the source's clock: the window's end plus the window's latency (from the moment it fell due, i.e. the
+arrival of the first frame at or after its end, to the answer; waiting for the model included). Ctrl-C (KeyboardInterrupt) ends the run cleanly: the statistics say so and
 everything said so far is in the log; a source failing mid-session ends it the same way, with the error
 in the statistics.
 """
@@ -191,7 +191,7 @@ class CoachSession:
         for item in source.frames():
             self._take(source, grid, store, item)
             while self.schedule.end(number) <= store.reached + 1e-6:
-                self._run_window(store.window(self.schedule, number))
+                self._run_window(store.window(self.schedule, number), store)
                 number += 1
 
     def _run_realtime(self, source: VideoSource) -> None:
@@ -204,7 +204,7 @@ class CoachSession:
                 if latest is None:
                     break
                 self.stats.windows_skipped += latest - number
-                self._run_window(reader.store.window(self.schedule, latest))
+                self._run_window(reader.store.window(self.schedule, latest), reader.store)
                 number = latest + 1
         finally:
             reader.stop()
@@ -225,14 +225,14 @@ class CoachSession:
         self.stats.source_seconds = item.time
         for index, frame in grid.push(item):
             clip, videomamba = preprocess_frame(self.processor, source.to_rgb(frame))
-            store.add(Sample(index, round(index * self.schedule.step, 6), clip, videomamba, time.monotonic()))
-        store.reached = item.time
+            store.add(Sample(index, round(index * self.schedule.step, 6), clip, videomamba))
+        store.mark_reached(item.time, time.monotonic())
 
-    def _run_window(self, window: Window) -> WindowResult:
+    def _run_window(self, window: Window, store: FrameStore) -> WindowResult:
         began = time.monotonic()
         text = self.decoder.answer(self.encoder.features(window))
         finished = time.monotonic()
-        latency = finished - window.samples[-1].arrived
+        latency = finished - store.due_since(window.end)
         result = WindowResult(window, text, round(latency, 4), False)
         if self.policy.decide(result.time, text):
             result = WindowResult(window, text, result.latency_s, True)

@@ -33,6 +33,9 @@ from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits, frame_to_rg
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 DEVICE_PREFIX = "/dev/video"
 DEFAULT_READ_TIMEOUT_S = 10.0
+# Opening reads ahead to learn the stream (FFmpeg probes up to 5 s of it); an interrupt then would leave the
+# connection failing every read after, so opening gets more time than a read.
+MIN_OPEN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class VideoSource:
             return av.open(
                 self.name,
                 format=format,
-                timeout=(self.read_timeout, self.read_timeout),
+                timeout=(max(MIN_OPEN_TIMEOUT_S, self.read_timeout), self.read_timeout),
                 metadata_errors="replace",
             )
         except (av.FFmpegError, OSError) as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,9 @@ from videogemma.datasets.workout_windows import window_end
 from videogemma.processing.transforms import clip_transform, videomamba_transform
 
 _EPSILON = 1e-6  # seconds: grid and window times are sums of decimals
+# Frame arrivals remembered (for latencies): over 4 s of 60 frames/s; a window runs within a stride of
+# falling due or is skipped.
+_ARRIVALS_KEPT = 256
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,6 @@ class Sample:
     time: float  # seconds, index · step
     clip_pixels: torch.Tensor  # (3, Sc, Sc)
     videomamba_pixels: torch.Tensor  # (3, Sv, Sv)
-    arrived: float  # time.monotonic() when the frame was settled (window latencies start there)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,22 @@ class FrameStore:
         self._lock = threading.Lock()
         self.newest = -1
         self.reached = -math.inf  # source time of the newest frame taken (windows ending by then are due)
+        # (source time, time.monotonic()) of recent frames: when each window fell due, for its latency.
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=_ARRIVALS_KEPT)
+
+    def mark_reached(self, time: float, wall: float) -> None:
+        """The source has delivered its frame at `time` (seconds), at `wall` (time.monotonic())."""
+        with self._lock:
+            self._arrivals.append((time, wall))
+            self.reached = time
+
+    def due_since(self, end: float) -> float:
+        """When (time.monotonic()) the window ending at `end` fell due: the arrival of the first frame at or
+        after its end (the oldest remembered, should that one be forgotten)."""
+        with self._lock:
+            return next(
+                (wall for time, wall in self._arrivals if time >= end - _EPSILON), self._arrivals[0][1]
+            )
 
     def add(self, sample: Sample) -> None:
         with self._lock:
