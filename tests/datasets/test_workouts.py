@@ -314,3 +314,32 @@ def test_workout_commands_end_to_end_and_bad_input(tmp_path, capsys):
         == 2
     )
     assert "feedbacks_long_range.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_videogemma_train_learns_from_workout_windows(synthetic, tmp_path):
+    import yaml
+
+    windows = tmp_path / "windows"
+    cut_workout_windows(synthetic, windows, ratios=(0.5, 0.5, 0.0), seed=0, empty_fraction=0.2)
+    config = {
+        "stage": "full",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"preset": "tiny"},
+        "data": {
+            "train_file": str(windows / "workout_windows_train.json"),
+            "val_file": str(windows / "workout_windows_val.json"),
+        },
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "effective_batch_size": 2,
+        "eval_steps": 2,
+        "gradient_checkpointing": False,
+        "plots": False,
+        "learning_rate": 1e-3,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "config.yaml")]) == 0
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert any("eval_loss" in entry for entry in state["log_history"])
