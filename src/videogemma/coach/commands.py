@@ -36,6 +36,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from videogemma.coach.session import DEFAULT_MAX_NEW_TOKENS
     from videogemma.inference.commands import add_generation_arguments, add_model_arguments
@@ -96,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     policy.add_argument(
         "--confirm",
-        type=int,
+        type=_at_least_one,
         default=1,
         help="change policy: windows in a row that must give an answer before it is said (default 1: at once)",
     )

@@ -28,6 +28,10 @@ def _synth_workouts(args: argparse.Namespace) -> int:
     settings = WorkoutSettings(
         min_duration=args.min_duration, max_duration=args.max_duration, size=args.size, fps=args.fps
     )
+    try:
+        settings.check()
+    except ValueError as error:
+        raise SystemExit(f"videogemma data synth-workouts: error: {error}") from None
     summary = generate_workouts(
         args.out, count=args.count, seed=args.seed, settings=settings, workers=args.workers
     )
