@@ -10,16 +10,20 @@ from videogemma.cli import main as videogemma_cli
 from videogemma.demo import FULL, QUICK, STATE_NAME, _write_state, demo_steps, run_steps
 from videogemma.inference.records import read_records
 
+COACHING = ["workouts", "coach-0000", "coach-0001", "eval-coach"]
+
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
     out = tmp_path / "demo"
     assert videogemma_cli(["demo", "--out", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
-    for number in range(1, 6):
-        assert f"[{number}/5]" in printed
+    for number in range(1, 10):
+        assert f"[{number}/9]" in printed
     assert f"report: {out / 'report' / 'report.html'}" in printed
     assert "exercise identified:" in printed and "ROUGE-L:" in printed
+    assert f"coaching report: {out / 'coach_report' / 'report.html'}" in printed
+    assert "coaching T-F score:" in printed
 
     # Every step left its output: data splits, a trained run, predictions for the whole test split, reports.
     test_split = json.loads((out / "data" / "qved_test.json").read_text())
@@ -31,7 +35,18 @@ def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
     assert metrics["counts"]["total"] == len(test_split)
     assert (out / "report" / "evaluation.xlsx").is_file()
     state = json.loads((out / STATE_NAME).read_text())
-    assert list(state["steps"]) == ["synth", "prepare", "train", "infer", "eval"]
+    assert list(state["steps"]) == ["synth", "prepare", "train", "infer", "eval", *COACHING]
+
+    # The coaching steps: two workouts coached by the trained run, scored with timelines.
+    for name in ("0000", "0001"):
+        log = out / "coach" / f"{name}.jsonl"
+        assert log.is_file()
+        assert all(
+            json.loads(line)["source"].endswith(f"{name}.mp4") for line in log.read_text().splitlines()
+        )
+    coaching = json.loads((out / "coach_report" / "metrics.json").read_text())
+    assert coaching["overall"]["ground_truth"] > 0 and coaching["episodes_mode"] == "single_exercise"
+    assert (out / "coach_report" / "timelines" / "0001.png").is_file()
 
     # The trained run answers single videos too (`videogemma infer --model RUN_DIR`), as batch inference did.
     first = records[0]
@@ -45,14 +60,14 @@ def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
     report_time = (out / "report" / "metrics.json").stat().st_mtime_ns
     assert videogemma_cli(["demo", "--out", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("skipped") == 5
+    assert printed.count("skipped") == 9
     assert (out / "report" / "metrics.json").stat().st_mtime_ns == report_time
 
 
 def test_an_interrupted_step_resumes_and_later_steps_start_over(tmp_path):
     out = tmp_path / "demo"
     steps = demo_steps(out, QUICK)
-    assert [step.name for step in steps] == ["synth", "prepare", "train", "infer", "eval"]
+    assert [step.name for step in steps] == ["synth", "prepare", "train", "infer", "eval", *COACHING]
     assert "--resume" in steps[2].argv and "--resume" in steps[3].argv
     # synth and prepare finished; training was interrupted (its checkpoints are kept for --resume); stale
     # predictions of an older model lie around.
@@ -71,8 +86,8 @@ def test_an_interrupted_step_resumes_and_later_steps_start_over(tmp_path):
         seen.append((argv[0], (out / "run" / "checkpoint-2").exists(), (out / "predictions").exists()))
         return 0
 
-    assert run_steps(steps, out / STATE_NAME, runner) == ["train", "infer", "eval"]
-    assert seen == [("train", True, True), ("infer-batch", True, False), ("eval", True, False)]
+    assert run_steps(steps, out / STATE_NAME, runner) == ["train", "infer", "eval", *COACHING]
+    assert seen[:3] == [("train", True, True), ("infer-batch", True, False), ("eval", True, False)]
     assert run_steps(steps, out / STATE_NAME, runner) == []
 
     # Other arguments (the full size) redo everything from the first step.
@@ -90,7 +105,7 @@ def test_a_failing_step_stops_the_demo_and_is_redone_next_time(tmp_path):
 
     with pytest.raises(SystemExit, match="train"):
         run_steps(steps, out / STATE_NAME, failing_train)
-    assert run_steps(steps, out / STATE_NAME, lambda argv: 0) == ["train", "infer", "eval"]
+    assert run_steps(steps, out / STATE_NAME, lambda argv: 0) == ["train", "infer", "eval", *COACHING]
 
 
 @pytest.mark.slow

@@ -79,6 +79,8 @@ def test_load_moves_to_the_requested_dtype():
 _INFERENCE_WITHOUT_TRAINING = """
 import sys
 import videogemma.inference.batch, videogemma.inference.generate, videogemma.inference.commands
+import videogemma.coach.commands, videogemma.coach.session, videogemma.coach.console
+import videogemma.evaluation.coach_report, videogemma.evaluation.coach_metrics
 import videogemma
 model, processor = videogemma.load("tiny")
 assert model.config.num_frames == 8

@@ -42,6 +42,11 @@ QVED_FEEDBACK_PROMPT = (
     "Please evaluate the exercise form shown. What feedback would you provide to improve the performance?"
 )
 DEFAULT_PROMPT = QVED_FINE_GRAINED_PROMPT
+# Labels read `<exercise> - <detail>` (DATA.md); exercise names may hold hyphens, never this separator.
+EXERCISE_SEPARATOR = " - "
+# The answer a live-coaching window model is trained to give when no feedback is due in its window
+# (`videogemma data workout-windows`); the coach stays silent on it.
+NO_FEEDBACK_ANSWER = "No new feedback."
 
 # How the frames of a clip are chosen (the config's `frame_sampling`, `processing.video.FrameSampling`).
 FRAME_SAMPLINGS = ("segment_centers", "fps")

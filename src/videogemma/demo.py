@@ -5,6 +5,9 @@
     3. train           the `tiny` preset on the train split (the shipped demo_tiny.yaml) → OUT/run/
     4. infer-batch     answers for the test split                          → OUT/predictions/
     5. eval            metrics, workbook, HTML report and plots            → OUT/report/
+    6. synth-workouts  two held-out synthetic workouts (QEVD-FIT-COACH layout) → OUT/workouts/
+    7-8. coach         the trained model coaches each workout, window by window → OUT/coach/<id>.jsonl
+    9. eval-coach      T-F score, METEOR, ROUGE-L on matched pairs, timelines → OUT/coach_report/
 
 Every step is the `videogemma` subcommand itself, called in-process with its arguments, so the demo is
 exactly what a user would type. A finished step is recorded in OUT/demo_state.json with its arguments and
@@ -37,6 +40,7 @@ class DemoSize:
     train_overrides: tuple[str, ...]
     max_new_tokens: int
     batch_size: int
+    workout_overrides: tuple[str, ...] = ()  # `data synth-workouts` options (the coaching steps)
 
 
 # 648 training clips, 7 epochs (567 steps, about 4 minutes on 2 cores); training stops (and saves) at
@@ -54,7 +58,11 @@ QUICK = DemoSize(
                      "--effective_batch_size", "4"),
     max_new_tokens=12,
     batch_size=4,
+    workout_overrides=("--size", "32", "--fps", "4"),
 )  # fmt: skip
+# The coaching steps: two workouts of 30-45 s, drawn from a seed the training data never used.
+WORKOUTS = ("0000", "0001")
+WORKOUT_ARGS = ("--count", str(len(WORKOUTS)), "--min-duration", "30", "--max-duration", "45", "--seed", "1")
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,38 @@ def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[St
                 "synthetic QVED test split",
             ),
         ),
+        *coaching_steps(out, size),
     ]
+
+
+def coaching_steps(out: Path, size: DemoSize) -> list[Step]:
+    """Synthetic workouts, the trained model coaching each of them, and the coaching report."""
+    workouts, logs = out / "workouts", out / "coach"
+    steps = [
+        Step(
+            "workouts",
+            "generate two held-out workouts",
+            ("data", "synth-workouts", "--out", str(workouts), *WORKOUT_ARGS, *size.workout_overrides),
+            output=workouts,
+        )
+    ]
+    for name in WORKOUTS:
+        video = workouts / "long_range_videos" / f"{name}.mp4"
+        argv = (
+            "coach",
+            str(video),
+            "--model",
+            str(out / "run"),
+            "--out",
+            str(logs / f"{name}.jsonl"),
+            "--overwrite",
+            "--max-new-tokens",
+            str(size.max_new_tokens),
+        )
+        steps.append(Step(f"coach-{name}", f"coach workout {name}", argv))
+    report = ("eval-coach", str(logs), "--ground-truth", str(workouts), "--out", str(out / "coach_report"))
+    steps.append(Step("eval-coach", "score the coaching (T-F score, timelines)", report))
+    return steps
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -165,6 +204,8 @@ def run(out: str | Path = "outputs/demo", quick: bool = False, force: bool = Fal
         torch.set_num_threads(threads)
     summary = headline_metrics(out / "report" / "metrics.json")
     summary["report"] = str(out / "report" / "report.html")
+    summary["coaching"] = coaching_metrics(out / "coach_report" / "metrics.json")
+    summary["coach_report"] = str(out / "coach_report" / "report.html")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(format_headline(summary))
     return summary
@@ -223,6 +264,13 @@ def headline_metrics(metrics_path: Path) -> dict[str, Any]:
     }
 
 
+def coaching_metrics(metrics_path: Path) -> dict[str, Any]:
+    """The coaching step's headline numbers, from eval-coach's metrics.json."""
+    overall = json.loads(metrics_path.read_text(encoding="utf-8"))["overall"]
+    keys = ("t_f_score", "precision", "recall", "meteor", "rougeL", "ground_truth", "predictions")
+    return {key: overall[key] for key in keys}
+
+
 def format_headline(summary: dict[str, Any]) -> str:
     lines = [
         f"report: {summary['report']}",
@@ -230,6 +278,14 @@ def format_headline(summary: dict[str, Any]) -> str:
         f"exercise identified: {summary['exercise_accuracy']:.1%}",
     ]
     lines += [f"{summary['labels'][name]}: {value:.3f}" for name, value in summary["means"].items()]
+    coaching = summary.get("coaching")
+    if coaching:
+        lines += [
+            f"coaching report: {summary['coach_report']}",
+            f"coaching T-F score: {coaching['t_f_score']:.3f} (precision {coaching['precision']:.3f}, recall "
+            f"{coaching['recall']:.3f}; {coaching['predictions']} feedbacks said, {coaching['ground_truth']} due)",
+            f"coaching METEOR: {coaching['meteor']:.3f}, ROUGE-L: {coaching['rougeL']:.3f} (matched pairs)",
+        ]
     return "\n".join(lines)
 
 
@@ -239,9 +295,11 @@ def format_headline(summary: dict[str, Any]) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="the whole pipeline on CPU: synthetic data, training, batch inference, evaluation report",
+        help="the whole pipeline on CPU: synthetic data, training, batch inference, evaluation report, "
+        "live coaching",
         description="Generate the synthetic exercise dataset, prepare its splits, train the tiny preset, "
-        "answer the test split, evaluate and write the report. Rerunning skips finished steps.",
+        "answer the test split, evaluate and write the report, then coach two synthetic workouts and score "
+        "the coaching. Rerunning skips finished steps.",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("outputs/demo"), help="working folder (default: outputs/demo)"

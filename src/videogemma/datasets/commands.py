@@ -1,5 +1,6 @@
-"""`videogemma data ...`: the dataset commands, the QVED tools (`qved/commands.py`) and the synthetic
-dataset (`synthetic/commands.py`), and the plain-text table they print."""
+"""`videogemma data ...`: the dataset commands, the QVED tools (`qved/commands.py`), the synthetic dataset
+(`synthetic/commands.py`) and long workouts for live coaching (`workout_commands.py`), and the plain-text table
+they print."""
 
 from __future__ import annotations
 
@@ -30,11 +31,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from videogemma.datasets import workout_commands
     from videogemma.datasets.qved import commands as qved_commands
     from videogemma.datasets.synthetic import commands as synthetic_commands
 
     data = subparsers.add_parser("data", help="QVED tools and the synthetic dataset")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synthetic_commands.register(commands)
+    workout_commands.register(commands)  # synth-workouts, workout-windows (live coaching)
     qved_commands.register(commands)

@@ -48,8 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-name", default=None, help="dataset identifier for the reports")
     parser.set_defaults(func=run_eval)
 
+    from videogemma.evaluation import coach_report  # eval-coach: live coaching against timed ground truth
 
-def _similarity_scorer(option: str) -> tuple[Any, str]:
+    coach_report.register(subparsers)
+
+
+def similarity_scorer(option: str) -> tuple[Any, str]:
     """The sentence-similarity scorer for --similarity-model and the note the report shows."""
     from videogemma.evaluation.similarity import SentenceSimilarity, bundled_model_path
 
@@ -69,7 +73,7 @@ def _similarity_scorer(option: str) -> tuple[Any, str]:
     return SentenceSimilarity(path), f"cosine of mean-pooled sentence embeddings, model {path}"
 
 
-def _bertscore_scorer(path: Path | None, num_layers: int | None) -> tuple[Any, str | None]:
+def bertscore_scorer(path: Path | None, num_layers: int | None) -> tuple[Any, str | None]:
     if path is None:
         return None, None
     if not path.is_dir():
@@ -157,8 +161,8 @@ def evaluate_file(
     if dataset_name:
         identifiers["dataset"] = [dataset_name]
 
-    similarity, similarity_note = _similarity_scorer(similarity_model)
-    bertscore, bertscore_note = _bertscore_scorer(bertscore_model, bertscore_layers)
+    similarity, similarity_note = similarity_scorer(similarity_model)
+    bertscore, bertscore_note = bertscore_scorer(bertscore_model, bertscore_layers)
     variants = {"similarity": similarity_note}
     if bertscore_note:
         variants["bertscore"] = bertscore_note

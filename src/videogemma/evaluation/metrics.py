@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from videogemma.constants import EXERCISE_SEPARATOR
 from videogemma.inference.records import PredictionRecord, PredictionRecordError
 
 # Display names, in report column order. Optional metrics appear only when they ran.
@@ -31,8 +32,6 @@ METRIC_LABELS = {
 # (green at or above, yellow at or above); below is red.
 BANDS = {"similarity": (0.7, 0.4), "meteor": (0.5, 0.2), "rougeL": (0.5, 0.2)}
 BAND_NAMES = ("green", "yellow", "red")
-
-EXERCISE_SEPARATOR = " - "
 
 
 def exercise_name(text: str | None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS, EvaluationResult, band
 from videogemma.files import atomic_write
 
-_STYLE = """
+REPORT_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
@@ -28,15 +28,15 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 """
 
 
-def _escape(value: object) -> str:
+def escape(value: object) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def _table(
+def html_table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], classes: Sequence[Sequence[str]] | None = None
 ) -> str:
     """An HTML table; `classes` gives each cell's CSS class (same shape as rows)."""
-    parts = ["<table>", "<tr>" + "".join(f"<th>{_escape(h)}</th>" for h in headers) + "</tr>"]
+    parts = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
     for row_index, row in enumerate(rows):
         cells = []
         for column, value in enumerate(row):
@@ -47,15 +47,15 @@ def _table(
             elif isinstance(value, int) and not isinstance(value, bool):
                 css = f"num {css}".strip()
             attribute = f' class="{css}"' if css else ""
-            cells.append(f"<td{attribute}>{_escape(value)}</td>")
+            cells.append(f"<td{attribute}>{escape(value)}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
     return "\n".join(parts)
 
 
-def _image(path: Path, alt: str) -> str:
+def embedded_image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{_escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def render_html(
@@ -64,18 +64,18 @@ def render_html(
     """The report as one HTML string."""
     identifiers = result.identifiers
     counts = result.counts
-    sections = [f"<h1>{_escape(title)}</h1>"]
+    sections = [f"<h1>{escape(title)}</h1>"]
 
     run_rows = [
         ["Model", ", ".join(identifiers.get("model") or []) or "unknown"],
         ["Dataset", ", ".join(identifiers.get("dataset") or []) or "unknown"],
         *[[f"{key} variant", text] for key, text in result.variants.items()],
     ]
-    sections += ["<h2>Run</h2>", _table(["Item", "Value"], run_rows)]
+    sections += ["<h2>Run</h2>", html_table(["Item", "Value"], run_rows)]
 
     sections += [
         "<h2>Counts</h2>",
-        _table(
+        html_table(
             ["Samples", "Success", "Error", "Empty prediction"],
             [[counts["total"], counts["success"], counts["error"], counts["empty"]]],
         ),
@@ -91,7 +91,7 @@ def render_html(
     statistic_rows.append(["Corpus BLEU", result.corpus_bleu, "", "", "", ""])
     sections += [
         "<h2>Statistics</h2><p>Errors and empty predictions score 0.</p>",
-        _table(["Metric", "Mean", "Median", "Std", "Min", "Max"], statistic_rows),
+        html_table(["Metric", "Mean", "Median", "Std", "Min", "Max"], statistic_rows),
     ]
 
     if result.band_counts:
@@ -105,7 +105,7 @@ def render_html(
         band_classes = [["", *BAND_NAMES] for _ in band_rows]
         sections += [
             "<h2>Score bands</h2>",
-            _table(["Metric", "Green", "Yellow", "Red"], band_rows, band_classes),
+            html_table(["Metric", "Green", "Yellow", "Red"], band_rows, band_classes),
         ]
 
     identified = sum(sample.exercise_identified for sample in result.samples)
@@ -116,12 +116,12 @@ def render_html(
     ]
     sections += [
         "<h2>Exercise identification</h2>",
-        _table(["Exercise", "Samples", "Identified", "Accuracy"], exercise_rows),
+        html_table(["Exercise", "Samples", "Identified", "Accuracy"], exercise_rows),
     ]
 
     if plots:
         sections.append("<h2>Plots</h2>")
-        sections += [_image(path, name.replace("_", " ")) for name, path in plots.items()]
+        sections += [embedded_image(path, name.replace("_", " ")) for name, path in plots.items()]
 
     headers = ["ID", "Video path", "Ground truth", "Prediction"]
     headers += [METRIC_LABELS[name] for name in result.metrics] + ["Exercise identified", "Status", "Error"]
@@ -139,12 +139,12 @@ def render_html(
             + [band(name, sample.scores[name]) or "" for name in result.metrics]
             + ["green" if sample.exercise_identified else "red", "", "text"]
         )
-    sections += ["<h2>Per-sample results</h2>", _table(headers, sample_rows, sample_classes)]
+    sections += ["<h2>Per-sample results</h2>", html_table(headers, sample_rows, sample_classes)]
 
     body = "\n".join(sections)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        f"<title>{escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 
 

@@ -212,18 +212,29 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             )
 
     def extract_video_features(
-        self, clip_pixel_values: torch.Tensor, videomamba_pixel_values: torch.Tensor
+        self,
+        clip_pixel_values: torch.Tensor | None,
+        videomamba_pixel_values: torch.Tensor,
+        clip_features: torch.Tensor | None = None,
     ) -> VideoFeatures:
-        """Run the frozen half: CLIP on all frames, keyframe selection, VideoMamba on the keyframes."""
-        self._check_frames(clip_pixel_values, "clip_pixel_values")
+        """Run the frozen half: CLIP on all frames, keyframe selection, VideoMamba on the keyframes.
+
+        `clip_features` (batch, frames, patches, dim), CLIP's output computed before, replaces
+        `clip_pixel_values`: CLIP reads every frame on its own, so a sliding window (the live coach) encodes
+        each frame once and reuses it in every window that holds it.
+        """
+        if clip_features is None:
+            self._check_frames(clip_pixel_values, "clip_pixel_values")
         self._check_frames(videomamba_pixel_values, "videomamba_pixel_values")
-        if clip_pixel_values.shape[0] != videomamba_pixel_values.shape[0]:
+        given = clip_features if clip_features is not None else clip_pixel_values
+        if given.shape[0] != videomamba_pixel_values.shape[0] or given.shape[1] != self.config.num_frames:
             raise ValueError(
-                f"clip_pixel_values hold {clip_pixel_values.shape[0]} videos but videomamba_pixel_values hold "
-                f"{videomamba_pixel_values.shape[0]}"
+                f"the CLIP input holds {given.shape[0]} videos of {given.shape[1]} frames but "
+                f"videomamba_pixel_values hold {videomamba_pixel_values.shape[0]} of {self.config.num_frames}"
             )
         config = self.config
-        clip_features = self._run_encoder("clip", clip_pixel_values)
+        if clip_features is None:
+            clip_features = self._run_encoder("clip", clip_pixel_values)
         keyframe_indices = select_keyframes(
             clip_features, config.chunk_size, config.keyframes_per_chunk, config.keyframe_block_size
         ).to(videomamba_pixel_values.device)

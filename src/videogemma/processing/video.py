@@ -308,6 +308,12 @@ def frame_to_rgb(frame: av.VideoFrame, limits: VideoLimits = DEFAULT_LIMITS) -> 
     return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
 
 
+def upright(rgb: np.ndarray, frame: av.VideoFrame, stream: av.VideoStream) -> np.ndarray:
+    """`rgb` (a `frame_to_rgb` of `frame`) turned upright, as the frame's display matrix (or the stream's
+    legacy `rotate` tag) says; for tools that read frames one by one (the live coach, workout windows)."""
+    return np.rot90(rgb, k=_rotation(frame, stream) // 90)
+
+
 # ---- internals ----------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videogemma.datasets.commands import format_table
+from videogemma.datasets.commands import format_table, non_negative_float, positive_int
 from videogemma.datasets.qved.clean import CleanThresholds
 from videogemma.errors import VideoGemmaDataError
 from videogemma.settings import add_dataclass_arguments, dataclass_from_args
@@ -135,20 +135,6 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
-    return value
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     """The QVED tools, under `videogemma data`."""
     prepare = commands.add_parser("prepare", help="label files + manifest → the six conversation split files")
@@ -179,9 +165,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "saved model / training run folder (default: tiny)",
     )
     validate.add_argument(
-        "--min-frames", type=_positive_int, help="frames a clip needs (default: what the model reads)"
+        "--min-frames", type=positive_int, help="frames a clip needs (default: what the model reads)"
     )
-    validate.add_argument("--min-duration", type=_non_negative_float, default=0.0, help="seconds")
+    validate.add_argument("--min-duration", type=non_negative_float, default=0.0, help="seconds")
     validate.add_argument("--report", help="write the full report here (JSON)")
     validate.set_defaults(func=_validate)
 
@@ -203,7 +189,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(clean, CleanThresholds, title="thresholds", exclude=("min_frames",))
     clean.add_argument(
-        "--min-frames", type=_positive_int, help="frames a clip needs (default: what the --model reads)"
+        "--min-frames", type=positive_int, help="frames a clip needs (default: what the --model reads)"
     )
     clean.set_defaults(func=_clean)
 
