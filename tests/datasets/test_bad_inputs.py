@@ -41,7 +41,8 @@ from videogemma.errors import (
 from videogemma.files import atomic_write
 from videogemma.inference.batch import list_samples
 from videogemma.processing.processor import VideoGemmaProcessor
-from videogemma.processing.video import VideoLimits, open_video, read_video_frames
+from videogemma.processing.video import read_video_frames
+from videogemma.processing.video_source import VideoLimits, open_video
 from videogemma.train.train_config import TrainConfigError, load_train_config
 
 HOSTILE = ("absolute", "dotdot", "symlink_file", "symlink_folder")
@@ -256,7 +257,7 @@ def test_the_format_whitelist_alone_stops_a_playlist_before_it_opens_a_segment(t
     playlist = tmp_path / "p.m3u8"
     playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\n{fifo}\n#EXT-X-ENDLIST\n")
     code = (
-        "import sys\nimport videogemma.processing.video as video\nvideo._refuse_text = lambda path: None\n"
+        "import sys\nimport videogemma.processing.video_source as video\nvideo._refuse_text = lambda path: None\n"
         "try:\n    video.open_video(sys.argv[1])\nexcept video.VideoDecodeError as error:\n    print(error)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(videogemma.__file__).parents[1])}

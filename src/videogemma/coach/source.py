@@ -4,7 +4,7 @@
         for item in source.frames():          # SourceFrame(time, frame, stream), as decoded
             rgb = source.to_rgb(item)          # only for the frames the coach keeps
 
-- A file goes through the package's one video-opening function (`processing.video.open_video`: no
+- A file goes through the package's one video-opening function (`processing.video_source.open_video`: no
   playlists or lists, `VideoLimits` checked before decoding).
 - A camera is opened with PyAV's `v4l2` input (`av.open(device, format="v4l2")`).
 - A URL must use a streaming protocol (`STREAM_SCHEMES`); PyAV gives up on it when no data comes for
@@ -27,7 +27,8 @@ import av
 import numpy as np
 
 from videogemma.errors import VideoDecodeError
-from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits, frame_to_rgb, open_video, upright
+from videogemma.processing.video import frame_to_rgb, upright
+from videogemma.processing.video_source import DEFAULT_LIMITS, VideoLimits, open_video
 
 # Protocols of live streams; anything else with "://" is refused (file lists, concat, data: URLs...).
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")

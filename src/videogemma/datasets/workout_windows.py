@@ -37,7 +37,8 @@ from videogemma.constants import DEFAULT_PROMPT, NO_FEEDBACK_ANSWER
 from videogemma.datasets.qved.io import write_json, write_mp4
 from videogemma.datasets.workouts import Workout, load_workouts
 from videogemma.errors import RecordError, VideoDecodeError, VideoGemmaDataError
-from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits, frame_to_rgb, open_video, upright
+from videogemma.processing.video import frame_to_rgb, upright
+from videogemma.processing.video_source import DEFAULT_LIMITS, VideoLimits, open_video
 
 WINDOWS_DIR = "windows"
 SPLITS = ("train", "val", "test")

@@ -46,11 +46,11 @@ from videogemma.processing.chat_template import (
 from videogemma.processing.transforms import clip_transform, videomamba_transform
 from videogemma.processing.video import (
     FrameSampling,
-    VideoLimits,
     fps_sample_positions,
     read_video_frames,
     sample_frame_indices,
 )
+from videogemma.processing.video_source import VideoLimits
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 

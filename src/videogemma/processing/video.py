@@ -21,107 +21,40 @@ How the frames are found, cheapest first:
 Frames are rotated upright from the display matrix (or the legacy `rotate` tag). Any pixel format and size
 the decoder produces is converted to RGB. Every failure is a `VideoDecodeError` naming the file.
 
-Every file goes through one opening function (`open_video`), which refuses before decoding anything:
-- containers that reference other files (HLS playlists, concat lists, DASH manifests, image sequences):
-  only self-contained formats are opened (`SELF_CONTAINED_FORMATS`; FFmpeg's `format_whitelist` stops any
-  other demuxer before it reads its header, i.e. before it opens a file the playlist names), and text files
-  are refused outright;
-- anything beyond `VideoLimits`: file size, coded frame size, duration, frame count. Frames larger than
-  `max_frame_pixels` are downscaled while they are converted to RGB, so memory stays bounded (the 12000²
-  PNG renamed `.mp4` is refused in milliseconds instead of decoding into gigabytes).
+Every file is opened through `video_source.open_video` (self-contained formats only, within `VideoLimits`).
 A clip with fewer frames than are read is logged as a warning naming the file (its frames repeat).
 """
 
 from __future__ import annotations
 
 import bisect
-import codecs
-import dataclasses
 import itertools
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 import av
 import numpy as np
 
 from videogemma.constants import FRAME_SAMPLINGS
 from videogemma.errors import VideoDecodeError, VideoLimitError
+from videogemma.processing.video_source import (
+    DEFAULT_LIMITS,
+    VideoLimits,
+    check_duration,
+    check_file,
+    check_frame_count,
+    check_frame_size,
+    open_video,
+    video_stream,
+)
 
 PathLike = str | os.PathLike
 
 logger = logging.getLogger(__name__)
-
-# FFmpeg demuxers of self-contained media (each reads only the file it is given). Playlists and lists (hls,
-# dash, concat, ...) open the files they name, wherever those are; `image2` reads a numbered sequence of
-# files when the name holds a pattern such as %03d. Images in their `*_pipe` form are single files.
-SELF_CONTAINED_FORMATS = (
-    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "ivf", "obu", "h264",
-    "hevc", "m4v", "mjpeg", "yuv4mpegpipe", "gif", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
-    "tiff_pipe",
-)  # fmt: skip
-_SNIFF_BYTES = 4096  # how much of a file is read to tell a text file (playlist, list) from media
-_TEXT_KINDS = (
-    (b"#EXTM3U", "an HLS playlist"),
-    (b"ffconcat", "an ffconcat list"),
-    (b"<?xml", "an XML manifest"),
-)
-
-
-@dataclass(frozen=True)
-class VideoLimits:
-    """Bounds on what a video may cost to read; a file beyond one is refused (`VideoLimitError`), except
-    frames above `max_frame_pixels`, which are downscaled (aspect kept) while being converted to RGB.
-
-    The defaults sit far above any real exercise clip (QVED: 640×480, ~5 s, ~1 MB) and above what phones
-    and cameras record, so real clips decode exactly as they are; they exist to keep a hostile or broken file
-    from taking the machine's memory or hours of decoding. Memory per clip is then at most about
-    `frames read × max_frame_pixels × 3` bytes (8 × 26.5 MB for the `tiny` preset) plus one decoded frame.
-    """
-
-    # DCI 4K (4096×2160), the largest frame phones and consumer cameras record: one RGB frame is 26.5 MB.
-    max_frame_pixels: int = 4096 * 2160
-    # 8K UHD (7680×4320), the largest video standard. Bigger frames are refused, not downscaled: the decoder
-    # allocates a whole frame before it can be scaled (a 12000² PNG: 0.4-0.9 GB per frame).
-    max_source_pixels: int = 7680 * 4320
-    max_duration: float = 3600.0  # seconds: a whole workout session; exercise clips last seconds
-    max_frames: int = 216_000  # an hour at 60 frames/s
-    max_file_bytes: int = 16 * 2**30  # an hour of 4K phone video at ~36 Mbit/s
-
-    def __post_init__(self) -> None:
-        for limit in dataclasses.fields(self):
-            value = getattr(self, limit.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"VideoLimits.{limit.name} must be a positive number, got {value!r}")
-        if self.max_frame_pixels > self.max_source_pixels:
-            raise ValueError(
-                f"VideoLimits.max_frame_pixels ({self.max_frame_pixels}) cannot exceed max_source_pixels "
-                f"({self.max_source_pixels}): frames above the latter are refused, not downscaled"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_value(cls, value: VideoLimits | Mapping[str, Any] | None) -> VideoLimits:
-        """Limits from a `VideoLimits`, a mapping of some of its fields (e.g. a saved processor config), or
-        None (the defaults). Unknown keys are an error naming them."""
-        if value is None:
-            return DEFAULT_LIMITS
-        if isinstance(value, VideoLimits):
-            return value
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            names = sorted(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"unknown video limit(s) {unknown}; known: {names}")
-        return cls(**value)
-
-
-DEFAULT_LIMITS = VideoLimits()
 
 
 @dataclass(frozen=True)
@@ -210,7 +143,7 @@ def decode_frames(
     """`read_video_frames` plus the index and timestamp of every frame returned."""
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
-    _check_file(path, limits)
+    check_file(path, limits)
 
     timeline = _packet_timeline(path, limits)
     if timeline is not None:
@@ -248,9 +181,9 @@ def probe_video(
     missing or wrong); otherwise `num_frames` is the container's count, or the number of packets.
     Width and height are the file's own (before any downscaling to `limits.max_frame_pixels`).
     """
-    _check_file(path, limits)
+    check_file(path, limits)
     with open_video(path, limits) as container:
-        stream = _video_stream(path, container)
+        stream = video_stream(path, container)
         fps = float(stream.average_rate) if stream.average_rate else None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -267,7 +200,7 @@ def probe_video(
             raise _decode_failure(path, stream, error, limits) from None
         if first is None:
             raise VideoDecodeError(path, "the video stream has no decodable frames")
-        _check_frame_size(path, first.width, first.height, limits)
+        check_frame_size(path, first.width, first.height, limits)
         rotation = _rotation(first, stream)
         width, height = first.width, first.height
     if rotation in (90, 270):
@@ -286,13 +219,13 @@ def iter_video_frames(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> I
     """Every frame of the clip in order, decoded with threads, each checked against `limits` as it comes
     (frame count, duration, frame size); for tools that read whole clips (e.g. `data clean`)."""
     with open_video(path, limits) as container:
-        stream = _video_stream(path, container)
+        stream = video_stream(path, container)
         stream.thread_type = "AUTO"
         span = _SpanCheck(path, stream.time_base, limits)
         count = 0
         try:
             for frame in container.decode(stream):
-                _check_frame_size(path, frame.width, frame.height, limits)
+                check_frame_size(path, frame.width, frame.height, limits)
                 count += 1
                 span.add(count, frame.pts)
                 yield frame
@@ -359,43 +292,6 @@ class _Timeline:
         return self.keyframes[position - 1] if position else 0
 
 
-def open_video(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> av.container.InputContainer:
-    """The one way this package opens a video file (a context manager, like `av.open`).
-
-    Refused here, before any frame is decoded: a text file (playlist, file list), a container format that
-    is not self-contained, and a file whose metadata exceeds `limits` (file size, frame size, duration,
-    frame count). Only the `file` protocol is allowed, and the path is made absolute, so that a name such as
-    `concat:a|b` or `http:...` is a file name, never a protocol.
-    """
-    _check_file(path, limits)
-    _refuse_text(path)
-    # `max_pixels` makes FFmpeg's decoders refuse a bigger frame before allocating it, both while the
-    # stream is probed (which decodes a first frame of an image) and when decoding (set again below).
-    options = {
-        "format_whitelist": ",".join(SELF_CONTAINED_FORMATS),
-        "protocol_whitelist": "file",
-        "max_pixels": str(limits.max_source_pixels),
-    }
-    try:
-        container = av.open(os.path.abspath(path), metadata_errors="replace", options=options)
-    except av.ArgumentError:  # what FFmpeg answers for a demuxer off the whitelist (also for other bad input)
-        raise VideoDecodeError(
-            path,
-            "not a self-contained video file: its container format is not one of the accepted ones "
-            "(mp4/mov, mkv/webm, avi, mpeg-ts, ...); playlists and lists that name other files are refused",
-        ) from None
-    except (av.FFmpegError, OSError) as error:
-        raise VideoDecodeError(path, f"not a readable video file: {error}") from None
-    try:
-        _check_metadata(path, container, limits)
-    except BaseException:
-        container.close()
-        raise
-    codec = container.streams.video[0].codec_context
-    codec.options = {**codec.options, "max_pixels": str(limits.max_source_pixels)}
-    return container
-
-
 def _decode_failure(
     path: PathLike, stream: av.VideoStream, error: Exception, limits: VideoLimits, after: str = ""
 ) -> VideoDecodeError:
@@ -413,94 +309,6 @@ def _decode_failure(
     return VideoDecodeError(path, f"corrupt video data{after}: {error}")
 
 
-def _check_file(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> None:
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "file not found")
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "not a regular file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
-    if size > limits.max_file_bytes:
-        raise VideoLimitError(
-            path,
-            f"the file is {size / 2**30:.1f} GiB, above the limit of {limits.max_file_bytes / 2**30:.1f} GiB "
-            "(VideoLimits.max_file_bytes)",
-        )
-
-
-def _refuse_text(path: PathLike) -> None:
-    """Media containers are binary; a file whose start is plain text is a playlist, a list or not a video."""
-    try:
-        with open(path, "rb") as file:
-            start = file.read(_SNIFF_BYTES)
-    except OSError as error:
-        raise VideoDecodeError(path, f"cannot read the file: {error}") from None
-    kind = next((name for magic, name in _TEXT_KINDS if start.lstrip().startswith(magic)), None)
-    if kind is None:
-        if start.startswith(b"YUV4MPEG2") or not _is_text(start):  # y4m: a text header, then raw frames
-            return
-        kind = "a text file"
-    raise VideoDecodeError(
-        path,
-        f"{kind}, not a video: playlists and lists that name other files are refused; give the media file",
-    )
-
-
-def _is_text(data: bytes) -> bool:
-    try:  # incremental: a character cut at the end of the sample is not a decoding error
-        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\t\r\n" for c in text)
-
-
-def _check_metadata(path: PathLike, container: av.container.InputContainer, limits: VideoLimits) -> None:
-    """Refuse what the container says is beyond `limits` (what it cannot say is checked while reading)."""
-    stream = _video_stream(path, container)
-    _check_frame_size(path, stream.codec_context.width, stream.codec_context.height, limits)
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    else:
-        duration = container.duration / av.time_base if container.duration is not None else None
-    if duration is not None:
-        _check_duration(path, duration, limits)
-    if stream.frames:
-        _check_frame_count(path, stream.frames, limits)
-
-
-def _check_frame_size(path: PathLike, width: int | None, height: int | None, limits: VideoLimits) -> None:
-    if width and height and width * height > limits.max_source_pixels:
-        raise VideoLimitError(
-            path,
-            f"frames are {width}×{height} ({width * height / 1e6:.0f} megapixels), above the limit of "
-            f"{limits.max_source_pixels / 1e6:.0f} megapixels (VideoLimits.max_source_pixels): one decoded "
-            f"frame alone would take {width * height * 3 / 2**20:.0f} MB or more",
-        )
-
-
-def _check_duration(path: PathLike, seconds: float, limits: VideoLimits) -> None:
-    if seconds > limits.max_duration:
-        raise VideoLimitError(
-            path,
-            f"the clip lasts {seconds:.0f} s, above the limit of {limits.max_duration:.0f} s "
-            "(VideoLimits.max_duration)",
-        )
-
-
-def _check_frame_count(path: PathLike, count: int, limits: VideoLimits) -> None:
-    if count > limits.max_frames:
-        raise VideoLimitError(
-            path, f"the clip has more than {limits.max_frames} frames (VideoLimits.max_frames)"
-        )
-
-
-def _video_stream(path: PathLike, container: av.container.InputContainer) -> av.VideoStream:
-    if not container.streams.video:
-        raise VideoDecodeError(path, "the file has no video stream")
-    return container.streams.video[0]
-
-
 def _packet_timeline(path: PathLike, limits: VideoLimits) -> _Timeline | None:
     """The timeline from the packets alone (no decoding).
 
@@ -508,7 +316,7 @@ def _packet_timeline(path: PathLike, limits: VideoLimits) -> _Timeline | None:
     the timeline by decoding. More packets or a longer span than `limits` allow is refused as it is seen.
     """
     with open_video(path, limits) as container:
-        stream = _video_stream(path, container)
+        stream = video_stream(path, container)
         packets: list[tuple[int, bool]] = []
         ends: list[int] = []
         span = _SpanCheck(path, stream.time_base, limits)
@@ -539,12 +347,12 @@ def _decoded_timeline(path: PathLike, limits: VideoLimits) -> tuple[_Timeline | 
     pts: list[int | None] = []
     last_duration = 0
     with open_video(path, limits) as container:
-        stream = _video_stream(path, container)
+        stream = video_stream(path, container)
         time_base = stream.time_base
         span = _SpanCheck(path, time_base, limits)
         try:
             for frame in container.decode(stream):
-                _check_frame_size(path, frame.width, frame.height, limits)
+                check_frame_size(path, frame.width, frame.height, limits)
                 pts.append(frame.pts)
                 span.add(len(pts), frame.pts)
                 last_duration = frame.duration or 0
@@ -568,11 +376,11 @@ class _SpanCheck:
         self.first: int | None = None
 
     def add(self, count: int, pts: int | None) -> None:
-        _check_frame_count(self.path, count, self.limits)
+        check_frame_count(self.path, count, self.limits)
         if pts is None or self.time_base is None:
             return
         self.first = pts if self.first is None else min(self.first, pts)
-        _check_duration(self.path, float((pts - self.first) * self.time_base), self.limits)
+        check_duration(self.path, float((pts - self.first) * self.time_base), self.limits)
 
 
 def _typical_step(pts: list[int]) -> int:
@@ -591,7 +399,7 @@ def _decode_indices(
     """
     sink = _FrameSink(path, indices, limits)
     with open_video(path, limits) as container:
-        stream = _video_stream(path, container)
+        stream = video_stream(path, container)
         try:
             if timeline is None:
                 _decode_counting(container, stream, sink)
@@ -662,7 +470,7 @@ class _FrameSink:
         self.output: np.ndarray | None = None
 
     def put(self, index: int, frame: av.VideoFrame, stream: av.VideoStream) -> None:
-        _check_frame_size(self.path, frame.width, frame.height, self.limits)
+        check_frame_size(self.path, frame.width, frame.height, self.limits)
         self.size = self.size or _fit(frame.width, frame.height, self.limits.max_frame_pixels)
         if (frame.width, frame.height) == self.size:
             rgb = frame.to_ndarray(format="rgb24")

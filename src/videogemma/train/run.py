@@ -36,7 +36,7 @@ from videogemma.loading import (
     build_model,
     build_processor,
 )
-from videogemma.processing.video import VideoLimits
+from videogemma.processing.video_source import VideoLimits
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.callbacks import (
     METRICS_LOG_NAME,

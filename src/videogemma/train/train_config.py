@@ -53,7 +53,7 @@ class DataSettings:
     num_workers: int = 0
     # Decoded frames kept in memory, per data-loading process, so later epochs skip decoding. 0 = off.
     frame_cache_mb: int = 0
-    # Bounds on reading a video (fields of `videogemma.processing.video.VideoLimits`, e.g. {max_duration: 600});
+    # Bounds on reading a video (fields of `videogemma.processing.video_source.VideoLimits`, e.g. {max_duration: 600});
     # unset fields keep the processor's. Saved with the run's processor, so inference applies them too.
     video_limits: dict[str, Any] = field(default_factory=dict)
 
@@ -149,7 +149,7 @@ class TrainConfig:
             if getattr(self.data, key) < 0:
                 raise TrainConfigError(f"data.{key}: must be ≥ 0, got {getattr(self.data, key)}")
         try:
-            from videogemma.processing.video import VideoLimits
+            from videogemma.processing.video_source import VideoLimits
 
             VideoLimits.from_value(self.data.video_limits)
         except (TypeError, ValueError) as error:

@@ -44,7 +44,7 @@ from videogemma.datasets.qved.io import (
 )
 from videogemma.errors import VideoGemmaDataError
 from videogemma.files import atomic_write
-from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
+from videogemma.processing.video_source import DEFAULT_LIMITS, VideoLimits
 
 REASONS = (
     "corrupted_file",
@@ -154,7 +154,7 @@ def sample_grey_frames(
     """Grey frames 0, step, 2·step, … (at most `max_samples`) and the number of frames in the clip.
 
     Every frame is decoded (to count them) but only the sampled ones are converted. The clip is opened the
-    way every video is (`video.open_video`: no playlists, bounded by `limits`).
+    way every video is (`video_source.open_video`: no playlists, bounded by `limits`).
     """
     from videogemma.processing.video import frame_to_rgb, iter_video_frames
 

@@ -20,7 +20,7 @@ from videogemma.datasets.qved.io import read_json, read_manifest, write_json
 from videogemma.datasets.qved.prepare import FAMILIES, SPLITS
 from videogemma.errors import VideoGemmaDataError
 from videogemma.files import atomic_write
-from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
+from videogemma.processing.video_source import DEFAULT_LIMITS, VideoLimits
 
 
 @dataclass

@@ -32,7 +32,7 @@ from videogemma.errors import (
     VideoGemmaDataError,
 )
 from videogemma.processing.chat_template import ConversationError, SequenceTooLongError
-from videogemma.processing.video import DEFAULT_LIMITS, VideoLimits
+from videogemma.processing.video_source import DEFAULT_LIMITS, VideoLimits
 
 # The chat template's refusals, by the problem kind a report gives them (other data errors: bad_conversation).
 _TEMPLATE_PROBLEMS = ((PromptTooLongError, "prompt_too_long"), (SequenceTooLongError, "sequence_too_long"))
