@@ -221,9 +221,9 @@ def read_videomamba(path: str | Path) -> tuple[VideoMambaConfig, dict[str, torch
 def videomamba_tensors_for(
     path: str | Path, state_dict: dict[str, torch.Tensor], stored_frames: int, config: VideoMambaConfig
 ) -> dict[str, torch.Tensor]:
-    """The checked encoder tensors for `config`; a temporal embedding trained on another frame count is
-    resampled to `config.num_frames` (and the log says so)."""
-    from videogemma.modeling.videomamba import VideoMamba
+    """The checked encoder tensors for `config`, as stored (no fp32 module is built to check them); a temporal
+    embedding trained on another frame count is resampled to `config.num_frames` (and the log says so)."""
+    from videogemma.modeling.videomamba import _resample_temporal, checked_tensors
 
     if config.num_frames != stored_frames:
         logger.warning(
@@ -233,10 +233,11 @@ def videomamba_tensors_for(
             stored_frames,
             config.num_frames,
         )
-    encoder = VideoMamba.from_original_checkpoint(
-        state_dict, interpolate_temporal_pos_embedding=True, num_frames=config.num_frames, source=str(path)
-    )
-    return encoder.state_dict()
+        state_dict = dict(state_dict)
+        state_dict["temporal_pos_embedding"] = _resample_temporal(
+            state_dict["temporal_pos_embedding"], config.num_frames // config.tubelet_size
+        )
+    return checked_tensors(config, state_dict, str(path))
 
 
 # ---- assembly ---------------------------------------------------------------------------------------------

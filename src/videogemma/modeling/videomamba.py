@@ -275,17 +275,27 @@ class VideoMamba(nn.Module):
                 state_dict["temporal_pos_embedding"], num_frames // inferred["tubelet_size"]
             )
         config = VideoMambaConfig(**{**inferred, **config_overrides, "num_frames": num_frames})
+        tensors = checked_tensors(config, state_dict, source)
         model = cls(config)
-        expected = model.state_dict()
-        for key, target in expected.items():
-            if key not in state_dict:
-                raise ValueError(f"{source}: the VideoMamba key {key!r} is missing")
-            if tuple(state_dict[key].shape) != tuple(target.shape):
-                raise ValueError(
-                    f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(target.shape)}"
-                )
-        model.load_state_dict({key: state_dict[key] for key in expected})
+        model.load_state_dict(tensors)
         return model.eval()
+
+
+def checked_tensors(
+    config: VideoMambaConfig, state_dict: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of `state_dict` (as stored: no copy, no conversion), each checked against the
+    model `config` describes (built on the meta device); a missing or mis-shaped key is a ValueError."""
+    with torch.device("meta"):
+        expected = VideoMamba(config).state_dict()
+    for key, target in expected.items():
+        if key not in state_dict:
+            raise ValueError(f"{source}: the VideoMamba key {key!r} is missing")
+        if tuple(state_dict[key].shape) != tuple(target.shape):
+            raise ValueError(
+                f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(target.shape)}"
+            )
+    return {key: state_dict[key] for key in expected}
 
 
 def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> dict:
