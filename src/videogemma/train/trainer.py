@@ -144,6 +144,12 @@ class VideoGemmaTrainer(Trainer):
         import deepspeed
 
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        logger.info(
+            "ZeRO-3: gathering the %d trained tensors (%s values) of %d to save",
+            len(named),
+            f"{sum(p.ds_numel for _, p in named):,}",
+            sum(1 for _ in self.model.parameters()),
+        )
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
             return {name: p.detach().cpu().clone() for name, p in named} if self.args.should_save else {}
 
