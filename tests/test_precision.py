@@ -220,3 +220,28 @@ def test_model_dtype_choices_are_checked(tmp_path: Path) -> None:
         )
     with pytest.raises(TrainConfigError, match="attn_implementation"):
         load_train_config(None, [*base, "--model.attn_implementation", "flash"])
+
+
+def test_the_command_lines_take_dtype_and_attention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from videogemma.cli import build_parser
+    from videogemma.inference.commands import load_from_args
+
+    args = build_parser().parse_args(
+        ["infer", "clip.mp4", "--dtype", "float32", "--attn-implementation", "eager"]
+    )
+    model, _, _ = load_from_args(args)
+    assert model.dtype == torch.float32 and model.language_model.config._attn_implementation == "eager"
+    assert build_parser().parse_args(["infer", "clip.mp4"]).dtype == "auto"
+
+    split = tmp_path / "train.json"
+    split.write_text("[]")
+    seen = {}
+    monkeypatch.setattr(
+        "videogemma.train.run.run_training", lambda config, resume: seen.setdefault("c", config)
+    )
+    argv = ["train", "--config", "finetune", "--model.preset", "tiny", "--model.lm", "null", "--model.clip", "null",
+            "--model.videomamba", "null", "--model.projector_weights", "[]", "--data.train_file", str(split),
+            "--data.val_file", "null", "--dtype", "bfloat16", "--attn-implementation", "sdpa"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    assert seen["c"].model.dtype == "bfloat16" and seen["c"].model.attn_implementation == "sdpa"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from videogemma.config import PRESETS, VideoGemmaConfig
+from videogemma.constants import ATTN_IMPLEMENTATIONS
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
@@ -54,8 +55,6 @@ PROJECTOR_NAMES = ("image_projector", "video_projector")
 DEFAULT_SEED = 0
 # The preset whose tokenizer the project builds itself; every other model reads Gemma-3n's.
 TOKENIZER_PRESET = "tiny"
-# Gemma-3n's attention implementations (its config's `_attn_implementation`); None: transformers' choice.
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # Components that may be Hub ids instead of local paths (downloaded when a network exists).
 HUB_SOURCES = ("lm", "clip", "tokenizer")
 

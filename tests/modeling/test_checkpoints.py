@@ -232,6 +232,24 @@ def test_text_only_gemma3n_and_clip_vision_dirs(
     assert torch.isfinite(logits).all() and logits.abs().max() <= 5.0
 
 
+def test_a_clip_directory_with_pytorch_bin_weights_only(
+    components: Components, model: VideoGemmaForConditionalGeneration, tmp_path: Path
+) -> None:
+    # Older CLIP uploads ship `pytorch_model.bin` only: read with torch.load(weights_only=True).
+    bin_dir = tmp_path / "clip-bin"
+    components.clip.config.save_pretrained(bin_dir)
+    torch.save(components.clip.state_dict(), bin_dir / "pytorch_model.bin")
+    other = VideoGemmaForConditionalGeneration.from_components(
+        lm=components.full_lm_dir, clip=bin_dir, videomamba=components.videomamba_path, **TINY_OVERRIDES
+    )
+    assert_same_tensors(other.clip.state_dict(), model.clip.state_dict())
+    (bin_dir / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no weights in .*clip-bin .*pytorch_model\.bin"):
+        VideoGemmaForConditionalGeneration.from_components(
+            lm=components.full_lm_dir, clip=bin_dir, videomamba=components.videomamba_path, **TINY_OVERRIDES
+        )
+
+
 def test_missing_pieces_are_named(components: Components, tmp_path: Path) -> None:
     broken = tmp_path / "gemma-3n-broken"
     broken.mkdir()

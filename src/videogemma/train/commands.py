@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.precision import DTYPE_CHOICES
+
+# Shorthands for config keys, shared with `infer`.
+SHORTHANDS = {"dtype": "model.dtype", "attn_implementation": "model.attn_implementation"}
+
 
 class _OverridesParser(argparse.ArgumentParser):
     """Keeps unknown `--key value` pairs as config overrides instead of rejecting them."""
@@ -37,6 +43,14 @@ def register(subparsers: Any) -> None:
         help="YAML training config: a path, or a shipped config by name (qved_finetune, finetune, full, ...)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=None, help="the frozen base's dtype (model.dtype; auto: the "
+        "training precision's)",
+    )  # fmt: skip
+    train.add_argument(
+        "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None,
+        help="Gemma-3n's attention (model.attn_implementation)",
+    )  # fmt: skip
     train.set_defaults(func=_train, overrides=[])
 
     export = subparsers.add_parser(
@@ -55,8 +69,12 @@ def _train(args: argparse.Namespace) -> int:
     from videogemma.train.train_config import TrainConfigError, load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shorthands = [
+        item for name, key in SHORTHANDS.items() if getattr(args, name) is not None
+        for item in (f"--{key}", getattr(args, name))
+    ]  # fmt: skip
     try:
-        config = load_train_config(args.config, args.overrides)
+        config = load_train_config(args.config, [*args.overrides, *shorthands])
     except TrainConfigError as error:
         raise SystemExit(f"videogemma train: {error}") from None
     run_dir = run_training(config, resume=args.resume)
