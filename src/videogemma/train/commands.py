@@ -66,20 +66,27 @@ def _train(args: argparse.Namespace) -> int:
     import logging
 
     from videogemma.train.run import run_training
-    from videogemma.train.train_config import TrainConfigError, load_train_config
+    from videogemma.train.train_config import TrainConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    shorthands = [
-        item for name, key in SHORTHANDS.items() if getattr(args, name) is not None
-        for item in (f"--{key}", getattr(args, name))
-    ]  # fmt: skip
     try:
-        config = load_train_config(args.config, [*args.overrides, *shorthands])
+        config = config_from_args(args)
     except TrainConfigError as error:
         raise SystemExit(f"videogemma train: {error}") from None
     run_dir = run_training(config, resume=args.resume)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def config_from_args(args: argparse.Namespace, validate: bool = True) -> Any:
+    """The `TrainConfig` a `videogemma train` command line describes (its file, overrides and shorthands)."""
+    from videogemma.train.train_config import load_train_config
+
+    shorthands = [
+        item for name, key in SHORTHANDS.items() if getattr(args, name) is not None
+        for item in (f"--{key}", getattr(args, name))
+    ]  # fmt: skip
+    return load_train_config(args.config, [*args.overrides, *shorthands], validate=validate)
 
 
 def _export(args: argparse.Namespace) -> int:
