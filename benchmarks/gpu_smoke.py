@@ -201,8 +201,7 @@ def part_memory(device: torch.device, work: Path) -> dict[str, Any]:
 
 
 def part_zero3(device: torch.device, work: Path) -> dict[str, Any]:
-    pytest_free = _deepspeed_available()
-    if not pytest_free:
+    if not _deepspeed_available():
         raise Skip("DeepSpeed is not installed (pip install -e '.[deepspeed]')")
     dataset = _synthetic_dataset(work)
     zero3 = json.loads((PROJECT / "src" / "videogemma" / "configs" / "deepspeed" / "zero3.json").read_text())
@@ -339,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     parser.add_argument("--out", type=Path, default=None, help="JSON of the figures")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="parts not started by then are skipped")
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         print("no CUDA device here: run with --cpu for the CPU-runnable parts", file=sys.stderr)
@@ -348,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__, "parts": {}}
     failed = False
+    began = time.perf_counter()
     for name in args.parts:
         start = time.perf_counter()
         try:
+            if start - began > args.budget_s:
+                raise Skip(f"the {args.budget_s:.0f} s budget was spent before this part")
             figures, status = PARTS[name](device, work), "PASS"
         except Skip as reason:
             figures, status = {"reason": str(reason)}, "SKIP"
