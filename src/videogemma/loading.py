@@ -490,5 +490,13 @@ def _source(
 
 
 def _place(model: Any, dtype: torch.dtype, device: torch.device | str) -> Any:
-    """The model on `device` in `dtype` (VideoMamba's SSM parameters stay fp32); a no-op where it is."""
-    return model.to(device=device, dtype=dtype)
+    """The model on `device` with its floating parameters in `dtype`, but VideoMamba's SSM parameters (fp32)
+    and the buffers: those are computed constants such as RoPE's inverse frequencies, which bf16 would round
+    (a 0.4 % error in a frequency turns by radians at position 2,500). A no-op where it already is."""
+    from videogemma.modeling.videomamba import keeps_fp32
+
+    model.to(device)
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and parameter.dtype != dtype and not keeps_fp32(name):
+            parameter.data = parameter.data.to(dtype)
+    return model

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from videogemma.constants import CLIP_PIXEL_VALUES, VIDEOMAMBA_PIXEL_VALUES
+from videogemma.constants import CLIP_PIXEL_VALUES, PIXEL_INPUT_NAMES, VIDEOMAMBA_PIXEL_VALUES
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.feature_cache import FeatureCache
 from videogemma.train.stages import base_model, parameter_groups
@@ -86,7 +86,7 @@ class VideoGemmaTrainer(Trainer):
             for key, value in list(inputs.items()):
                 if (
                     isinstance(value, torch.Tensor)
-                    and key not in PIXEL_KEYS
+                    and key not in PIXEL_INPUT_NAMES
                     and value.shape[:1] == rows.shape
                 ):
                     inputs[key] = value[rows.to(value.device)]
@@ -106,12 +106,18 @@ class VideoGemmaTrainer(Trainer):
         return paths, [paths[i] for i in range(len(missing))]
 
     def _no_videos(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Both encoders' pixel inputs for a batch of no videos (what the processor's frames look like)."""
         config = base_model(self.accelerator.unwrap_model(model)).config
-        frames = config.num_frames
-        sizes = {CLIP_PIXEL_VALUES: config.vision_config.image_size,
-                 VIDEOMAMBA_PIXEL_VALUES: config.videomamba_config.image_size}  # fmt: skip
+        shapes = {
+            CLIP_PIXEL_VALUES: (config.vision_config.num_channels, config.vision_config.image_size),
+            VIDEOMAMBA_PIXEL_VALUES: (
+                config.videomamba_config.in_channels,
+                config.videomamba_config.image_size,
+            ),
+        }
         return {
-            key: torch.zeros(0, frames, 3, size, size, device=self.args.device) for key, size in sizes.items()
+            key: torch.zeros(0, config.num_frames, channels, size, size, device=self.args.device)
+            for key, (channels, size) in shapes.items()
         }
 
     def compute_loss(
@@ -223,7 +229,6 @@ class VideoGemmaTrainer(Trainer):
 
 
 FEATURE_NAMES = ("clip_features", "videomamba_features", "keyframe_indices")
-PIXEL_KEYS = (CLIP_PIXEL_VALUES, VIDEOMAMBA_PIXEL_VALUES)
 
 
 def _any_process(flag: bool, device: torch.device) -> bool:
