@@ -245,3 +245,16 @@ def test_the_command_lines_take_dtype_and_attention(tmp_path: Path, monkeypatch:
     args = build_parser().parse_args(argv)
     args.func(args)
     assert seen["c"].model.dtype == "bfloat16" and seen["c"].model.attn_implementation == "sdpa"
+
+
+def test_a_saved_model_loads_in_bf16_with_its_ssm_parameters_exact(tmp_path: Path) -> None:
+    model, processor = videogemma.load("tiny", dtype="float32", device="cpu", quiet=True)
+    model.save_pretrained(tmp_path / "saved")
+    processor.save_pretrained(tmp_path / "saved")
+    saved_a_log = model.videomamba.layers[0].mixer.A_log.detach().clone()
+    loaded, _ = videogemma.load(tmp_path / "saved", dtype="bfloat16", device="cpu", quiet=True)
+    mixer = loaded.videomamba.layers[0].mixer
+    assert loaded.language_model.lm_head.weight.dtype == torch.bfloat16
+    assert mixer.A_log.dtype == mixer.dt_proj.bias.dtype == torch.float32  # `_keep_in_fp32_modules_strict`
+    assert torch.equal(mixer.A_log, saved_a_log)  # not rounded through bf16 on the way
+    assert mixer.dt_proj.weight.dtype == torch.bfloat16
