@@ -36,14 +36,6 @@ REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real_
 GEMMA3N_VISION_TOKENS_PER_FRAME = 256  # MobileNet-V5 soft tokens per image in Gemma-3n
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def peak_rss_gib() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -136,6 +128,7 @@ def measure(
     torch.set_num_threads(threads or (1 if preset == "tiny" else os.cpu_count() or 1))
 
     from videogemma.inference.timing import GenerationTimer
+    from videogemma.precision import cpu_has_native_bf16
     from videogemma.processing.processor import VideoGemmaProcessor
 
     dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +15,9 @@ import torch
 # The real exercise clip lives beside the project, never inside it.
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 REAL_CLIP = SHARED_FIXTURES / "real_clip_00000340.mp4"
+# The default dtype on a CPU is bf16 only where it is native: pinned to fp32 here so that the suite behaves the
+# same on every machine (subprocesses inherit it). `VIDEOGEMMA_CPU_BF16=1 pytest ...` runs it the other way.
+os.environ.setdefault("VIDEOGEMMA_CPU_BF16", "0")
 # Test tensors are so small that a second thread only adds synchronisation (on 2 shared cores, ~5-10x
 # slower): single-threaded from import on, so module- and session-scoped fixtures build that way too.
 torch.set_num_threads(1)

@@ -168,3 +168,33 @@ def test_load_rejects_unknown_sources(tmp_path):
         videogemma.load(tmp_path / "not-there")
     with pytest.raises(ValueError, match="missing"):
         videogemma.load(lm=tmp_path)
+
+
+def test_hub_ids_are_accepted_for_the_lm_clip_and_tokenizer(tmp_path, monkeypatch):
+    from videogemma.hub import is_hub_id
+    from videogemma.loading import ModelSource, build_processor
+
+    assert is_hub_id("google/gemma-3n-E2B-it") and is_hub_id("openai/clip-vit-base-patch16")
+    assert not any(is_hub_id(name) for name in ("./google/gemma", "/abs/path", "a/b/c", "gemma", "~/x"))
+    (tmp_path / "videomamba.pth").write_bytes(b"")
+    source = ModelSource(
+        lm="google/gemma-3n-E2B-it",
+        clip="openai/clip-vit-base-patch16",
+        videomamba=str(tmp_path / "videomamba.pth"),
+    )
+    source.check_paths()  # no network is touched to check a name
+    with pytest.raises(ModelLoadError, match=r"videomamba: .*missing\.pth does not exist"):
+        ModelSource(lm=source.lm, clip=source.clip, videomamba=str(tmp_path / "missing.pth")).check_paths()
+
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append((str(name), kwargs["local_files_only"]))
+        return build_tiny_tokenizer()
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", from_pretrained)
+    build_processor(source, TINY)  # a Hub LM brings its tokenizer along (downloaded when a network exists)
+    local = tmp_path / "gemma"
+    local.mkdir()
+    build_processor(ModelSource(lm=str(local), clip=source.clip, videomamba=source.videomamba), TINY)
+    assert calls == [("google/gemma-3n-E2B-it", False), (str(local), True)]

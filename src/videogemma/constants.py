@@ -52,3 +52,5 @@ NO_FEEDBACK_ANSWER = "No new feedback."
 FRAME_SAMPLINGS = ("segment_centers", "fps")
 # How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
 FRAME_MERGES = ("mean", "grid")
+# Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

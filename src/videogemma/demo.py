@@ -117,6 +117,9 @@ def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[St
                 str(size.batch_size),
                 "--max-new-tokens",
                 str(size.max_new_tokens),
+                # The tiny model trains in fp32 (demo_tiny.yaml): it answers in fp32 on every CPU, bf16 or not.
+                "--dtype",
+                "float32",
                 "--resume",
             ),
             output=predictions,

@@ -8,7 +8,12 @@
 
 A training run starts from a `ModelSource` (its config's `model:` section) and `load_run` rebuilds the same
 base from it, so inference answers with exactly the model a run trained. A preset model is randomly
-initialised from the run's seed, so the frozen parts need not be saved.
+initialised from the run's seed (on the CPU, in the run's dtype: the same weights on every machine), so the
+frozen parts need not be saved.
+
+Devices and dtypes (`videogemma.precision`): `load` picks CUDA + bf16 when the GPU supports it, else the CPU
+in fp32 (bf16 on a CPU with native bf16), builds the model there directly (real components are read straight
+to the device, in the target dtype) and prints what it picked in one line on stderr.
 
 A run directory holds (written by `train.run`):
 
@@ -23,12 +28,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from videogemma.config import PRESETS, VideoGemmaConfig
+from videogemma.constants import ATTN_IMPLEMENTATIONS
 from videogemma.errors import ModelLoadError
+from videogemma.hub import is_hub_id
+from videogemma.precision import AUTO, DTYPE_CHOICES
 
 if TYPE_CHECKING:  # torch is imported when a model is loaded, not when the package is
     import torch
@@ -46,6 +55,8 @@ PROJECTOR_NAMES = ("image_projector", "video_projector")
 DEFAULT_SEED = 0
 # The preset whose tokenizer the project builds itself; every other model reads Gemma-3n's.
 TOKENIZER_PRESET = "tiny"
+# Components that may be Hub ids instead of local paths (downloaded when a network exists).
+HUB_SOURCES = ("lm", "clip", "tokenizer")
 
 
 @dataclass
@@ -63,6 +74,12 @@ class ModelSource:
     overrides: dict[str, Any] = field(default_factory=dict)
     # Projector weights (`projectors.safetensors` of earlier projector-stage runs) loaded over the source's.
     projector_weights: list[str] = field(default_factory=list)
+    # The frozen base's dtype: auto | float32 | bfloat16 | float16. In training, "auto" is the dtype of the
+    # training precision (bf16 → bfloat16, fp32 → float32; `full` trains everything: float32) and a run saves
+    # the dtype it resolved to; what trains (LoRA, projectors) stays fp32 whatever it says.
+    dtype: str = AUTO
+    # Gemma-3n's attention: sdpa | eager | flash_attention_2 (None: transformers' default, sdpa).
+    attn_implementation: str | None = None
 
     def kind(self) -> str:
         sources = [
@@ -87,11 +104,18 @@ class ModelSource:
         return sources[0]
 
     def check_paths(self) -> None:
-        """Every named path exists, and a preset without a tokenizer of its own is given one."""
+        """Every named path exists (lm, clip and tokenizer may be Hub ids), the settings are valid, and a preset
+        without a tokenizer of its own is given one."""
         for key in ("pretrained", "lm", "clip", "videomamba", "tokenizer"):
             path = getattr(self, key)
-            if path is not None and not Path(path).exists():
+            if path is not None and not Path(path).exists() and not (key in HUB_SOURCES and is_hub_id(path)):
                 raise ModelLoadError(f"{key}: {path} does not exist")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ModelLoadError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        if self.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+            raise ModelLoadError(
+                f"attn_implementation: {self.attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
         for path in self.projector_weights:
             if not Path(path).is_file():
                 raise ModelLoadError(f"projector_weights: {path} does not exist")
@@ -138,34 +162,93 @@ def preset_config(name: str, overrides: dict[str, Any]) -> VideoGemmaConfig:
         raise ModelLoadError(f"preset {name!r} with overrides {overrides}: {error}") from error
 
 
-def build_model(source: ModelSource, seed: int) -> nn.Module:
-    """The model before any stage-specific freezing or LoRA."""
+def build_model(
+    source: ModelSource,
+    seed: int,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    fp32_modules: tuple[str, ...] = (),
+) -> nn.Module:
+    """The model before any stage-specific freezing or LoRA, built in `dtype` (default fp32) without an fp32
+    copy first; the top-level modules in `fp32_modules` (what a training stage trains) and VideoMamba's SSM
+    parameters are fp32 whatever `dtype` says. Real components and saved models are read straight to
+    `device`; a preset is built on the CPU, so that a seed gives the same weights everywhere, then moved."""
     import torch
 
-    from videogemma.modeling.integrity import ModelWeightsError
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
+    from videogemma.precision import default_dtype
 
+    dtype = dtype or torch.float32
     kind = source.kind()
     if kind != "preset":
         check_overrides(VideoGemmaConfig.from_preset(TOKENIZER_PRESET), source.overrides)
     if kind == "preset":
         config = preset_config(source.preset, source.overrides)
         torch.manual_seed(seed)
-        model = VideoGemmaForConditionalGeneration(config)
+        with default_dtype(dtype):
+            model = VideoGemmaForConditionalGeneration(config)
+        for name in fp32_modules:
+            getattr(model, name).float()
+        model.to(device)
     elif kind == "pretrained":
-        try:
-            model = VideoGemmaForConditionalGeneration.from_pretrained(source.pretrained, **source.overrides)
-        except ModelWeightsError:
-            raise  # it names the file and the tensor already
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"cannot load the saved model {source.pretrained}: {error}") from error
+        model = _load_pretrained(source, dtype, torch.device(device), fp32_modules)
     else:
         model = VideoGemmaForConditionalGeneration.from_components(
-            lm=source.lm, clip=source.clip, videomamba=source.videomamba, **source.overrides
-        )
+            lm=source.lm, clip=source.clip, videomamba=source.videomamba, dtype=dtype, device=device,
+            fp32_modules=fp32_modules, **source.overrides,
+        )  # fmt: skip
     for path in source.projector_weights:
         load_projector_weights(model, path)
+    set_attn_implementation(model, source.attn_implementation)
     return model
+
+
+def _load_pretrained(
+    source: ModelSource, dtype: torch.dtype, device: torch.device, fp32_modules: tuple[str, ...]
+) -> nn.Module:
+    """A saved VideoGemma in `dtype` on `device`; the `fp32_modules` read again from its files in fp32 (the
+    bf16 load would have rounded them)."""
+    import torch
+
+    from videogemma.modeling.integrity import ModelWeightsError
+    from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
+
+    placement = {} if device.type == "cpu" else {"device_map": {"": str(device)}}
+    try:
+        model = VideoGemmaForConditionalGeneration.from_pretrained(
+            source.pretrained, dtype=dtype, **placement, **source.overrides
+        )
+    except ModelWeightsError:
+        raise  # it names the file and the tensor already
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the saved model {source.pretrained}: {error}") from error
+    if fp32_modules and dtype != torch.float32:
+        from videogemma.modeling.checkpoints import CheckpointFiles
+
+        files = CheckpointFiles(Path(source.pretrained))
+        for name in fp32_modules:
+            module = getattr(model, name).float()
+            keys = {key: f"{name}.{key}" for key in module.state_dict()}
+            module.load_state_dict(files.read(keys, desc=f"{name} in fp32", device=device))
+    return model
+
+
+def set_attn_implementation(model: nn.Module, implementation: str | None) -> None:
+    """Gemma-3n's attention implementation (its config's `_attn_implementation`); None keeps the default."""
+    if implementation is None:
+        return
+    if implementation not in ATTN_IMPLEMENTATIONS:
+        raise ModelLoadError(
+            f"attn_implementation: {implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+        )
+    try:
+        model.language_model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as error:
+        raise ModelLoadError(f"attn_implementation {implementation}: {error}") from error
+
+
+def attention_of(model: nn.Module) -> str | None:
+    return getattr(model.language_model.config, "_attn_implementation", None)
 
 
 def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
@@ -191,8 +274,11 @@ def build_processor(source: ModelSource, model_config: VideoGemmaConfig) -> Any:
     from transformers import AutoTokenizer
 
     directory = source.tokenizer or source.lm
+    # A Hub id (e.g. the `lm` a model was downloaded from) brings its tokenizer along; a local path is read
+    # as it is, never looked up online.
+    local = not is_hub_id(directory)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=local)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{directory}: no tokenizer can be read from it ({error})") from error
     return VideoGemmaProcessor.from_config(model_config, tokenizer)
@@ -298,12 +384,19 @@ def read_run_summary(run_dir: Path) -> RunSummary:
     return RunSummary(stage=str(raw["stage"]), seed=int(raw["seed"]), model=source)
 
 
-def load_run(run_dir: str | Path) -> tuple[Any, Any]:
-    """(model, processor) of a finished training run, LoRA merged, ready for `generate`."""
-    from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
+def load_run(
+    run_dir: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> tuple[Any, Any]:
+    """(model, processor) of a finished training run, LoRA merged, ready for `generate`, in `dtype` (default
+    fp32) on `device`. A preset's random base is rebuilt in the dtype the run trained it in (its weights depend on
+    it), then converted; real components are read in `dtype` directly."""
+    import torch
+
+    from videogemma.precision import dtype_from_name
     from videogemma.processing.processor import VideoGemmaProcessor
 
     run_dir = Path(run_dir)
+    dtype = dtype or torch.float32
     if not (run_dir / RUN_CONFIG_NAME).is_file():
         raise ModelLoadError(f"{run_dir} is not a training run directory: {RUN_CONFIG_NAME} is missing")
     run = read_run_summary(run_dir)
@@ -314,12 +407,16 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
             raise ModelLoadError(
                 f"{run_dir}: the `full` run saved no {RUN_MODEL_DIR}/ directory (did it finish?)"
             )
-        model = VideoGemmaForConditionalGeneration.from_pretrained(model_dir)
+        model = _load_pretrained(ModelSource(pretrained=str(model_dir)), dtype, torch.device(device), ())
+        set_attn_implementation(model, run.model.attn_implementation)
     else:
         projectors = run_dir / PROJECTORS_NAME
         if not projectors.is_file():
             raise ModelLoadError(f"{run_dir}: {PROJECTORS_NAME} is missing (did the run finish?)")
-        model = build_model(run.model, run.seed)
+        build_dtype = dtype
+        if run.model.kind() == "preset":  # runs from before the dtype was saved built presets in fp32
+            build_dtype = dtype_from_name("float32" if run.model.dtype == AUTO else run.model.dtype)
+        model = build_model(run.model, run.seed, build_dtype, device)
         load_projector_weights(model, projectors, required=PROJECTOR_NAMES)
         if run.stage == "finetune":
             adapter_dir = run_dir / RUN_ADAPTER_DIR
@@ -330,7 +427,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any]:
             load_projector_weights(model, projectors, required=PROJECTOR_NAMES)
     check_processor_matches(processor, model.config, run_dir / RUN_PROCESSOR_DIR)
     model.freeze_encoders(clip=True, videomamba=True)
-    return model.eval(), processor
+    return _place(model.eval(), dtype, device), processor
 
 
 def load_adapter(model: Any, adapter_dir: Path) -> Any:
@@ -376,26 +473,41 @@ def load(
     tokenizer: str | os.PathLike | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    attn_implementation: str | None = None,
     seed: int = DEFAULT_SEED,
+    quiet: bool = False,
     **config_overrides: Any,
 ) -> tuple[Any, Any]:
     """(model, processor) in eval mode, from a preset name, a saved model, a training run, or components.
 
     A preset builds randomly initialised weights from `seed` (the same weights every time); `e2b` needs
-    `tokenizer` (a Gemma-3n tokenizer directory). A folder holding `train_config.yaml` is a training run; a
-    folder holding `config.json` is a saved model. `dtype` (e.g. `torch.bfloat16` or "bfloat16") and `device`
-    move the loaded model; `config_overrides` change `VideoGemmaConfig` fields of a preset, saved model or
-    components (not of a training run); an unknown field is an error.
+    `tokenizer` (a Gemma-3n tokenizer directory or Hub id). A folder holding `train_config.yaml` is a training
+    run; a folder holding `config.json` is a saved model. `device` (default: CUDA when available, else the
+    CPU) and `dtype` (`torch.bfloat16` or "bfloat16"...; default "auto": bf16 where the device computes it
+    natively, else fp32) are where the model is built, directly; `attn_implementation` is Gemma-3n's attention
+    (sdpa, eager, flash_attention_2). What was picked is printed in one line on stderr (unless `quiet`).
+    `config_overrides` change `VideoGemmaConfig` fields of a preset, saved model or components (not of a
+    training run); an unknown field is an error.
     """
+    from videogemma.precision import describe, resolve_device, resolve_dtype
+
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
     source = _source(preset_or_path, lm, clip, videomamba, tokenizer, config_overrides)
     if source is None:  # a training run
-        model, processor = load_run(preset_or_path)
-        return _place(model, dtype, device), processor
-    source.check_paths()  # before anything is built: a missing tokenizer or path fails at once
-    model = build_model(source, seed)
-    processor = build_processor(source, model.config)
-    model.freeze_encoders(clip=True, videomamba=True)
-    return _place(model.eval(), dtype, device), processor
+        model, processor = load_run(preset_or_path, target_dtype, target_device)
+        set_attn_implementation(model, attn_implementation)
+    else:
+        source.attn_implementation = attn_implementation
+        source.check_paths()  # before anything is built: a missing tokenizer or path fails at once
+        model = build_model(source, seed, target_dtype, target_device)
+        processor = build_processor(source, model.config)
+        model.freeze_encoders(clip=True, videomamba=True)
+        model = _place(model.eval(), target_dtype, target_device)
+    if not quiet:
+        picked = dtype in (None, AUTO)
+        print(describe(target_device, target_dtype, picked, attention=attention_of(model)), file=sys.stderr)
+    return model, processor
 
 
 def _source(
@@ -437,11 +549,14 @@ def _source(
     return ModelSource(pretrained=str(path), overrides=overrides)
 
 
-def _place(model: Any, dtype: torch.dtype | str | None, device: torch.device | str | None) -> Any:
-    import torch
+def _place(model: Any, dtype: torch.dtype, device: torch.device | str) -> Any:
+    """The model on `device` with its floating parameters in `dtype`, but VideoMamba's SSM parameters (fp32)
+    and the buffers: those are computed constants such as RoPE's inverse frequencies, which bf16 would round
+    (a 0.4 % error in a frequency turns by radians at position 2,500). A no-op where it already is."""
+    from videogemma.modeling.videomamba import keeps_fp32
 
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    if dtype is not None or device is not None:
-        model = model.to(device=device, dtype=dtype)
+    model.to(device)
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and parameter.dtype != dtype and not keeps_fp32(name):
+            parameter.data = parameter.data.to(dtype)
     return model

@@ -14,7 +14,7 @@ import videogemma.modeling.checkpoints as checkpoints
 from videogemma.config import TINY_MULTIMODAL_TOKENS, TINY_TEXT_VOCAB, VideoGemmaConfig
 from videogemma.constants import END_OF_AUDIO, END_OF_IMAGE
 from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
-from videogemma.modeling.videomamba import VideoMamba
+from videogemma.modeling.videomamba import VideoMamba, keeps_fp32
 
 TINY = VideoGemmaConfig.from_preset("tiny")
 # What the tiny preset sets beyond the three components' own configs.
@@ -258,11 +258,32 @@ def test_text_only_gemma3n_and_clip_vision_dirs(
         dtype=torch.bfloat16,
         **TINY_OVERRIDES,
     )
-    assert {p.dtype for p in overridden.parameters()} == {torch.bfloat16}
+    # everything in bf16 but VideoMamba's SSM parameters (A_log, D, Δ bias), which stay fp32 as in Mamba
+    dtypes = {name: p.dtype for name, p in overridden.named_parameters()}
+    assert {d for n, d in dtypes.items() if not keeps_fp32(n)} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if keeps_fp32(n)} == {torch.float32}
     with torch.no_grad():
         logits = overridden(text_ids()).logits
     assert overridden.config.text_config.final_logit_softcapping == 5.0
     assert torch.isfinite(logits).all() and logits.abs().max() <= 5.0
+
+
+def test_a_clip_directory_with_pytorch_bin_weights_only(
+    components: Components, model: VideoGemmaForConditionalGeneration, tmp_path: Path
+) -> None:
+    # Older CLIP uploads ship `pytorch_model.bin` only: read with torch.load(weights_only=True).
+    bin_dir = tmp_path / "clip-bin"
+    components.clip.config.save_pretrained(bin_dir)
+    torch.save(components.clip.state_dict(), bin_dir / "pytorch_model.bin")
+    other = VideoGemmaForConditionalGeneration.from_components(
+        lm=components.full_lm_dir, clip=bin_dir, videomamba=components.videomamba_path, **TINY_OVERRIDES
+    )
+    assert_same_tensors(other.clip.state_dict(), model.clip.state_dict())
+    (bin_dir / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no weights in .*clip-bin .*pytorch_model\.bin"):
+        VideoGemmaForConditionalGeneration.from_components(
+            lm=components.full_lm_dir, clip=bin_dir, videomamba=components.videomamba_path, **TINY_OVERRIDES
+        )
 
 
 def test_missing_pieces_are_named(components: Components, tmp_path: Path) -> None:

@@ -163,6 +163,42 @@ def test_pixels_features_and_visual_tokens_give_the_same_logits(
     torch.testing.assert_close(from_cat, from_pixels)
 
 
+def test_pixels_then_features_in_one_batch(model: VideoGemmaForConditionalGeneration) -> None:
+    # The training feature cache: misses come as pixels (first), hits as features, one forward for both.
+    video = random_video(2, seed=5)
+    ids = torch.tensor([video_ids([11], [12, 13]), video_ids([14], [15, 16])])
+    first = {name: tensor[:1] for name, tensor in video.items()}
+    with torch.no_grad():
+        features = model.extract_video_features(**video)
+        from_pixels = model(ids, **video).logits
+        mixed = model(ids, **first, video_features=features[1:2])
+    torch.testing.assert_close(mixed.logits, from_pixels)
+    assert mixed.video_features.clip_features.shape[0] == 1  # what was encoded here, for the cache
+    torch.testing.assert_close(mixed.video_features.videomamba_features, features.videomamba_features[:1])
+
+
+def test_no_pixel_videos_still_run_the_encoders(
+    model: VideoGemmaForConditionalGeneration, monkeypatch
+) -> None:
+    # A ZeRO-3 process whose videos all came from the cache runs the encoders with the others (on a blank
+    # video): their parameter gathers are collective.
+    calls = []
+    forward = type(model.videomamba).forward
+    monkeypatch.setattr(
+        type(model.videomamba), "forward", lambda self, x: calls.append(x.shape) or forward(self, x)
+    )
+    empty = {name: tensor[:0] for name, tensor in random_video(1).items()}
+    with torch.no_grad():
+        features = model.extract_video_features(**empty)
+    assert calls and calls[0][0] == 1
+    assert features.clip_features.shape == (
+        0,
+        CONFIG.num_frames,
+        *model.extract_video_features(**random_video(1)).clip_features.shape[2:],
+    )
+    assert features.keyframe_indices.shape == (0, CONFIG.num_keyframes)
+
+
 def test_the_output_carries_the_visual_tokens_the_decoder_read(
     model: VideoGemmaForConditionalGeneration,
 ) -> None:

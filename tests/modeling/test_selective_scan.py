@@ -148,6 +148,32 @@ def test_backend_choice():
             selective_scan(**make_inputs(batch=1, d_inner=2, length=3), backend="mamba_ssm")
 
 
+def test_mamba_ssm_whose_kernels_do_not_load_warns_and_falls_back(monkeypatch):
+    """The package is there but its compiled extension fails (built for another torch / CUDA)."""
+    import importlib.util
+    import sys
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "mamba_ssm" else real_find_spec(name, *a),
+    )
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.selective_scan_interface", None)  # its import fails
+    scan_module.mamba_ssm_problem.cache_clear()
+    try:
+        with pytest.warns(
+            RuntimeWarning, match="mamba_ssm is installed but its kernels do not load.*chunked"
+        ):
+            assert resolve_backend("auto", torch.device("cuda")) == "chunked"
+        with pytest.raises(
+            ValueError, match="'mamba_ssm' requested but mamba_ssm is installed but its kernels"
+        ):
+            resolve_backend("mamba_ssm", torch.device("cuda"))
+    finally:
+        scan_module.mamba_ssm_problem.cache_clear()
+
+
 def test_mamba_ssm_backend_passes_mamba_ssm_arguments(monkeypatch):
     """No GPU here: a stand-in `selective_scan_fn` with mamba_ssm's signature checks what it is given."""
     import sys

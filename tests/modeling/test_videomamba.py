@@ -228,3 +228,23 @@ def test_missing_checkpoint_file_and_unknown_format(tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(ValueError, match=r"weights\.npz: unknown checkpoint format"):
         VideoMamba.from_original_checkpoint(odd)
+
+
+def test_ssm_parameters_stay_fp32_when_the_encoder_is_cast() -> None:
+    from videogemma.modeling.videomamba import keeps_fp32
+
+    config = VideoMambaConfig(embed_dim=32, depth=2, patch_size=16, image_size=32, num_frames=2, d_state=4)
+    encoder = VideoMamba(config)
+    a_log = encoder.layers[0].mixer.A_log.detach().clone()
+    for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.bfloat16()):
+        cast(encoder)
+        dtypes = {name: p.dtype for name, p in encoder.named_parameters()}
+        kept = {name for name in dtypes if keeps_fp32(name)}
+        assert len(kept) == 6 * config.depth  # A_log, D, Δ bias of both directions in every mixer
+        assert {dtypes[n] for n in kept} == {torch.float32}
+        assert {d for n, d in dtypes.items() if n not in kept} <= {torch.float16, torch.bfloat16}
+        assert torch.equal(encoder.layers[0].mixer.A_log, a_log)  # never rounded on the way
+    frames = torch.randn(1, 2, 3, 32, 32, dtype=torch.bfloat16)
+    assert torch.isfinite(encoder.bfloat16()(frames).float()).all()
+    encoder.float()
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}

@@ -95,8 +95,8 @@ def test_fps_sampling_without_timestamps_is_an_error_naming_the_file(
     tmp_path, write_clip, level_frames, monkeypatch
 ):
     path = write_clip(tmp_path / "clip.mp4", level_frames(12), fps=10)
-    monkeypatch.setattr(video, "_packet_timeline", lambda p, limits: None)
-    monkeypatch.setattr(video, "_decoded_timeline", lambda p, limits: (None, 12))
+    monkeypatch.setattr(video, "_packet_timeline", lambda path, limits: None)
+    monkeypatch.setattr(video, "_decoded_timeline", lambda path, limits: (None, 12))
     with pytest.raises(VideoDecodeError, match="no usable timestamps") as error:
         decode_frames(path, 4, sampling=FrameSampling("fps", 1.0))
     assert str(path) in str(error.value)

@@ -145,3 +145,16 @@ def test_configurations_that_cannot_train_fail_before_training() -> None:
         check_trainable(model, "video-proj")
     with pytest.raises(ModelLoadError, match="multiple of chunk_size"):
         build_model(ModelSource(preset="tiny", overrides={"num_frames": 6}), seed=0)
+
+
+@pytest.mark.parametrize("stage", ["video-proj", "image-proj", "finetune", "full"])
+def test_every_trained_parameter_gets_a_gradient(processor, stage: str) -> None:
+    # What lets DDP run without find_unused_parameters: CLIP's block after the selected layer and its final
+    # norm, whose output is never read, are frozen in `full`; every other trained tensor takes part.
+    model = prepare_model_for_stage(build_model(ModelSource(preset="tiny"), seed=0), _config(stage)).train()
+    model(**_batch(processor)).loss.backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    if stage == "full":
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and all(name.startswith("clip.vision_model.") for name in frozen)

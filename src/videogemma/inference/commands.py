@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.precision import DTYPE_CHOICES
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
@@ -30,8 +33,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lm", help="Gemma-3n folder (with --clip and --videomamba, instead of --model)")
     group.add_argument("--clip", help="CLIP folder (openai/clip-vit-base-patch16 layout)")
     group.add_argument("--videomamba", help="original VideoMamba .pth checkpoint")
-    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
-    group.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where it loads)")
+    group.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="auto: bfloat16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or "
+        "AMX), else float32",
+    )
+    group.add_argument(
+        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda:1, ..."
+    )
+    group.add_argument(
+        "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None, help="Gemma-3n's attention"
+    )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,10 +126,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
             videomamba=args.videomamba,
             dtype=args.dtype,
             device=args.device,
+            attn_implementation=args.attn_implementation,
         )
         return model, processor, f"components(lm={args.lm})"
     name = args.model or "tiny"
-    model, processor = load(name, dtype=args.dtype, device=args.device)
+    model, processor = load(
+        name, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation
+    )
     if not Path(name).exists():
         print(
             f"note: preset {name!r} has random weights; pass a trained model or run folder", file=sys.stderr

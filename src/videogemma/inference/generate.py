@@ -241,7 +241,9 @@ def stream_answer(
 def check_device(device: torch.device | str | None) -> None:
     """Refuse a device this machine cannot use (`cuda` on a CPU-only torch, `cuda:3` with two GPUs), before
     anything is loaded onto it."""
-    if device is None:
+    from videogemma.precision import AUTO
+
+    if device is None or device == AUTO:  # chosen at load: CUDA when usable, else the CPU
         return
     import torch
 

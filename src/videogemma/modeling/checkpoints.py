@@ -6,14 +6,16 @@
   checkpoint `model.embed_vision.*` (≈ 4.5 M parameters), which gives the vectors of the vision-vocabulary
   tokens (<end_of_image>); the vision and audio towers (≈ 1 B parameters) are never loaded.
 - CLIP: a `CLIPModel` directory (`vision_model.*` keys, `config.json` with a `vision_config`) or a
-  `CLIPVisionModel` directory.
+  `CLIPVisionModel` directory; safetensors, or `pytorch_model.bin` when a directory has no safetensors
+  (read with `torch.load(weights_only=True)`).
 - VideoMamba: an original OpenGVLab `.pth` (read by `videogemma.modeling.videomamba`), through
   `load_torch_checkpoint`: `torch.load(weights_only=True)` that also reads the training metadata such files
   carry (an EasyDict `config`, argparse `args`, numpy values) as plain data, and refuses anything else.
 
 The model is built on the meta device, so no component is first filled with random weights; the tensors are
-then assigned from the files and only what no checkpoint holds (the projectors, the non-persistent buffers
-such as RoPE frequencies) is initialised.
+then read from the files straight to the target device, converted to the target dtype one by one, and
+assigned; only what no checkpoint holds (the projectors, the non-persistent buffers such as RoPE frequencies)
+is initialised. VideoMamba's SSM parameters stay fp32 in every dtype (`videomamba.keeps_fp32`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedd
 
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
 from videogemma.errors import VideoGemmaError
+from videogemma.hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -46,57 +49,105 @@ GEMMA3N_MULTIMODAL_TEXT_PREFIX = "model.language_model."
 GEMMA3N_VISION_EMBEDDER_PREFIX = "model.embed_vision."
 CLIP_VISION_PREFIX = "vision_model."
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_WEIGHTS = "pytorch_model.bin"
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", SAFETENSORS_INDEX]
+# Downloaded only when a repository has no safetensors (older CLIP uploads).
+HUB_BIN_PATTERNS = ["config.json", PYTORCH_WEIGHTS, "pytorch_model-*.bin", PYTORCH_INDEX]
 
 
 # ---- locating and reading checkpoint directories -----------------------------------------------------------
 
 
 def resolve_checkpoint_dir(name_or_path: str | Path, what: str) -> Path:
-    """A local directory, or a Hub id downloaded with `huggingface_hub` (config and safetensors only)."""
+    """A local directory, or a Hub id downloaded with `huggingface_hub` (config and safetensors; the `.bin`
+    weights instead when the repository has no safetensors)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise NotADirectoryError(f"{what} checkpoint {path} is a file; expected a directory")
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+    if not is_hub_id(name):
         raise FileNotFoundError(f"{what} checkpoint {name} does not exist")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS))
+        directory = Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS))
+        if not any(directory.glob("*.safetensors")):
+            directory = Path(snapshot_download(name, allow_patterns=HUB_BIN_PATTERNS))
+        return directory
     except Exception as error:  # offline, unknown repo, gated model...
         raise FileNotFoundError(
             f"{what} checkpoint {name} is not a local directory and could not be fetched from the Hub: {error}"
         ) from error
 
 
-class SafetensorsCheckpoint:
-    """The tensors of a safetensors directory (one file, or shards listed in an index), read key by key."""
+class CheckpointFiles:
+    """The tensors of a checkpoint directory, read key by key: safetensors (one file, or shards listed in an
+    index) or, in a directory without safetensors, PyTorch `.bin` files (`pytorch_model.bin` or the shards of
+    its index), loaded with `weights_only=True`."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        index_path = directory / SAFETENSORS_INDEX
-        if index_path.exists():
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            self.key_to_file = {key: directory / file for key, file in weight_map.items()}
-            for file in sorted(set(self.key_to_file.values())):
-                if not file.exists():
-                    raise FileNotFoundError(f"{index_path} lists the shard {file.name}, which is missing")
-        else:
-            files = sorted(directory.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(
-                    f"no safetensors weights in {directory} (expected model.safetensors or {SAFETENSORS_INDEX})"
-                )
-            self.key_to_file = {}
-            for file in files:
-                with safe_open(file, framework="pt") as handle:
-                    self.key_to_file.update(dict.fromkeys(handle.keys(), file))
+        self._bin_states: dict[Path, dict[str, torch.Tensor]] = {}
+        self.key_to_file = self._safetensors_keys()
+        if self.key_to_file is None:
+            self.key_to_file = self._bin_keys()
+        if self.key_to_file is None:
+            raise FileNotFoundError(
+                f"no weights in {directory} (expected model.safetensors, {SAFETENSORS_INDEX}, {PYTORCH_WEIGHTS} "
+                f"or {PYTORCH_INDEX})"
+            )
 
-    def read(self, sources: Mapping[str, str], desc: str) -> dict[str, torch.Tensor]:
-        """Read `{target name: key in the files}`; only these tensors are loaded."""
+    def _indexed(self, index_name: str) -> dict[str, Path] | None:
+        index_path = self.directory / index_name
+        if not index_path.exists():
+            return None
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        key_to_file = {key: self.directory / file for key, file in weight_map.items()}
+        for file in sorted(set(key_to_file.values())):
+            if not file.exists():
+                raise FileNotFoundError(f"{index_path} lists the shard {file.name}, which is missing")
+        return key_to_file
+
+    def _safetensors_keys(self) -> dict[str, Path] | None:
+        indexed = self._indexed(SAFETENSORS_INDEX)
+        if indexed is not None:
+            return indexed
+        files = sorted(self.directory.glob("*.safetensors"))
+        if not files:
+            return None
+        key_to_file: dict[str, Path] = {}
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                key_to_file.update(dict.fromkeys(handle.keys(), file))
+        return key_to_file
+
+    def _bin_keys(self) -> dict[str, Path] | None:
+        indexed = self._indexed(PYTORCH_INDEX)
+        if indexed is not None:
+            return indexed
+        file = self.directory / PYTORCH_WEIGHTS
+        if not file.is_file():
+            return None
+        return dict.fromkeys(self._bin_state(file), file)
+
+    def _bin_state(self, file: Path) -> dict[str, torch.Tensor]:
+        if file not in self._bin_states:
+            try:  # memory-mapped where the file's format allows it (torch ≥ 1.6 zip files)
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            if not isinstance(state, Mapping):
+                raise ValueError(f"{file}: holds a {type(state).__name__}, not a state dict")
+            self._bin_states[file] = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        return self._bin_states[file]
+
+    def read(
+        self, sources: Mapping[str, str], desc: str, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Read `{target name: key in the files}` onto `device`; only these tensors are loaded."""
         missing = [source for source in sources.values() if source not in self.key_to_file]
         if missing:
             raise KeyError(
@@ -108,10 +159,17 @@ class SafetensorsCheckpoint:
         tensors = {}
         with tqdm(total=len(sources), desc=desc, unit="tensor", leave=False) as progress:
             for file, pairs in by_file.items():
-                with safe_open(file, framework="pt", device="cpu") as handle:
-                    for target, source in pairs:
-                        tensors[target] = handle.get_tensor(source)
-                        progress.update()
+                if file.suffix == ".safetensors":
+                    with safe_open(file, framework="pt", device=str(device)) as handle:
+                        for target, source in pairs:
+                            tensors[target] = handle.get_tensor(source)
+                            progress.update()
+                    continue
+                state = self._bin_state(file)
+                for target, source in pairs:
+                    tensors[target] = state[source].to(device)
+                    progress.update()
+                del self._bin_states[file]  # read once: free the mapping
         return tensors
 
 
@@ -134,7 +192,7 @@ def read_gemma3n_text_config(directory: Path) -> tuple[Gemma3nTextConfig, dict[s
     return text_config, ids
 
 
-def gemma3n_text_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str]) -> dict[str, str]:
+def gemma3n_text_sources(checkpoint: CheckpointFiles, model_keys: list[str]) -> dict[str, str]:
     """Map `Gemma3nForCausalLM` state-dict keys to the checkpoint's keys (multimodal or text-only layout)."""
     multimodal = any(key.startswith(GEMMA3N_MULTIMODAL_TEXT_PREFIX) for key in checkpoint.key_to_file)
     sources = {}
@@ -146,7 +204,7 @@ def gemma3n_text_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str
     return sources
 
 
-def gemma3n_vision_vocab(directory: Path, checkpoint: SafetensorsCheckpoint) -> dict[str, int]:
+def gemma3n_vision_vocab(directory: Path, checkpoint: CheckpointFiles) -> dict[str, int]:
     """`vision_vocab_offset` / `vision_vocab_size` of a full checkpoint that holds `model.embed_vision.*`;
     {} otherwise (a text-only checkpoint: those ids keep their text embedding rows)."""
     vision_config = getattr(_read_config(directory, "Gemma-3n"), "vision_config", None)
@@ -164,7 +222,7 @@ def gemma3n_vision_vocab(directory: Path, checkpoint: SafetensorsCheckpoint) -> 
 
 
 def read_gemma3n_vision_token_embeds(
-    directory: Path, checkpoint: SafetensorsCheckpoint, config: VideoGemmaConfig
+    directory: Path, checkpoint: CheckpointFiles, config: VideoGemmaConfig
 ) -> torch.Tensor:
     """(vision_vocab_size, hidden): what Gemma-3n's `embed_vision` gives each id of its vision vocabulary block,
     computed in fp32 by transformers' own `Gemma3nMultimodalEmbedder` from the checkpoint's weights."""
@@ -203,7 +261,7 @@ def read_clip_vision_config(directory: Path) -> CLIPVisionConfig:
     return vision_config
 
 
-def clip_vision_sources(checkpoint: SafetensorsCheckpoint, model_keys: list[str]) -> dict[str, str]:
+def clip_vision_sources(checkpoint: CheckpointFiles, model_keys: list[str]) -> dict[str, str]:
     """`CLIPVisionModel` keys → the checkpoint's (`vision_model.*` in `CLIPModel` and older saves)."""
     prefixed = any(key.startswith(CLIP_VISION_PREFIX) for key in checkpoint.key_to_file)
     return {key: (CLIP_VISION_PREFIX + key if prefixed else key) for key in model_keys}
@@ -223,9 +281,9 @@ def read_videomamba(path: str | Path) -> tuple[VideoMambaConfig, dict[str, torch
 def videomamba_tensors_for(
     path: str | Path, state_dict: dict[str, torch.Tensor], stored_frames: int, config: VideoMambaConfig
 ) -> dict[str, torch.Tensor]:
-    """The checked encoder tensors for `config`; a temporal embedding trained on another frame count is
-    resampled to `config.num_frames` (and the log says so)."""
-    from videogemma.modeling.videomamba import VideoMamba
+    """The checked encoder tensors for `config`, as stored (no fp32 module is built to check them); a temporal
+    embedding trained on another frame count is resampled to `config.num_frames` (and the log says so)."""
+    from videogemma.modeling.videomamba import _resample_temporal, checked_tensors
 
     if config.num_frames != stored_frames:
         logger.warning(
@@ -235,10 +293,11 @@ def videomamba_tensors_for(
             stored_frames,
             config.num_frames,
         )
-    encoder = VideoMamba.from_original_checkpoint(
-        state_dict, interpolate_temporal_pos_embedding=True, num_frames=config.num_frames, source=str(path)
-    )
-    return encoder.state_dict()
+        state_dict = dict(state_dict)
+        state_dict["temporal_pos_embedding"] = _resample_temporal(
+            state_dict["temporal_pos_embedding"], config.num_frames // config.tubelet_size
+        )
+    return checked_tensors(config, state_dict, str(path))
 
 
 # ---- torch checkpoints that carry training metadata -------------------------------------------------------
@@ -411,6 +470,16 @@ def _merge_overrides(config: Any, override: Any) -> Any:
     return override
 
 
+def _target_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype | None, fp32: bool) -> torch.dtype:
+    """The dtype a floating tensor is stored in: fp32 for the SSM parameters and the fp32 modules, else `dtype`
+    (None: the tensor's own)."""
+    from videogemma.modeling.videomamba import keeps_fp32
+
+    if fp32 or keeps_fp32(name):
+        return torch.float32
+    return dtype if dtype is not None else tensor.dtype
+
+
 def assign_tensors(
     module: nn.Module,
     tensors: dict[str, torch.Tensor],
@@ -418,7 +487,9 @@ def assign_tensors(
     dtype: torch.dtype | None = None,
     tied: set[str] = frozenset(),
 ) -> None:
-    """Assign loaded tensors to a meta-built module; every tensor of the module must be given (or tied)."""
+    """Assign loaded tensors to a meta-built module; every tensor of the module must be given (or tied).
+    Floating tensors are converted to `dtype` one at a time (default: the model's dtype as built), so that at
+    most one tensor of a checkpoint ever exists in two dtypes."""
     expected = set(module.state_dict())
     missing = sorted(expected - set(tensors) - tied)
     unexpected = sorted(set(tensors) - expected)
@@ -431,26 +502,37 @@ def assign_tensors(
                 f"{what}: tensor {key} has shape {tuple(tensor.shape)}, the model expects {tuple(current[key].shape)}"
             )
         if tensor.is_floating_point():  # checkpoints are often bf16: convert to the model's dtype
-            tensors[key] = tensor.to(dtype if dtype is not None else current[key].dtype)
+            target = _target_dtype(key, current[key], dtype, fp32=False)
+            tensors[key] = tensor.to(target)
     module.load_state_dict(tensors, strict=False, assign=True)
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         if name in tensors:
             tensor._is_hf_initialized = True
 
 
-def materialise_meta_tensors(model: nn.Module, dtype: torch.dtype | None = None) -> list[str]:
-    """Give every tensor still on the meta device real (uninitialised) CPU storage; returns their names."""
+def materialise_meta_tensors(
+    model: nn.Module,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    fp32_modules: tuple[str, ...] = (),
+) -> list[str]:
+    """Give every tensor still on the meta device real (uninitialised) storage on `device`, parameters in
+    `dtype` (fp32 under `fp32_modules` and for the SSM parameters); returns their names."""
     names = []
     for module_name, module in model.named_modules():
+        in_fp32_module = any(module_name == m or module_name.startswith(f"{m}.") for m in fp32_modules)
         for name, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
-                target = dtype if dtype is not None and param.is_floating_point() else param.dtype
-                empty = torch.empty_like(param, device="cpu", dtype=target)
+                full = f"{module_name}.{name}"
+                target = (
+                    _target_dtype(full, param, dtype, in_fp32_module) if param.is_floating_point() else None
+                )
+                empty = torch.empty_like(param, device=device, dtype=target or param.dtype)
                 module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
-                names.append(f"{module_name}.{name}")
+                names.append(full)
         for name, buffer in list(module._buffers.items()):
             if buffer is not None and buffer.is_meta:
-                module._buffers[name] = torch.empty_like(buffer, device="cpu")
+                module._buffers[name] = torch.empty_like(buffer, device=device)
                 names.append(f"{module_name}.{name}")
     return names
 
@@ -461,13 +543,15 @@ def build_from_components(
     clip: str | Path,
     videomamba: str | Path,
     dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    fp32_modules: tuple[str, ...] = (),
     **config_overrides: Any,
 ) -> Any:
     """See `VideoGemmaForConditionalGeneration.from_components`."""
     lm_dir = resolve_checkpoint_dir(lm, "Gemma-3n")
     clip_dir = resolve_checkpoint_dir(clip, "CLIP")
     text_config, lm_ids = read_gemma3n_text_config(lm_dir)
-    lm_checkpoint = SafetensorsCheckpoint(lm_dir)
+    lm_checkpoint = CheckpointFiles(lm_dir)
     lm_ids.update(gemma3n_vision_vocab(lm_dir, lm_checkpoint))
     vision_config = read_clip_vision_config(clip_dir)
     videomamba_config, videomamba_state = read_videomamba(videomamba)
@@ -490,27 +574,28 @@ def build_from_components(
     lm_keys = list(language_model.state_dict())
     tied = set(language_model.all_tied_weights_keys) if text_config.tie_word_embeddings else set()
     sources = gemma3n_text_sources(lm_checkpoint, [k for k in lm_keys if k not in tied])
-    tensors = lm_checkpoint.read(sources, desc=f"Gemma-3n text weights from {lm_dir.name}")
+    tensors = lm_checkpoint.read(sources, desc=f"Gemma-3n text weights from {lm_dir.name}", device=device)
     assign_tensors(language_model, tensors, f"Gemma-3n text model ({lm_dir})", dtype, tied)
     if config.vision_vocab_offset is not None:
         vision_token_embeds = read_gemma3n_vision_token_embeds(lm_dir, lm_checkpoint, config)
         model.vision_token_embeds = vision_token_embeds.to(dtype or vision_token_embeds.dtype)
 
     clip_model = model.clip.vision_model
-    clip_checkpoint = SafetensorsCheckpoint(clip_dir)
+    clip_checkpoint = CheckpointFiles(clip_dir)
     sources = clip_vision_sources(clip_checkpoint, list(clip_model.state_dict()))
-    tensors = clip_checkpoint.read(sources, desc=f"CLIP vision weights from {clip_dir.name}")
+    tensors = clip_checkpoint.read(sources, desc=f"CLIP vision weights from {clip_dir.name}", device=device)
     assign_tensors(clip_model, tensors, f"CLIP vision model ({clip_dir})", dtype)
 
     videomamba_tensors = videomamba_tensors_for(
         videomamba, videomamba_state, stored_frames, config.videomamba_config
     )
+    videomamba_tensors = {key: tensor.to(device) for key, tensor in videomamba_tensors.items()}
     assign_tensors(model.videomamba, videomamba_tensors, f"VideoMamba ({videomamba})", dtype)
 
     # lm_head shares embed_tokens. Then only the projectors and the non-persistent buffers (RoPE frequencies,
     # embedding scales) are left: initialise them; HF's per-module init skips every tensor flagged as loaded.
     model.tie_weights()
-    materialise_meta_tensors(model, dtype)
+    materialise_meta_tensors(model, dtype, device, fp32_modules)
     model.initialize_weights()
     model.freeze_encoders(clip=True, videomamba=True)
     return model.eval()

@@ -30,6 +30,13 @@ class CLIPFrameEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.vision_model.config.hidden_size
 
+    def unused_modules(self) -> list[nn.Module]:
+        """The blocks after the selected layer and the final layer norm: they run but their output is never
+        read, so they get no gradient (training freezes them, and DDP need not look for unused parameters)."""
+        layers = self.vision_model.encoder.layers
+        used = self.select_layer % (len(layers) + 1)  # hidden_states[k] is the output of k blocks
+        return [*layers[used:], self.vision_model.post_layernorm]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values: (batch, frames, 3, H, W) CLIP-normalised → (batch, frames, patches, hidden)."""
         if pixel_values.dim() != 5:

@@ -8,7 +8,9 @@
 The pipeline is cut in two halves so that training can cache the frozen part:
 `extract_video_features` runs the frozen encoders (and the parameter-free keyframe selection) and
 `project_video_features` runs the trainable projectors. `forward` accepts any of the three stages:
-pixel values, `video_features` (the encoders' outputs) or `visual_tokens` (the projectors' outputs).
+pixel values, `video_features` (the encoders' outputs) or `visual_tokens` (the projectors' outputs); pixel
+values and `video_features` together are a batch whose first videos come as pixels (the training feature
+cache's misses, encoded inside the forward, where DeepSpeed ZeRO-3 gathers the encoders' parameters).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from videogemma.constants import IGNORE_INDEX, VIDEO_INPUT_NAMES
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
-from videogemma.modeling.videomamba import VideoMamba
+from videogemma.modeling.videomamba import KEEP_IN_FP32, VideoMamba
 
 # The keyword arguments that carry a video; `generate` passes them at prefill only.
 
@@ -81,6 +83,9 @@ class VideoGemmaOutput(CausalLMOutputWithPast):
     """
 
     video_hidden_states: torch.FloatTensor | None = None
+    # The encoders' outputs for the videos given as pixels (None without any): what the training feature cache
+    # stores for its misses.
+    video_features: VideoFeatures | None = None
 
 
 def init_attention_scale(language_model: nn.Module) -> None:
@@ -104,7 +109,9 @@ class VideoGemmaPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Gemma3nTextDecoderLayer", "CLIPEncoderLayer"]
+    _no_split_modules = ["Gemma3nTextDecoderLayer", "CLIPEncoderLayer", "VideoMambaBlock"]
+    # VideoMamba's SSM parameters stay fp32 when the model is loaded in bf16 or fp16 (as in Mamba).
+    _keep_in_fp32_modules_strict = [f"mixer.{name}" for name in KEEP_IN_FP32]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -222,6 +229,10 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         `clip_features` (batch, frames, patches, dim), CLIP's output computed before, replaces
         `clip_pixel_values`: CLIP reads every frame on its own, so a sliding window (the live coach) encodes
         each frame once and reuses it in every window that holds it.
+
+        A batch of no videos gives empty features, but the encoders still run (on one blank video whose
+        outputs are dropped): under ZeRO-3 every process must gather the same parameters in the same order,
+        also one whose videos all came from the feature cache while another process encodes its misses.
         """
         if clip_features is None:
             self._check_frames(clip_pixel_values, "clip_pixel_values")
@@ -232,6 +243,12 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
                 f"the CLIP input holds {given.shape[0]} videos of {given.shape[1]} frames but "
                 f"videomamba_pixel_values hold {videomamba_pixel_values.shape[0]} of {self.config.num_frames}"
             )
+        if clip_features is None and clip_pixel_values.shape[0] == 0:
+            blank = [
+                pixels.new_zeros(1, *pixels.shape[1:])
+                for pixels in (clip_pixel_values, videomamba_pixel_values)
+            ]
+            return self.extract_video_features(*blank)[:0]
         config = self.config
         if clip_features is None:
             clip_features = self._run_encoder("clip", clip_pixel_values)
@@ -283,26 +300,22 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         videomamba_pixel_values: torch.Tensor | None,
         video_features: VideoFeatures | None,
         visual_tokens: torch.Tensor | None,
-    ) -> torch.Tensor | None:
+    ) -> tuple[torch.Tensor | None, VideoFeatures | None]:
+        """(visual tokens, the features computed from pixels or None)."""
         has_pixels = clip_pixel_values is not None or videomamba_pixel_values is not None
-        given = [
-            name
-            for name, present in (
-                ("clip_pixel_values/videomamba_pixel_values", has_pixels),
-                ("video_features", video_features is not None),
-                ("visual_tokens", visual_tokens is not None),
-            )
-            if present
-        ]
-        if len(given) > 1:
-            raise ValueError(f"pass the video in one form only, got {' and '.join(given)}")
+        if visual_tokens is not None and (has_pixels or video_features is not None):
+            given = "clip_pixel_values/videomamba_pixel_values" if has_pixels else "video_features"
+            raise ValueError(f"pass the video in one form only, got {given} and visual_tokens")
         if has_pixels:
             if clip_pixel_values is None or videomamba_pixel_values is None:
                 raise ValueError("a video needs both clip_pixel_values and videomamba_pixel_values")
-            return self.encode_video(clip_pixel_values, videomamba_pixel_values)
+            computed = self.extract_video_features(clip_pixel_values, videomamba_pixel_values)
+            # Pixels and features together: the pixel videos are the batch's first ones.
+            features = computed if video_features is None else VideoFeatures.cat([computed, video_features])
+            return self.project_video_features(features), computed
         if video_features is not None:
-            return self.project_video_features(video_features)
-        return visual_tokens
+            return self.project_video_features(video_features), None
+        return visual_tokens, None
 
     # ---- fusion into Gemma-3n ------------------------------------------------------------------------
 
@@ -386,7 +399,8 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         """Language-model logits (and loss) for token ids holding `config.image_token_id` placeholders.
 
         The video comes as pixel values (both preprocessings), `video_features` or `visual_tokens`, or not
-        at all (text only). With `labels` (-100 = unsupervised; placeholder labels are ignored too), the LM head
+        at all (text only); pixel values and `video_features` together hold the batch's videos in that order
+        (pixels first), and `video_features` of the output are the features computed from the pixels. With `labels` (-100 = unsupervised; placeholder labels are ignored too), the LM head
         and loss are computed only at the supervised positions: `logits` is then (num_supervised, vocab) in batch-major order (the prediction
         of each supervised label), and the loss equals the mean cross-entropy over them (or their sum divided
         by `num_items_in_batch` when given, for gradient accumulation).
@@ -395,7 +409,7 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             raise ValueError(
                 f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape"
             )
-        visual = self._visual_tokens(
+        visual, computed_features = self._visual_tokens(
             clip_pixel_values, videomamba_pixel_values, video_features, visual_tokens
         )
         # In a decode step the video is already in the cache; a bare placeholder is then only ever a token
@@ -441,6 +455,7 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             video_hidden_states=visual,
+            video_features=computed_features,
         )
 
     def prepare_inputs_for_generation(
@@ -503,18 +518,24 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         clip: str | Path,
         videomamba: str | Path,
         dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        fp32_modules: tuple[str, ...] = (),
         **config_overrides: Any,
     ) -> VideoGemmaForConditionalGeneration:
         """Build the model from the three pretrained components; only the projectors are newly initialised.
 
         lm: a Gemma-3n directory (full multimodal `google/gemma-3n-E2B(-it)` layout or a text-only
         `Gemma3nForCausalLM`) or Hub id; clip: a `CLIPModel` or `CLIPVisionModel` directory or Hub id;
-        videomamba: an original OpenGVLab `.pth` checkpoint. `dtype` converts the weights (default: as
-        built, fp32). `config_overrides` set `VideoGemmaConfig` fields (frames, chunks, grids...); a dict given
-        for a sub-config updates that sub-config's fields.
+        videomamba: an original OpenGVLab `.pth` checkpoint. `dtype`: the weights' dtype (default: fp32),
+        each tensor converted as it is read, so no fp32 copy of a bf16 checkpoint is ever made; VideoMamba's
+        A_log, D and Δ bias stay fp32, and so do the modules named in `fp32_modules` (training keeps the
+        projectors it trains there). `device`: where the tensors are read to and the model is built.
+        `config_overrides` set `VideoGemmaConfig` fields (frames, chunks, grids...); a dict given for a
+        sub-config updates that sub-config's fields.
         """
         from videogemma.modeling.checkpoints import build_from_components
 
         return build_from_components(
-            cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, **config_overrides
-        )
+            cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, device=device,
+            fp32_modules=fp32_modules, **config_overrides,
+        )  # fmt: skip

@@ -23,6 +23,16 @@ from videogemma.modeling.checkpoints import load_torch_checkpoint
 from videogemma.modeling.selective_scan import selective_scan
 
 CHECKPOINT_PREFIX = "vision_encoder."
+# The mixer's SSM parameters that stay fp32 whatever the model's dtype, as in Mamba: the scan exponentiates
+# A_log and Δ, and bf16's 8-bit mantissa would move the decay rates of every state (names within a mixer).
+KEEP_IN_FP32 = ("A_log", "A_b_log", "D", "D_b", "dt_proj.bias", "dt_proj_b.bias")
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def keeps_fp32(name: str) -> bool:
+    """Whether the parameter `name` (a full or relative state-dict name) is a mixer's `KEEP_IN_FP32` one."""
+    _, found, tail = name.rpartition("mixer.")
+    return bool(found) and tail in KEEP_IN_FP32
 
 
 class RMSNorm(nn.Module):
@@ -62,9 +72,25 @@ class BiMambaMixer(nn.Module):
             setattr(
                 self, f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
             )
-            setattr(self, f"dt_proj{suffix}", nn.Linear(self.dt_rank, self.d_inner, bias=True))
-            setattr(self, f"A{suffix}_log", nn.Parameter(torch.empty(self.d_inner, self.d_state)))
-            setattr(self, f"D{suffix}", nn.Parameter(torch.empty(self.d_inner)))
+            dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+            dt_proj.bias = nn.Parameter(dt_proj.bias.detach().float())  # fp32 even under a bf16 default dtype
+            setattr(self, f"dt_proj{suffix}", dt_proj)
+            fp32 = torch.float32
+            setattr(self, f"A{suffix}_log", nn.Parameter(torch.empty(self.d_inner, self.d_state, dtype=fp32)))
+            setattr(self, f"D{suffix}", nn.Parameter(torch.empty(self.d_inner, dtype=fp32)))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> BiMambaMixer:
+        """`.to(bfloat16)`, `.half()`... convert everything but the `KEEP_IN_FP32` parameters, which only
+        move device (HF's `_keep_in_fp32_modules_strict` does the same when a model is loaded)."""
+        before = {name: self.get_parameter(name).data for name in KEEP_IN_FP32}
+        super()._apply(fn, recurse)
+        for name, data in before.items():
+            param = self.get_parameter(name)
+            if data.dtype == torch.float32 and param.dtype in LOW_PRECISION_DTYPES:
+                param.data = data.to(device=param.device)
+                if param.grad is not None:
+                    param.grad = param.grad.to(torch.float32)
+        return self
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
@@ -73,10 +99,12 @@ class BiMambaMixer(nn.Module):
             dt_proj = getattr(self, f"dt_proj{suffix}")
             std = self.dt_rank**-0.5
             nn.init.uniform_(dt_proj.weight, -std, std)
-            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            log_dt = torch.rand(self.d_inner, dtype=torch.float32, device=dt_proj.bias.device)
+            log_dt = log_dt * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
             dt = torch.exp(log_dt).clamp(min=dt_floor)
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-            A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
+            A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dt_proj.bias.device)
+            A = A.expand(self.d_inner, -1)
             getattr(self, f"A{suffix}_log").copy_(torch.log(A))
             getattr(self, f"D{suffix}").fill_(1.0)
 
@@ -248,17 +276,27 @@ class VideoMamba(nn.Module):
                 state_dict["temporal_pos_embedding"], num_frames // inferred["tubelet_size"]
             )
         config = VideoMambaConfig(**{**inferred, **config_overrides, "num_frames": num_frames})
+        tensors = checked_tensors(config, state_dict, source)
         model = cls(config)
-        expected = model.state_dict()
-        for key, target in expected.items():
-            if key not in state_dict:
-                raise ValueError(f"{source}: the VideoMamba key {key!r} is missing")
-            if tuple(state_dict[key].shape) != tuple(target.shape):
-                raise ValueError(
-                    f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(target.shape)}"
-                )
-        model.load_state_dict({key: state_dict[key] for key in expected})
+        model.load_state_dict(tensors)
         return model.eval()
+
+
+def checked_tensors(
+    config: VideoMambaConfig, state_dict: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of `state_dict` (as stored: no copy, no conversion), each checked against the
+    model `config` describes (built on the meta device); a missing or mis-shaped key is a ValueError."""
+    with torch.device("meta"):
+        expected = VideoMamba(config).state_dict()
+    for key, target in expected.items():
+        if key not in state_dict:
+            raise ValueError(f"{source}: the VideoMamba key {key!r} is missing")
+        if tuple(state_dict[key].shape) != tuple(target.shape):
+            raise ValueError(
+                f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(target.shape)}"
+            )
+    return {key: state_dict[key] for key in expected}
 
 
 def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> dict:

@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.precision import DTYPE_CHOICES
+
+# Shorthands for config keys, shared with `infer`.
+SHORTHANDS = {"dtype": "model.dtype", "attn_implementation": "model.attn_implementation"}
+
 
 class _OverridesParser(argparse.ArgumentParser):
     """Keeps unknown `--key value` pairs as config overrides instead of rejecting them."""
@@ -40,6 +46,14 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--overwrite", action="store_true", help="replace the run already in output_dir (its checkpoints too)"
     )
+    train.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=None, help="the frozen base's dtype (model.dtype; auto: the "
+        "training precision's)",
+    )  # fmt: skip
+    train.add_argument(
+        "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None,
+        help="Gemma-3n's attention (model.attn_implementation)",
+    )  # fmt: skip
     train.set_defaults(func=_train, overrides=[])
 
     export = subparsers.add_parser(
@@ -56,14 +70,24 @@ def _train(args: argparse.Namespace) -> int:
     import logging
 
     from videogemma.train.run import run_training
-    from videogemma.train.train_config import load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_train_config(args.config, args.overrides)
+    config = config_from_args(args)
     # run_training refuses an output_dir holding a run (without --resume / --overwrite) before any work.
     run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def config_from_args(args: argparse.Namespace, validate: bool = True) -> Any:
+    """The `TrainConfig` a `videogemma train` command line describes (its file, overrides and shorthands)."""
+    from videogemma.train.train_config import load_train_config
+
+    shorthands = [
+        item for name, key in SHORTHANDS.items() if getattr(args, name) is not None
+        for item in (f"--{key}", getattr(args, name))
+    ]  # fmt: skip
+    return load_train_config(args.config, [*args.overrides, *shorthands], validate=validate)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -105,9 +105,10 @@ def world_size() -> int:
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    """bf16 where the hardware supports it (`auto`), else fp32; explicit choices are taken as given."""
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    """bf16 where the hardware computes it natively (`auto`), else fp32; explicit choices are taken as given."""
+    from videogemma.precision import resolve_precision
+
+    precision = resolve_precision(precision)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -117,6 +118,8 @@ def feature_cache_for(
     """The frozen-feature cache when it is valid: both encoders frozen and no random augmentation."""
     if config.feature_cache == "off" or not encoders_frozen(config.stage) or augment:
         return None
+    from videogemma.precision import resolve_precision
+
     videogemma = base_model(model)
     directory = config.feature_cache_dir or str(Path(config.output_dir).resolve().parent / ".feature_cache")
     mc = videogemma.config
@@ -126,7 +129,7 @@ def feature_cache_for(
         "keyframes_per_chunk": mc.keyframes_per_chunk,
         "clip_select_layer": mc.clip_select_layer,
         "encoder_dtype": str(next(videogemma.clip.parameters()).dtype),
-        "precision": config.precision,
+        "precision": resolve_precision(config.precision),  # the autocast the features are computed under
     }
     return FeatureCache(directory, module_weights_hash(videogemma.clip, videogemma.videomamba), settings)
 
@@ -202,9 +205,9 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         logging_first_step=True,
         seed=config.seed,
         data_seed=config.seed,
-        dataloader_num_workers=config.data.num_workers,
+        dataloader_num_workers=config.resolved_num_workers(),
         # Workers live across epochs: their frame caches (data.frame_cache_mb) with them.
-        dataloader_persistent_workers=config.data.num_workers > 0,
+        dataloader_persistent_workers=config.resolved_num_workers() > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         report_to=[],
@@ -213,9 +216,9 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         # Without it, `accelerate` sets up the gloo process group but treats the run as one process: no DDP
         # wrapper, each rank training alone on its shard with its own gradients.
         use_cpu=not torch.cuda.is_available(),
-        # Some parameters take no part in a given step (Gemma-3n's KV-shared layers reuse earlier K/V);
-        # DDP must not wait for their gradients.
-        ddp_find_unused_parameters=True if distributed else None,
+        # Every trained parameter gets a gradient at every step (`stages` freezes what never does), so DDP
+        # need not search the graph for unused ones after each forward.
+        ddp_find_unused_parameters=False if distributed else None,
         disable_tqdm=False,
         **deepspeed_cpu,
     )
@@ -252,7 +255,7 @@ def run_training(
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     set_seed(config.seed)
-    model = build_model(config.model, config.seed)
+    model = build_training_model(config)
     processor = build_processor(config.model, model.config)
     if config.data.video_limits:
         processor.video_limits = VideoLimits.from_value(
@@ -283,7 +286,7 @@ def run_training(
                 logger.info("--overwrite: removed the earlier run's %s", ", ".join(p.name for p in removed))
         remove_staging(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_train_config(config, run_dir / RUN_CONFIG_NAME)
+        save_train_config(config, run_dir / RUN_CONFIG_NAME)  # model.dtype as resolved: load_run rebuilds it
         processor.save_pretrained(run_dir / RUN_PROCESSOR_DIR)
 
     callbacks: list[Any] = [MetricsLogCallback(run_dir)]
@@ -310,6 +313,27 @@ def run_training(
     return run_dir
 
 
+def build_training_model(config: TrainConfig) -> torch.nn.Module:
+    """The run's model: the frozen base in the run's dtype (`model.dtype`, resolved and written back into
+    `config` so that the saved config rebuilds it), what the stage trains in fp32, read straight to this
+    process's GPU unless ZeRO-3 partitions it from the CPU; under ZeRO-3 with leaf modules marked."""
+    from videogemma.precision import dtype_from_name, resolve_precision
+    from videogemma.train.stages import STAGE_TRAINED_MODULES
+    from videogemma.train.train_config import model_dtype_name
+    from videogemma.train.zero3 import is_zero3_config, mark_leaf_modules
+
+    config.model.dtype = model_dtype_name(config, resolve_precision(config.precision))
+    zero3 = is_zero3_config(config.deepspeed)
+    device = "cpu"
+    if torch.cuda.is_available() and not zero3:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    fp32_modules = STAGE_TRAINED_MODULES.get(config.stage, ())
+    model = build_model(config.model, config.seed, dtype_from_name(config.model.dtype), device, fp32_modules)
+    if zero3:
+        mark_leaf_modules(model)
+    return model
+
+
 def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
     """Final weights (the best checkpoint's, when validation ran) and the trainer state, in `run_dir`."""
     weights_dir = {"full": RUN_MODEL_DIR, "finetune": RUN_ADAPTER_DIR}.get(config.stage)
@@ -320,10 +344,8 @@ def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
         trainer.accelerator.wait_for_everyone()
         if trainer.args.should_save:
             publish_folder(staging_path(final), final)
-    # The full state dict (gathered across ZeRO-3 shards) on the main process; the projectors from it.
-    state = trainer.accelerator.get_state_dict(
-        trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
-    )
+    # The state dict on the main process (under ZeRO-3 the trained parameters, gathered); the projectors from it.
+    state = trainer.trained_state_dict()
     if trainer.args.should_save:
         staged = staging_path(run_dir / PROJECTORS_NAME)
         save_file(projector_state(state), staged)

@@ -10,6 +10,10 @@
 LoRA goes on the text decoder's q, k, v, o, gate, up and down projections only, selected by an explicit regex
 on `language_model.model.layers.*` (never "all-linear"). The projectors are PEFT `modules_to_save`, so they
 stay trainable after wrapping and are saved with the adapter (and thus in every checkpoint).
+
+Every trained parameter is held in fp32 (master weights) whatever the frozen base's dtype, and every trained
+parameter gets a gradient at every step: CLIP's blocks after the selected layer (and its final norm), whose
+output is never read, are frozen in `full`, so DDP runs without `find_unused_parameters`.
 """
 
 from __future__ import annotations
@@ -58,13 +62,15 @@ def prepare_model_for_stage(model: nn.Module, config: TrainConfig) -> nn.Module:
     if stage == "full":
         model.requires_grad_(True)
         model.freeze_encoders(clip=False, videomamba=False)
-        return model
+        for module in model.clip.unused_modules():
+            module.requires_grad_(False)
+        return keep_trained_in_fp32(model)
     model.requires_grad_(False)
     model.freeze_encoders(clip=True, videomamba=True)
     for name in STAGE_TRAINED_MODULES[stage]:
         getattr(model, name).requires_grad_(True)
     if stage != "finetune":
-        return model
+        return keep_trained_in_fp32(model)
 
     from peft import LoraConfig, get_peft_model
 
@@ -87,7 +93,18 @@ def prepare_model_for_stage(model: nn.Module, config: TrainConfig) -> nn.Module:
     untrained = [name for name in PROJECTOR_NAMES if not _any_trainable(peft_model, name)]
     if untrained:
         raise RuntimeError(f"PEFT wrapping left the projectors {untrained} frozen")
-    return peft_model
+    return keep_trained_in_fp32(peft_model)
+
+
+def keep_trained_in_fp32(model: nn.Module) -> nn.Module:
+    """Every trainable parameter in fp32 (master weights for a bf16 / fp16 base; PEFT creates LoRA in fp32
+    already): autocast computes in half precision, the optimizer updates in fp32."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model
 
 
 def _any_trainable(model: nn.Module, module_name: str) -> bool:

@@ -26,6 +26,7 @@ import yaml
 
 from videogemma.errors import ModelLoadError, VideoGemmaError
 from videogemma.loading import ModelSource, preset_config
+from videogemma.precision import AUTO, PRECISION_CHOICES, PRECISION_DTYPES
 from videogemma.settings import from_mapping
 
 STAGES = ("video-proj", "image-proj", "finetune", "full")
@@ -50,7 +51,9 @@ class DataSettings:
     # Videos are resolved against this folder; default: the folder of the split file.
     dataset_root: str | None = None
     bad_sample_policy: str = "skip"  # "skip" | "strict"
-    num_workers: int = 0
+    # DataLoader worker processes per training process; None: `default_num_workers()` (0 on a CPU, where the
+    # cores compute; on a GPU machine up to 4 per process, so that decoding keeps up with the GPU).
+    num_workers: int | None = None
     # Decoded frames kept in memory, per data-loading process, so later epochs skip decoding. 0 = off.
     frame_cache_mb: int = 0
     # Bounds on reading a video (fields of `videogemma.processing.video_source.VideoLimits`, e.g. {max_duration: 600});
@@ -90,7 +93,9 @@ class TrainConfig:
     # loss is added to the LM loss; it gives encoders trained from scratch a direct signal. 0 = off.
     answer_alignment_weight: float = 0.0
     answer_alignment_temperature: float = 0.1
-    precision: str = "auto"  # "auto" (bf16 where supported, else fp32) | "bf16" | "fp16" | "fp32"
+    # "auto" (bf16 where the device computes it natively: CUDA with bf16, CPUs with AVX512-BF16/AMX; else
+    # fp32) | "bf16" | "fp16" | "fp32". The frozen base is built in this precision's dtype (model.dtype auto).
+    precision: str = "auto"
     gradient_checkpointing: bool = True
     eval_steps: int = 50
     eval_on_start: bool = False  # a validation pass before the first step (the starting loss)
@@ -110,6 +115,9 @@ class TrainConfig:
     plots: bool = True
 
     # ---- derived ------------------------------------------------------------------------------------------
+
+    def resolved_num_workers(self) -> int:
+        return default_num_workers() if self.data.num_workers is None else self.data.num_workers
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         per_step = self.per_device_train_batch_size * world_size
@@ -146,7 +154,7 @@ class TrainConfig:
             raise TrainConfigError(f"data.dataset_root: {self.data.dataset_root} is not a directory")
         _check_choice("data.bad_sample_policy", self.data.bad_sample_policy, ("skip", "strict"))
         for key in ("num_workers", "frame_cache_mb"):
-            if getattr(self.data, key) < 0:
+            if (getattr(self.data, key) or 0) < 0:
                 raise TrainConfigError(f"data.{key}: must be ≥ 0, got {getattr(self.data, key)}")
         try:
             from videogemma.processing.video_source import VideoLimits
@@ -154,7 +162,8 @@ class TrainConfig:
             VideoLimits.from_value(self.data.video_limits)
         except (TypeError, ValueError) as error:
             raise TrainConfigError(f"data.video_limits: {error}") from None
-        _check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice("precision", self.precision, PRECISION_CHOICES)
+        self._check_model_dtype()
         _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
         for key in ("per_device_train_batch_size", "effective_batch_size", "eval_steps", "logging_steps"):
@@ -186,6 +195,46 @@ class TrainConfig:
                 f"answer_alignment_weight: for stage full (encoders trained from scratch), not {self.stage!r}; "
                 "set it to 0"
             )
+
+    def _check_model_dtype(self) -> None:
+        dtype = self.model.dtype
+        if dtype == AUTO:
+            return
+        if self.stage == "full" and dtype != "float32":
+            raise TrainConfigError(
+                f"model.dtype: {dtype} with stage full, which trains every weight (kept in fp32): use auto or float32"
+            )
+        from videogemma.precision import resolve_precision
+
+        wanted = PRECISION_DTYPES[resolve_precision(self.precision)]
+        if self.deepspeed is not None and dtype != wanted:
+            raise TrainConfigError(
+                f"model.dtype: {dtype} with DeepSpeed, which holds the whole model in the precision's dtype "
+                f"({wanted}, with fp32 master weights in its optimizer): use auto or {wanted}"
+            )
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per process when `data.num_workers` is unset: 0 without CUDA (the CPU cores are
+    busy computing), else min(4, the cores per process on this machine)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(4, (os.cpu_count() or 1) // processes))
+
+
+def model_dtype_name(config: TrainConfig, precision: str) -> str:
+    """The dtype the run builds its model in: `model.dtype`, or for auto the resolved precision's dtype
+    (`full` trains every weight: float32)."""
+    if config.model.dtype != AUTO:
+        return config.model.dtype
+    if config.stage == "full" and config.deepspeed is None:
+        return "float32"
+    return PRECISION_DTYPES[precision]
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

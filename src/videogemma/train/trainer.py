@@ -1,10 +1,17 @@
 """`VideoGemmaTrainer`: the `transformers` Trainer with projector parameter groups, the frozen-feature cache,
 the optional video-answer alignment loss and a guard against non-finite losses.
 
+Feature-cache misses are encoded inside the model's forward (their pixels go in with the hits' features), so
+they run under the same autocast as training and, under DeepSpeed ZeRO-3, where the engine gathers the
+encoders' parameters; with ZeRO-3 every process runs the encoders when any process has a miss (the
+parameter gathers are collective). Under ZeRO-3 a save gathers only the trained parameters (adapter,
+projectors), not the whole model.
+
 Checkpoints are written into a staging folder and renamed to `checkpoint-<step>` once every process has
 written its part (`run_files.publish_folder`), so a kill never leaves a half-written checkpoint to resume from.
-Everything else (gradient accumulation, clipping, checkpoint contents and rotation, DDP / DeepSpeed,
-evaluation, best checkpoint, resumption with RNG and data order) is the Trainer's own.
+
+Everything else (gradient accumulation, clipping, checkpoint contents and rotation, DDP / DeepSpeed, evaluation, best checkpoint,
+resumption with RNG and data order) is the Trainer's own.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from videogemma.constants import CLIP_PIXEL_VALUES, PIXEL_INPUT_NAMES, VIDEOMAMBA_PIXEL_VALUES
 from videogemma.train.answer_alignment import AnswerAlignment
 from videogemma.train.feature_cache import FeatureCache
 from videogemma.train.run_files import publish_folder, staging_path
@@ -108,31 +116,56 @@ class VideoGemmaTrainer(Trainer):
 
     # ---- the loss: cached encoder features, non-finite guard ---------------------------------------------
 
-    def _attach_video_features(self, model: nn.Module, inputs: dict[str, Any]) -> list[str] | None:
-        """Replace the pixel values by cached (or freshly cached) encoder features; returns the batch's paths."""
+    def _attach_video_features(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[list[str] | None, list[str]]:
+        """Give the model the hits' cached features and the misses' pixels, the misses first (the rows are
+        reordered to match); returns the batch's paths and the misses' paths, in that order."""
         paths = inputs.pop(VIDEO_PATHS_KEY, None)
         cached = inputs.pop(CACHED_FEATURES_KEY, None)
         if cached is None:
-            return paths
+            return paths, []
         missing = [i for i, features in enumerate(cached) if features is None]
-        if missing:
-            videogemma = base_model(self.accelerator.unwrap_model(model))
-            clip_pixels = inputs.pop("clip_pixel_values")
-            videomamba_pixels = inputs.pop("videomamba_pixel_values")
-            with torch.no_grad():
-                computed = videogemma.extract_video_features(clip_pixels, videomamba_pixels)
-            for row, index in enumerate(missing):
-                features = {name: getattr(computed, name)[row] for name in FEATURE_NAMES}
-                if self.feature_cache is not None:
-                    self.feature_cache.store(paths[index], features)
-                cached[index] = features
-        from videogemma.modeling.modeling_videogemma import VideoFeatures
+        hits = [i for i, features in enumerate(cached) if features is not None]
+        order = missing + hits
+        if order != list(range(len(cached))):  # the loss is a sum over rows: their order does not matter
+            rows = torch.tensor(order)
+            for key, value in list(inputs.items()):
+                if (
+                    isinstance(value, torch.Tensor)
+                    and key not in PIXEL_INPUT_NAMES
+                    and value.shape[:1] == rows.shape
+                ):
+                    inputs[key] = value[rows.to(value.device)]
+            paths = [paths[i] for i in order]
+        # Under ZeRO-3 each encoder forward gathers parameters across processes, so all of them must run it:
+        # a process without misses encodes no videos when another one has some.
+        lockstep = self._partitioned() and self.args.world_size > 1
+        if lockstep and _any_process(bool(missing), self.args.device) and not missing:
+            inputs.update(self._no_videos(model))
+        if hits:
+            from videogemma.modeling.modeling_videogemma import VideoFeatures
 
-        device = inputs["input_ids"].device
-        inputs["video_features"] = VideoFeatures(
-            **{name: torch.stack([c[name] for c in cached]).to(device) for name in FEATURE_NAMES}
-        )
-        return paths
+            device = inputs["input_ids"].device
+            inputs["video_features"] = VideoFeatures(
+                **{name: torch.stack([cached[i][name] for i in hits]).to(device) for name in FEATURE_NAMES}
+            )
+        return paths, [paths[i] for i in range(len(missing))]
+
+    def _no_videos(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Both encoders' pixel inputs for a batch of no videos (what the processor's frames look like)."""
+        config = base_model(self.accelerator.unwrap_model(model)).config
+        shapes = {
+            CLIP_PIXEL_VALUES: (config.vision_config.num_channels, config.vision_config.image_size),
+            VIDEOMAMBA_PIXEL_VALUES: (
+                config.videomamba_config.in_channels,
+                config.videomamba_config.image_size,
+            ),
+        }
+        return {
+            key: torch.zeros(0, config.num_frames, channels, size, size, device=self.args.device)
+            for key, (channels, size) in shapes.items()
+        }
 
     def compute_loss(
         self,
@@ -141,13 +174,50 @@ class VideoGemmaTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        paths = self._attach_video_features(model, inputs)
+        paths, missing_paths = self._attach_video_features(model, inputs)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if missing_paths and self.feature_cache is not None and outputs.video_features is not None:
+            computed = outputs.video_features
+            for row, path in enumerate(missing_paths):
+                self.feature_cache.store(path, {name: getattr(computed, name)[row] for name in FEATURE_NAMES})
         if self.answer_alignment is not None and model.training:
             loss = loss + self._alignment_term(model, outputs, inputs["labels"], num_items_in_batch)
         if model.training and not torch.isfinite(loss).all():
             loss = self._nonfinite(model, loss, paths)
         return (loss, outputs) if return_outputs else loss
+
+    # ---- saving: under ZeRO-3 only what trains is gathered ---------------------------------------------
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict the run directory needs: under ZeRO-3 the trained parameters only, gathered from
+        their partitions (every process must call this); else the model's whole state dict (no copy)."""
+        if not self._partitioned():
+            wrapped = self.model_wrapped if self.is_deepspeed_enabled else self.model
+            return self.accelerator.get_state_dict(wrapped)
+        import deepspeed
+
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        logger.info(
+            "ZeRO-3: gathering the %d trained tensors (%s values) of %d to save",
+            len(named),
+            f"{sum(p.ds_numel for _, p in named):,}",
+            sum(1 for _ in self.model.parameters()),
+        )
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {name: p.detach().cpu().clone() for name, p in named} if self.args.should_save else {}
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # ZeRO-3, a stage that trains part of the model: gather the adapter / projectors, not all 4 B weights.
+        if self._partitioned() and self.train_config.stage != "full":
+            state = self.trained_state_dict()
+            self._save(output_dir or self.args.output_dir, state_dict=state)
+            return
+        super().save_model(output_dir, _internal_call)
+
+    def _partitioned(self) -> bool:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return self.is_deepspeed_enabled and is_deepspeed_zero3_enabled()
 
     def _alignment_term(
         self, model: nn.Module, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any
@@ -206,3 +276,12 @@ class VideoGemmaTrainer(Trainer):
 
 
 FEATURE_NAMES = ("clip_features", "videomamba_features", "keyframe_indices")
+
+
+def _any_process(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any process (an all-reduce every process must join)."""
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

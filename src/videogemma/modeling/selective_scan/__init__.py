@@ -19,14 +19,19 @@ Backends (all differentiable, all equal to "reference" within fp32 rounding):
   backward.
 - "mamba_ssm": the CUDA kernels of the `mamba_ssm` package (`selective_scan_fn`), when it is installed.
 
-"auto" picks mamba_ssm on CUDA when importable, chunked on CUDA otherwise, and the numba kernels on CPU.
+"auto" picks mamba_ssm on CUDA when its kernels load, chunked on CUDA otherwise (an installed mamba_ssm whose
+compiled kernels fail to load, e.g. built for another torch or CUDA, gives a warning), and the numba kernels on
+CPU.
 Tensor layout is `mamba_ssm`'s: u, delta (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_state, L);
 D, delta_bias (d_inner,).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +99,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return "mamba_ssm" if mamba_ssm_available() else "chunked"
         return "cpu" if device.type == "cpu" else "chunked"
     if backend == "mamba_ssm" and not mamba_ssm_available():
-        raise ValueError("scan backend 'mamba_ssm' requested but the mamba_ssm package is not installed")
+        raise ValueError(f"scan backend 'mamba_ssm' requested but {mamba_ssm_problem()}")
     if backend == "mamba_ssm" and device.type != "cuda":
         raise ValueError(f"scan backend 'mamba_ssm' needs CUDA tensors, got {device}")
     if backend == "cpu" and device.type != "cpu":
@@ -103,7 +108,23 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def mamba_ssm_available() -> bool:
-    return importlib.util.find_spec("mamba_ssm") is not None
+    """Whether mamba_ssm's selective-scan kernels load here (not merely whether the package is installed)."""
+    return mamba_ssm_problem() is None
+
+
+@functools.cache
+def mamba_ssm_problem() -> str | None:
+    """Why the mamba_ssm backend cannot run, or None. An installed package whose kernels do not load warns
+    once: "auto" then takes the chunked backend."""
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return "the mamba_ssm package is not installed"
+    try:
+        importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except Exception as error:  # ImportError, OSError (undefined symbol in the extension), RuntimeError...
+        problem = f"mamba_ssm is installed but its kernels do not load ({type(error).__name__}: {error})"
+        warnings.warn(f"{problem}; the selective scan uses the chunked PyTorch backend", RuntimeWarning, 2)
+        return problem
+    return None
 
 
 def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
