@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "videogemma.evaluation.commands",
     "videogemma.train.commands",
     "videogemma.inference.commands",
+    "videogemma.serve.commands",
     "videogemma.demo",
 )
 EXIT_BAD_INPUT = 2
