@@ -147,7 +147,12 @@ class ServerState:
         self.media = MediaResolver(media_root, limits.max_video_bytes)
         self.admission = Admission(limits.max_queue)
         self.decoding = threading.Semaphore(limits.decode_workers)
-        self.batcher = Batcher(self.models, limits.max_batch_size, limits.batch_wait_ms / 1000)
+        self.batcher = Batcher(
+            self.models,
+            limits.max_batch_size,
+            limits.batch_wait_ms / 1000,
+            in_flight=lambda: self.admission.active,
+        )
 
     def model(self, name: str | None) -> ServedModel:
         served = self.models.get(self.default_model if name is None else name)

@@ -1,8 +1,9 @@
 """Dynamic batching: requests that arrive within a few milliseconds share one batched prefill and decode.
 
 One thread owns the models. It takes the oldest waiting job, gathers the waiting jobs that can share its batch
-(same model, same decoding settings) until the batch is full or `wait_s` has passed since the oldest arrived,
-collates them with left padding (as batch inference does) and runs `inference.generate.generate_answers` once.
+(same model, same decoding settings) until the batch is full, `wait_s` has passed since the oldest arrived or
+no other admitted request is still being decoded (none could join), collates them with left padding (as batch
+inference does) and runs `inference.generate.generate_answers` once.
 Greedy answers do not depend on the batch (tested: batched equals one by one). A sampled request with a seed
 runs alone, so that its seed gives the answer it gives alone.
 
@@ -82,10 +83,19 @@ class BatchStats:
 class Batcher:
     """The model thread: `submit(job)` queues a job (the caller bounds how many are in flight)."""
 
-    def __init__(self, models: Mapping[str, ServedModel], max_batch_size: int, wait_s: float) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ServedModel],
+        max_batch_size: int,
+        wait_s: float,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
         self.models = models
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        # How many requests are admitted (queued here or still decoding): a batch waits only while some are
+        # still on their way, so a request alone never waits for company that cannot come.
+        self._in_flight = in_flight
         self.stats = BatchStats()
         self._queue: deque[Job] = deque()
         self._condition = threading.Condition()
@@ -121,7 +131,12 @@ class Batcher:
                 batch = [job for job in self._queue if job is first or first.can_share(job)]
                 batch = batch[: self.max_batch_size]
                 remaining = first.arrived + self.wait_s - time.monotonic()
-                if len(batch) >= self.max_batch_size or first.runs_alone or remaining <= 0:
+                if (
+                    len(batch) >= self.max_batch_size
+                    or first.runs_alone
+                    or remaining <= 0
+                    or self._all_here()
+                ):
                     break
                 self._condition.wait(remaining)
                 if self._stopped:
@@ -129,6 +144,9 @@ class Batcher:
             for job in batch:
                 self._queue.remove(job)
             return batch
+
+    def _all_here(self) -> bool:
+        return self._in_flight is not None and self._in_flight() <= len(self._queue)
 
     def _run(self, batch: list[Job]) -> None:
         served = self.models[batch[0].model]
