@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,11 @@ def test_coach_a_file_writes_the_log_and_a_summary(workout, tmp_path, capsys):
     assert main(["coach", str(workout.video), "--out", str(out), "--policy", "interval", *FAST]) == 0
     captured = capsys.readouterr()
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) >= 5 and all(r["source"] == str(workout.video) for r in records)
+    # What the random-weight model says varies with the machine; the policy's rule does not: something said,
+    # never twice within the 5 s interval, from this source.
+    assert records and all(r["source"] == str(workout.video) for r in records)
+    times = [r["time"] for r in records]
+    assert all(later - earlier >= 5.0 - 1e-6 for earlier, later in pairwise(times))
     assert len(captured.out.splitlines()) == len(records)  # one console line per feedback said
     assert "coach finished: 27 windows over 29.8 s of video" in captured.err
     assert f"{len(records)} feedbacks said, written to {out}" in captured.err
