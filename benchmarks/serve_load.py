@@ -26,9 +26,7 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from videogemma.serve.launch import serve_subprocess
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real_clip_00000340.mp4"
 QUESTIONS = ("How is my form?", "Which exercise is this?", "Are my knees over my toes? Tell me what to fix.")
@@ -110,40 +110,13 @@ def reference_answers(clips: list[Path], max_tokens: int) -> dict[tuple[str, str
 # ---- the server -----------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(media_root: Path, log: Path, *options: str) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "videogemma.cli", "serve", "--model", "tiny", "--host", "127.0.0.1",
-        "--port", str(port), "--media-root", str(media_root), "--threads", "2", "--max-queue", "64",
-        "--max-video-bytes", str(MAX_VIDEO_BYTES), *options,
-    ]  # fmt: skip
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+    with serve_subprocess(
+        log, "--model", "tiny", "--media-root", str(media_root), "--threads", "2", "--max-queue", "64",
+        "--max-video-bytes", str(MAX_VIDEO_BYTES), *options, startup_s=STARTUP_S,
+    ) as base:  # fmt: skip
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ---- clients ----------------------------------------------------------------------------------------------------

@@ -8,16 +8,9 @@ saved beside the test's files (`page.png`).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -26,46 +19,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from videogemma.constants import DEFAULT_PROMPT
 from videogemma.inference.generate import GenerationSettings, answer
+from videogemma.serve.launch import serve_subprocess
 
 pytestmark = pytest.mark.slow
 TOKENS = 16
 STARTUP_S = 120
 ANSWER_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_subprocess(log: Path, *options: str) -> Iterator[str]:
-    """`videogemma serve` in a subprocess; yields its base URL once /health answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "videogemma.cli", "serve", "--port", str(port), *options]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"videogemma serve exited ({process.returncode}): {log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"videogemma serve did not answer /health in {STARTUP_S} s: {log.read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -100,7 +59,7 @@ def test_the_page_streams_the_models_answer_for_an_uploaded_clip(tmp_path, real_
     )
     assert want.error is None
     options = ("--model", "tiny", "--default-max-tokens", str(TOKENS), "--threads", "1")
-    with serve_subprocess(tmp_path / "serve.log", *options) as base:
+    with serve_subprocess(tmp_path / "serve.log", *options, startup_s=STARTUP_S) as base:
         browser.get(f"{base}/")
         wait = WebDriverWait(browser, ANSWER_S)
         wait.until(lambda page: page.find_elements(By.CSS_SELECTOR, "#model option"))
