@@ -15,6 +15,7 @@ Sampling (`do_sample`), or a generation config whose logits processing this pass
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -54,8 +55,10 @@ class AnswerDecoder:
         input_ids: torch.Tensor,
         settings: GenerationSettings,
         reuse: bool = True,
+        tokenizer_lock: contextlib.AbstractContextManager[Any] | None = None,
     ) -> None:
         self.model, self.processor, self.settings = model, processor, settings
+        self.tokenizer_lock = tokenizer_lock or contextlib.nullcontext()
         self.input_ids = input_ids.to(model.device)
         self.reuse = reuse and draft_checking_applies(model, settings)
         self.stops = stop_token_ids(model)
@@ -71,7 +74,8 @@ class AnswerDecoder:
             return generate_answers(self.model, self.processor, inputs, self.settings)[0].text
         tokens = self._greedy(features)
         self._previous = tokens
-        return self.processor.decode(tokens, skip_special_tokens=True).strip()
+        with self.tokenizer_lock:
+            return self.processor.decode(tokens, skip_special_tokens=True).strip()
 
     @torch.inference_mode()
     def _greedy(self, features: Any) -> list[int]:

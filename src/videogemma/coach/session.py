@@ -22,6 +22,7 @@ in the statistics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,11 +31,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from videogemma.coach.decoding import AnswerDecoder
 from videogemma.coach.encoder import WindowEncoder
-from videogemma.coach.source import SourceFrame, VideoSource
+from videogemma.coach.source import FrameSource, TimedFrame
 from videogemma.coach.windows import FrameGrid, FrameStore, Sample, Window, WindowSchedule, preprocess_frame
 from videogemma.constants import EXERCISE_SEPARATOR
 from videogemma.errors import VideoDecodeError
@@ -114,6 +115,12 @@ class SessionStats:
         return self.source_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+class EmissionSink(Protocol):
+    """Where what is said goes: the JSON Lines log (`FeedbackLog`), or a client's stream (`serve.coaching`)."""
+
+    def write(self, emission: Emission) -> None: ...
+
+
 class FeedbackLog:
     """The JSON Lines log of what is said; each record is flushed as it is written."""
 
@@ -141,9 +148,12 @@ class CoachSession:
         processor: Any,
         settings: CoachSettings,
         policy: Any,
-        log: FeedbackLog | None = None,
+        log: EmissionSink | None = None,
         on_window: Callable[[WindowResult, SessionStats], None] | None = None,
+        tokenizer_lock: contextlib.AbstractContextManager[Any] | None = None,
     ) -> None:
+        """`tokenizer_lock` is held around every use of the processor's tokenizer (a server shares one
+        tokenizer between threads)."""
         self.model, self.processor, self.settings, self.policy, self.log = (
             model,
             processor,
@@ -156,18 +166,25 @@ class CoachSession:
         self.encoder = WindowEncoder(model, cache=settings.cache_features)
         self.stats = SessionStats()
         question = settings.prompt or processor.default_prompt
-        encoded = processor.encode_conversation(
-            [{"from": "human", "value": question}], system=settings.system, add_generation_prompt=True
-        )
+        lock = tokenizer_lock or contextlib.nullcontext()
+        with lock:
+            encoded = processor.encode_conversation(
+                [{"from": "human", "value": question}], system=settings.system, add_generation_prompt=True
+            )
         self.decoder = AnswerDecoder(
-            model, processor, encoded["input_ids"][None], settings.generation, reuse=settings.reuse_answers
+            model,
+            processor,
+            encoded["input_ids"][None],
+            settings.generation,
+            reuse=settings.reuse_answers,
+            tokenizer_lock=lock,
         )
         self._source_name = ""
         self._start = 0.0
 
     # ---- the two loops -------------------------------------------------------------------------------
 
-    def run(self, source: VideoSource) -> SessionStats:
+    def run(self, source: FrameSource) -> SessionStats:
         self._source_name = source.name
         self._start = time.monotonic()
         try:
@@ -185,7 +202,7 @@ class CoachSession:
             self.stats.frames_reused = self.encoder.frames_reused
         return self.stats
 
-    def _run_inline(self, source: VideoSource) -> None:
+    def _run_inline(self, source: FrameSource) -> None:
         grid, store = FrameGrid(self.schedule.step), self._store()
         number = 0
         for item in source.frames():
@@ -194,7 +211,7 @@ class CoachSession:
                 self._run_window(store.window(self.schedule, number), store)
                 number += 1
 
-    def _run_realtime(self, source: VideoSource) -> None:
+    def _run_realtime(self, source: FrameSource) -> None:
         reader = _Reader(self, source)
         reader.start()
         number = 0
@@ -220,7 +237,7 @@ class CoachSession:
         per_stride = math.ceil(self.settings.stride / self.schedule.step)
         return FrameStore(keep=self.schedule.num_frames + per_stride + 2)
 
-    def _take(self, source: VideoSource, grid: FrameGrid, store: FrameStore, item: SourceFrame) -> None:
+    def _take(self, source: FrameSource, grid: FrameGrid, store: FrameStore, item: TimedFrame) -> None:
         self.stats.frames_read += 1
         self.stats.source_seconds = item.time
         for index, frame in grid.push(item):
@@ -266,7 +283,7 @@ class _Reader(threading.Thread):
     """Reads a real-time source into the frame store (pacing a file to its timestamps); the model's thread
     waits on it for the newest due window."""
 
-    def __init__(self, session: CoachSession, source: VideoSource) -> None:
+    def __init__(self, session: CoachSession, source: FrameSource) -> None:
         super().__init__(name="coach-reader", daemon=True)  # a camera read that blocks must not hold exit
         self.session, self.source = session, source
         self.store = session._store()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -44,6 +44,25 @@ class SourceFrame:
     time: float  # seconds from the source's first frame
     frame: av.VideoFrame
     stream: av.VideoStream
+
+
+class TimedFrame(Protocol):
+    """What the coach's windows need of a frame: its time (seconds from the source's first frame)."""
+
+    @property
+    def time(self) -> float: ...
+
+
+class FrameSource(Protocol):
+    """What the coaching loop reads: a `VideoSource`, or frames a client pushes (`coach.pushed`)."""
+
+    name: str
+
+    @property
+    def live(self) -> bool: ...
+    def frames(self) -> Iterator[Any]: ...  # TimedFrame items, in time order
+    def to_rgb(self, item: Any) -> np.ndarray: ...
+    def abandon(self) -> None: ...
 
 
 def source_kind(source: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videogemma.coach.source import SourceFrame
+from videogemma.coach.source import TimedFrame
 from videogemma.datasets.workout_windows import window_end
 from videogemma.processing.transforms import clip_transform, videomamba_transform
 
@@ -63,9 +63,9 @@ class FrameGrid:
             raise ValueError(f"the grid step must be positive, got {step}")
         self.step = step
         self.next_index = 0
-        self._previous: SourceFrame | None = None
+        self._previous: TimedFrame | None = None
 
-    def push(self, item: SourceFrame) -> list[tuple[int, SourceFrame]]:
+    def push(self, item: TimedFrame) -> list[tuple[int, TimedFrame]]:
         """The grid points this frame settles: (grid index, the frame on screen at that point)."""
         settled = []
         while self.next_index * self.step <= item.time + _EPSILON:

@@ -9,6 +9,7 @@ Retry-After) → the messages and their one video checked, the prompt tokenized 
 (`media.MediaResolver`) and decoded in a worker thread (at most `decode_workers` at once) → the batching thread
 (`batching.Batcher`) → the answer as one JSON body or as server-sent events. Each refusal is a 4xx in the
 OpenAI error shape; a video that cannot be read is the request's 400, never the server's end.
+The coaching stream (`WS /v1/coach/stream`, `coaching.py`) runs the live coach on a client's frames.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +38,7 @@ from videogemma.errors import PromptTooLongError, VideoDecodeError, VideoGemmaDa
 from videogemma.inference.generate import Answer, GenerationSettings
 from videogemma.inference.messages import MessageError, chat_conversation
 from videogemma.serve.batching import Batcher, Job, ServedModel
+from videogemma.serve.coaching import COACH_PATH, CoachSlots, coach_stream
 from videogemma.serve.limits import VIDEO_LIMIT_FLAGS, ServeLimits
 from videogemma.serve.media import MediaResolver
 from videogemma.serve.protocol import (
@@ -87,6 +89,11 @@ def create_app(
     app.add_middleware(AccessGuard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
     _add_error_handlers(app)
     _add_routes(app, state, auth_required=api_key is not None)
+
+    @app.websocket(COACH_PATH)
+    async def coaching(websocket: WebSocket) -> None:
+        await coach_stream(websocket, state.model, state.coaching, limits, api_key)
+
     return app
 
 
@@ -146,6 +153,7 @@ class ServerState:
         self.limits = limits
         self.media = MediaResolver(media_root, limits.max_video_bytes)
         self.admission = Admission(limits.max_queue)
+        self.coaching = CoachSlots(limits.max_coach_sessions)
         self.decoding = threading.Semaphore(limits.decode_workers)
         self.batcher = Batcher(
             self.models,
@@ -303,6 +311,7 @@ def _add_routes(app: FastAPI, state: ServerState, auth_required: bool) -> None:
             "auth_required": auth_required,
             "media_root": state.media.media_root is not None,
             "in_flight": state.admission.active,
+            "coaching_streams": state.coaching.active,
             "batching": {
                 "enabled": state.limits.max_batch_size > 1,
                 "batches": stats.batches,

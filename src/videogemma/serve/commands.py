@@ -128,10 +128,15 @@ def run_serve(args: argparse.Namespace) -> int:
         served[name] = ServedModel(name, model, processor)
     app = create_app(served, limits, media_root=args.media_root, api_key=args.api_key)
     print(
-        f"serving {', '.join(served)} on http://{args.host}:{args.port} (page at /, API at /v1/chat/completions)",
+        f"serving {', '.join(served)} on http://{args.host}:{args.port} (page at /, API at /v1/chat/completions, "
+        "coaching stream at /v1/coach/stream)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # A coaching stream's frame is one WebSocket message (uvicorn refuses larger ones, 16 MiB by default).
+    ws_max_size = max(16 * 2**20, limits.max_frame_bytes + 2**16)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, ws_max_size=ws_max_size
+    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """What one request, and the server as a whole, may cost: every bound in one dataclass.
 
 Each field is a `videogemma serve` flag of the same name (`--max-video-bytes`), the `code` of the error a
-request beyond it gets, and its entry in `GET /health` (with the HTTP status it answers), so a client can tell
-which limit it met. Video bounds tighten the model's own `VideoLimits` (saved with its processor), never
+request (or coaching stream) beyond it gets, and its entry in `GET /health` (with the HTTP status or the
+WebSocket close code it answers), so a client can tell which limit it met. Video bounds tighten the model's own `VideoLimits` (saved with its processor), never
 loosen them.
 """
 
@@ -44,6 +44,21 @@ class ServeLimits:
     decode_workers: int = field(
         default=2, metadata={"help": "videos decoded at once (others wait their turn)"}
     )
+    max_coach_sessions: int = field(
+        default=2, metadata={"help": "coaching streams run at once (/v1/coach/stream); one more is refused"}
+    )
+    max_frame_bytes: int = field(
+        default=2 * MIB,
+        metadata={"help": "largest frame a coaching stream may send (a JPEG or RGB), in bytes"},
+    )
+    max_coach_fps: float = field(
+        default=30.0, metadata={"help": "most frames per second of a coaching stream (by the frames' times)"}
+    )
+    max_coach_frames: int = field(default=108_000, metadata={"help": "most frames of one coaching stream"})
+    max_coach_seconds: float = field(
+        default=3600.0,
+        metadata={"help": "longest coaching stream, in seconds (by its frames' times and by the clock)"},
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -77,6 +92,8 @@ class ServeLimits:
             entry: dict[str, Any] = {"value": getattr(self, spec.name), "bounds": spec.metadata["help"]}
             if spec.name in LIMIT_STATUS:
                 entry["status"] = LIMIT_STATUS[spec.name]
+            if spec.name in LIMIT_CLOSE_CODE:
+                entry["close_code"] = LIMIT_CLOSE_CODE[spec.name]
             described[spec.name] = entry
         return described
 
@@ -89,6 +106,17 @@ LIMIT_STATUS = {
     "max_prompt_tokens": 400,
     "max_tokens": 400,
     "max_queue": 503,
+}
+# The WebSocket close code of a coaching stream beyond each limit (RFC 6455: 1009 message too big, 1013 try
+# again later, 1008 policy violation); `max_tokens` and `max_prompt_tokens` bound a stream's start as well.
+LIMIT_CLOSE_CODE = {
+    "max_coach_sessions": 1013,
+    "max_frame_bytes": 1009,
+    "max_coach_fps": 1008,
+    "max_coach_frames": 1008,
+    "max_coach_seconds": 1008,
+    "max_tokens": 1008,
+    "max_prompt_tokens": 1008,
 }
 # `VideoLimits` fields, as the processor's errors name them, and the server limit that sets each.
 VIDEO_LIMIT_FLAGS = {
