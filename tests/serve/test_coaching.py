@@ -17,6 +17,7 @@ import math
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import av
@@ -30,7 +31,7 @@ from websockets.sync.client import ClientConnection, connect
 from videogemma.coach.policy import ChangePolicy
 from videogemma.coach.pushed import PushedFrame, PushedFrames
 from videogemma.coach.session import CoachSession, CoachSettings
-from videogemma.inference.generate import GenerationSettings
+from videogemma.inference.generate import GenerationSettings, answer
 from videogemma.serve.app import create_app
 from videogemma.serve.batching import ServedModel
 from videogemma.serve.coaching import COACH_PATH
@@ -292,3 +293,32 @@ def test_streams_beyond_the_limit_are_refused_until_one_ends(coach_server):
         assert json.loads(third.recv(timeout=60))["type"] == "ready"
         third.send(frame_message(0.0, JPEG))
     wait_for_free_streams(base)
+
+
+def test_a_chat_request_during_streams_gets_its_own_answer(
+    coach_server, tiny_served, clip_jpegs, real_clip, data_url, video_request
+):
+    """The coaches' threads and the batching thread share the model: none changes the others' answers."""
+    model, processor = tiny_served
+    want = answer(
+        model, processor, real_clip, "Which exercise?", settings=GenerationSettings(max_new_tokens=TOKENS)
+    )
+    base = coach_server()
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        streams = [stack.enter_context(open_stream(base)) for _ in range(2)]
+        for ws in streams:
+            ws.send(start_message(stride=STRIDE, realtime=False))
+            assert json.loads(ws.recv(timeout=60))["type"] == "ready"
+        body = video_request(data_url(real_clip), "Which exercise?")
+        chat = pool.submit(httpx.post, f"{base}/v1/chat/completions", json=body, timeout=120)
+        for t, data in clip_jpegs:
+            for ws in streams:
+                ws.send(frame_message(t, data))
+        for ws in streams:
+            ws.send(json.dumps({"type": "end"}))
+        results = [read_all(ws) for ws in streams]
+        response = chat.result()
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == want.text
+    texts = [[m["text"] for m in messages if m["type"] == "window"] for messages in results]
+    assert len(texts[0]) == 4 and texts[0] == texts[1]  # the same frames: the same answers
