@@ -322,3 +322,15 @@ def test_a_chat_request_during_streams_gets_its_own_answer(
     assert response.json()["choices"][0]["message"]["content"] == want.text
     texts = [[m["text"] for m in messages if m["type"] == "window"] for messages in results]
     assert len(texts[0]) == 4 and texts[0] == texts[1]  # the same frames: the same answers
+
+
+def test_a_client_that_stops_sending_is_told_it_stalled(coach_server, monkeypatch):
+    monkeypatch.setattr("videogemma.serve.coaching.STALL_TIMEOUT_S", 0.5)
+    base = coach_server()
+    with open_stream(base) as ws:
+        ws.send(start_message())
+        assert json.loads(ws.recv(timeout=60))["type"] == "ready"
+        ws.send(frame_message(0.0, JPEG))
+        message = expect_refusal(ws, 1008, "stream_error")
+    assert "no frame for 0.5 s" in message
+    wait_for_free_streams(base)
