@@ -61,7 +61,9 @@ class PushedFrame:
         return cls(time, data, width, height, "jpeg")
 
     @classmethod
-    def rgb24(cls, time: float, data: bytes, width: int, height: int, limits: VideoLimits = DEFAULT_LIMITS):
+    def rgb24(
+        cls, time: float, data: bytes, width: int, height: int, limits: VideoLimits = DEFAULT_LIMITS
+    ) -> PushedFrame:
         """Raw RGB rows (width × height × 3 bytes)."""
         _check_size(width, height, limits)
         if len(data) != width * height * 3:

@@ -7,10 +7,10 @@
 Two ways to run, one result per window:
 - A file read as fast as it decodes (the default for files): one thread reads a frame, and when that makes a
   window due, runs it before reading on; no window is skipped, and the run takes what the model takes.
-- Real time (a camera, a stream, or a file with `realtime=True`, paced to its timestamps): a reader thread
-  takes frames as they come and the model runs on the newest due window; the windows that fell due while
-  the model was busy are skipped and counted, never queued (so a slow model lags by at most one window and
-  memory stays bounded). A source that delivers no frame for `stall_timeout` seconds is an error.
+- Real time (a camera, a stream, live frames a client pushes (`coach.pushed`), or a file with
+  `realtime=True`, paced to its timestamps): a reader thread takes frames as they come and the model runs on
+  the newest due window; the windows that fell due while the model was busy are skipped and counted, never
+  queued (so a slow model lags by at most one window and memory stays bounded). A source that delivers no frame for `stall_timeout` seconds is an error.
 
 Each window's answer goes to the emission policy (`policy.py`); what is said is one `Emission` written to
 the JSON Lines log at once (`FeedbackLog` flushes every record). `time` is when the feedback is available

@@ -39,6 +39,7 @@ import math
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -104,7 +105,7 @@ class CoachSlots:
         self.active = 0
         self._lock = threading.Lock()
 
-    def take(self) -> Any:
+    def take(self) -> Callable[[], None]:
         with self._lock:
             if self.active >= self.limit:
                 raise StreamError(
@@ -126,7 +127,11 @@ class CoachSlots:
 
 
 async def coach_stream(
-    websocket: WebSocket, served_for: Any, slots: CoachSlots, limits: ServeLimits, api_key: str | None
+    websocket: WebSocket,
+    served_for: Callable[[str | None], ServedModel],
+    slots: CoachSlots,
+    limits: ServeLimits,
+    api_key: str | None,
 ) -> None:
     """One coaching stream, from its start message to its summary; `served_for(name)` picks the model."""
     await websocket.accept()
@@ -232,7 +237,7 @@ class CoachStream:
         policy: Any,
         start: CoachStart,
         limits: ServeLimits,
-        release: Any,
+        release: Callable[[], None],
     ) -> None:
         self.served, self.settings, self.policy, self.start_message = served, settings, policy, start
         self.limits = limits
