@@ -217,12 +217,12 @@ class CoachSession:
         number = 0
         try:
             while True:
-                latest = reader.wait_for_window(number, self.settings.stall_timeout)
-                if latest is None:
+                if reader.wait_for_window(number, self.settings.stall_timeout) is None:
                     break
-                self.stats.windows_skipped += latest - number
-                self._run_window(reader.store.window(self.schedule, latest), reader.store)
-                number = latest + 1
+                window = reader.store.newest_window(self.schedule)  # the reader may have gone on meanwhile
+                self.stats.windows_skipped += window.number - number
+                self._run_window(window, reader.store)
+                number = window.number + 1
         finally:
             reader.stop()
             if reader.is_alive():  # still blocked in a read: closing the container under it could crash

@@ -147,6 +147,17 @@ class FrameStore:
         end = schedule.end(number)
         return Window(number, round(end - schedule.window, 6), end, samples)
 
+    def newest_window(self, schedule: WindowSchedule) -> Window | None:
+        """The newest due window, chosen and read in one step: a reader running ahead (frames pushed faster
+        than real time) could otherwise drop a chosen window's first frames before it is read."""
+        with self._lock:
+            number = schedule.latest_due(self.reached)
+            if number is None:
+                return None
+            samples = tuple(self._samples[index] for index in schedule.indices(number))
+        end = schedule.end(number)
+        return Window(number, round(end - schedule.window, 6), end, samples)
+
 
 def preprocess_frame(processor: object, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame's inputs to CLIP and to VideoMamba, with the processor's sizes and statistics."""
