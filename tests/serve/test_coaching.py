@@ -188,6 +188,7 @@ HOSTILE = {
     "a frame first": (frame_message(0.0, JPEG), [], 1008, "invalid_message"),
     "model not served": (start_message(api_key=KEY, model="gpt-4o"), [], 1008, "model_not_found"),
     "long answers": (start_message(api_key=KEY, max_tokens=100_000), [], 1008, "max_tokens"),
+    "long prompt": (start_message(api_key=KEY, prompt="squat " * 200), [], 1008, "max_prompt_tokens"),
     "rgb24 without a size": (start_message(api_key=KEY, format="rgb24"), [], 1008, "invalid_message"),
     "oversize frame": (
         start_message(api_key=KEY),
@@ -239,7 +240,12 @@ HOSTILE = {
 
 def test_hostile_streams_are_closed_with_their_code_and_the_server_goes_on(coach_server):
     base = coach_server(
-        api_key=KEY, max_frame_bytes=4096, max_coach_fps=10, max_coach_frames=20, max_coach_seconds=4
+        api_key=KEY,
+        max_frame_bytes=4096,
+        max_coach_fps=10,
+        max_coach_frames=20,
+        max_coach_seconds=4,
+        max_prompt_tokens=150,
     )
     for name, (first, frames, close_code, code) in HOSTILE.items():
         with open_stream(base) as ws:

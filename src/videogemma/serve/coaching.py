@@ -50,7 +50,7 @@ from videogemma.coach.commands import DEFAULT_STRIDE_S, DEFAULT_WINDOW_S
 from videogemma.coach.policy import make_policy
 from videogemma.coach.pushed import FrameError, PushedFrame, PushedFrames
 from videogemma.coach.session import DEFAULT_MAX_NEW_TOKENS, CoachSession, CoachSettings, Emission
-from videogemma.errors import PromptTooLongError
+from videogemma.errors import PromptTooLongError, VideoGemmaDataError
 from videogemma.inference.generate import GenerationSettings
 from videogemma.serve.batching import ServedModel
 from videogemma.serve.limits import ServeLimits
@@ -158,7 +158,8 @@ async def coach_stream(
             ) from None
         finally:
             stream.stop()
-        await websocket.close(NORMAL)
+        if websocket.client_state == WebSocketState.CONNECTED:
+            await websocket.close(NORMAL)
     except StreamError as error:
         await _refuse(websocket, error)
     except WebSocketDisconnect:
@@ -268,6 +269,8 @@ class CoachStream:
             )
         except PromptTooLongError as error:
             raise StreamError(POLICY, "context_length_exceeded", str(error)) from None
+        except VideoGemmaDataError as error:  # the chat template's refusals (a <video> tag in the prompt)
+            raise StreamError(POLICY, "invalid_message", f"start message: prompt: {error}") from None
         text_tokens = session.decoder.input_ids.shape[1] - processor.num_visual_tokens
         if text_tokens > self.limits.max_prompt_tokens:
             raise StreamError(
