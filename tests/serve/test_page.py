@@ -3,17 +3,12 @@
 The server runs as a user runs it (`videogemma serve --model tiny` in a subprocess, on a free loopback port);
 the browser loads the page, uploads the real clip through the file input, asks the default question and waits
 for the streamed answer, which must be the model's own answer for that clip and question. The screenshot is
-saved beside the test's files (`page.png`).
+saved beside the test's files (`page.png`). The `browser` fixture is in tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -25,29 +20,6 @@ pytestmark = pytest.mark.slow
 TOKENS = 16
 STARTUP_S = 120
 ANSWER_S = 180
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("the page test needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,900",
-    ):
-        options.add_argument(argument)
-    session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
-    try:
-        yield session
-    finally:
-        session.quit()
 
 
 def test_the_page_streams_the_models_answer_for_an_uploaded_clip(tmp_path, real_clip, browser):

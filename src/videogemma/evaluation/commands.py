@@ -173,10 +173,11 @@ def evaluate_file(
 ) -> tuple[Any, dict[str, Path]]:
     """Score a prediction file and write every report into `out_dir`; returns the result and the files."""
     from videogemma.evaluation.form_metrics import FormRules
+    from videogemma.evaluation.headline import report_title
     from videogemma.evaluation.metrics import evaluate_records, record_identifiers
     from videogemma.evaluation.plots import make_evaluation_plots
     from videogemma.evaluation.report_excel import write_workbook
-    from videogemma.evaluation.report_html import report_title, write_html
+    from videogemma.evaluation.report_html import write_html
     from videogemma.evaluation.run_info import display_path, gather_run_info
     from videogemma.files import atomic_write
     from videogemma.inference.records import (
@@ -200,7 +201,7 @@ def evaluate_file(
     # Reports carry names, not machine paths (a record's model or dataset is often a path).
     base = out_dir.resolve().parent
     identifiers = {
-        key: [display_path(value, base) if Path(value).exists() else value for value in values]
+        key: [display_path(value, base) if _is_path(value) else value for value in values]
         for key, values in recorded.items()
     }
     identifiers["predictions_file"] = display_path(predictions, base)
@@ -237,6 +238,11 @@ def evaluate_file(
     with atomic_write(outputs["metrics"]) as file:
         file.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
     return result, {**outputs, **plots}
+
+
+def _is_path(value: str) -> bool:
+    """A record's model or dataset identifier that names a file or folder (an absolute path, or one here)."""
+    return Path(value).is_absolute() or Path(value).exists()
 
 
 def _strips(records: list[Any], predictions: Path, option: Path | None) -> dict[str, Any]:

@@ -67,7 +67,8 @@ def split_label(text: str | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class FormRules:
-    """What reads as good form: a feedback whose first clause holds one of `good_form_phrases` as whole words."""
+    """What reads as good form: a feedback whose first clause holds one of `good_form_phrases` as whole words,
+    not right after "not" or "no"."""
 
     good_form_phrases: tuple[str, ...] = GOOD_FORM_PHRASES
 
@@ -77,7 +78,8 @@ class FormRules:
             raise VideoGemmaError(f"good-form phrases must be non-empty text, got {self.good_form_phrases!r}")
         object.__setattr__(self, "good_form_phrases", phrases)
         pattern = "|".join(re.escape(phrase) for phrase in phrases)
-        object.__setattr__(self, "_pattern", re.compile(rf"(?<!\w)(?:{pattern})(?!\w)"))
+        # Whole words, and not negated: "not good form" is no verdict of good form.
+        object.__setattr__(self, "_pattern", re.compile(rf"(?<!\w)(?<!not )(?<!no )(?:{pattern})(?!\w)"))
 
     def is_good_form(self, clause: str) -> bool:
         return bool(self._pattern.search(normalize(clause)))  # type: ignore[attr-defined]
@@ -85,7 +87,10 @@ class FormRules:
     @property
     def description(self) -> str:
         listed = ", ".join(f"'{phrase}'" for phrase in self.good_form_phrases)
-        return f"good form when the feedback's first clause (before ';') holds one of: {listed}; else a fault"
+        return (
+            f"good form when the feedback's first clause (before ';') holds one of {listed} (whole words, not after "
+            "'not' or 'no'); else a fault"
+        )
 
 
 @dataclass(frozen=True)

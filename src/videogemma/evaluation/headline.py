@@ -86,3 +86,18 @@ def headline_rows(metrics: dict[str, Any], confusions: int = 2) -> list[Headline
 def format_headline_rows(rows: list[HeadlineRow]) -> str:
     width = max(len(row.label) for row in rows) + 2
     return "\n".join(row.line(width) for row in rows)
+
+
+def report_title(result: Any) -> str:
+    """ "Form-feedback evaluation: <model> on <dataset>" from the result's identifiers."""
+    model = ", ".join(result.identifiers.get("model") or []) or "unknown model"
+    dataset = ", ".join(result.identifiers.get("dataset") or []) or "unknown data"
+    return f"Form-feedback evaluation: {model} on {dataset}"
+
+
+def subtitle(result: Any) -> str:
+    """The line under the title: how many clips, how they ended, when they were evaluated."""
+    counts = result.counts
+    text = f"{counts['total']} clips: {counts['success']} answered, {counts['error']} errors, {counts['empty']} empty"
+    evaluated = result.run.get("evaluated_at")
+    return text + (f" · evaluated {evaluated}" if evaluated else "")

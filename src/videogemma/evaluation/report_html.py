@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from videogemma.evaluation.form_metrics import OUTCOME_SEVERITY
-from videogemma.evaluation.headline import headline_rows
+from videogemma.evaluation.headline import headline_rows, report_title
 from videogemma.evaluation.metrics import (
     BAND_NAMES,
     BANDS,
@@ -25,6 +25,7 @@ from videogemma.evaluation.metrics import (
     SampleScore,
     sample_band,
 )
+from videogemma.evaluation.run_info import run_rows
 from videogemma.evaluation.thumbnails import Strip
 from videogemma.files import atomic_write
 
@@ -127,13 +128,6 @@ def embedded_image(path: Path, alt: str) -> str:
     return f'<img class="plot" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def report_title(result: EvaluationResult) -> str:
-    """ "Form-feedback evaluation: <model> on <dataset>" from the result's identifiers."""
-    model = ", ".join(result.identifiers.get("model") or []) or "unknown model"
-    dataset = ", ".join(result.identifiers.get("dataset") or []) or "unknown data"
-    return f"Form-feedback evaluation: {model} on {dataset}"
-
-
 def _headline(result: EvaluationResult) -> str:
     cards = []
     for row in headline_rows(result.to_json(), confusions=3):
@@ -144,31 +138,6 @@ def _headline(result: EvaluationResult) -> str:
             f'<div class="value">{escape(row.value)}</div><div class="detail">{escape(row.detail)}</div></div>'
         )
     return '<div class="cards" id="headline">' + "".join(cards) + "</div>"
-
-
-def _run_rows(result: EvaluationResult) -> list[list[object]]:
-    run, identifiers = result.run, result.identifiers
-    rows: list[list[object]] = [
-        ["Model", ", ".join(identifiers.get("model") or []) or "unknown"],
-        ["Dataset", ", ".join(identifiers.get("dataset") or []) or "unknown"],
-    ]
-    labels = {
-        "checkpoint": "Checkpoint",
-        "config": "Training config",
-        "decoding": "Decoding",
-        "batch_size": "Batch size",
-        "predictions": "Predictions",
-        "predicted_at": "Predicted",
-        "evaluated_at": "Evaluated",
-    }
-    rows += [[label, str(run[key])] for key, label in labels.items() if run.get(key) is not None]
-    if run.get("steps"):
-        rows.append(
-            ["Step times", ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps"].items())]
-        )
-    if result.throughput and result.throughput.get("videos_per_second"):
-        rows.append(["Throughput", f"{result.throughput['videos_per_second']:.2f} videos/s (generation)"])
-    return rows
 
 
 def _text_metric_sections(result: EvaluationResult) -> list[str]:
@@ -310,7 +279,7 @@ def render_html(
         + (f" · evaluated {result.run['evaluated_at']}" if result.run.get("evaluated_at") else "")
     )
     sections = [f"<h1>{escape(title)}</h1>", f'<p class="subtitle">{escape(subtitle)}</p>', _headline(result)]
-    sections += ["<h2>Run</h2>", html_table(["Item", "Value"], _run_rows(result))]
+    sections += ["<h2>Run</h2>", html_table(["Item", "Value"], run_rows(result))]
     confusion = [plots.pop(name) for name in ("exercise_confusion", "form_confusion") if name in plots]
     if confusion:
         sections.append("<h2>Confusion matrices</h2><p>Ground truth (rows) by answer (columns).</p>")

@@ -99,7 +99,7 @@ def gather_run_info(
         info["batch_size"] = sidecar["batch_size"]
     if len(models) == 1:
         model = Path(models[0])
-        info["checkpoint"] = display_path(model, base) if model.exists() else models[0]
+        info["checkpoint"] = display_path(model, base) if model.is_absolute() or model.exists() else models[0]
         config = _train_config(model) if model.is_dir() else None
         if config is not None:
             summary = _config_summary(config)
@@ -128,3 +128,31 @@ def step_seconds(path: Path) -> dict[str, float]:
         for name, step in steps.items()
         if isinstance(step, dict) and isinstance(step.get("seconds"), (int, float))
     }
+
+
+RUN_LABELS = {
+    "checkpoint": "Checkpoint",
+    "config": "Training config",
+    "decoding": "Decoding",
+    "batch_size": "Batch size",
+    "predictions": "Predictions",
+    "predicted_at": "Predicted",
+    "evaluated_at": "Evaluated",
+}
+
+
+def run_rows(result: Any) -> list[list[object]]:
+    """The report's "Run" table of an `EvaluationResult`: model, dataset, then what `gather_run_info` found."""
+    run, identifiers = result.run, result.identifiers
+    rows: list[list[object]] = [
+        ["Model", ", ".join(identifiers.get("model") or []) or "unknown"],
+        ["Dataset", ", ".join(identifiers.get("dataset") or []) or "unknown"],
+    ]
+    rows += [[label, str(run[key])] for key, label in RUN_LABELS.items() if run.get(key) is not None]
+    if run.get("steps"):
+        rows.append(
+            ["Step times", ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps"].items())]
+        )
+    if result.throughput and result.throughput.get("videos_per_second"):
+        rows.append(["Throughput", f"{result.throughput['videos_per_second']:.2f} videos/s (generation)"])
+    return rows
