@@ -178,7 +178,7 @@ def evaluate_file(
     from videogemma.evaluation.plots import make_evaluation_plots
     from videogemma.evaluation.report_excel import write_workbook
     from videogemma.evaluation.report_html import write_html
-    from videogemma.evaluation.run_info import display_path, gather_run_info
+    from videogemma.evaluation.run_info import gather_run_info
     from videogemma.files import atomic_write
     from videogemma.inference.records import (
         PredictionRecordError,
@@ -198,19 +198,9 @@ def evaluate_file(
     if damage:
         warnings.warn(damage, stacklevel=2)
     recorded = record_identifiers(records)
-    # Reports carry names, not machine paths (a record's model or dataset is often a path).
-    base = out_dir.resolve().parent
-    identifiers = {
-        key: [display_path(value, base) if _is_path(value) else value for value in values]
-        for key, values in recorded.items()
-    }
-    identifiers["predictions_file"] = display_path(predictions, base)
+    identifiers = _report_identifiers(recorded, predictions, out_dir, model_name, dataset_name)
     if damage:
         identifiers["skipped_lines"] = prediction_file.damaged_numbers
-    if model_name:
-        identifiers["model"] = [model_name]
-    if dataset_name:
-        identifiers["dataset"] = [dataset_name]
 
     similarity, similarity_note = similarity_scorer(similarity_model)
     bertscore, bertscore_note = bertscore_scorer(bertscore_model, bertscore_layers)
@@ -238,6 +228,30 @@ def evaluate_file(
     with atomic_write(outputs["metrics"]) as file:
         file.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
     return result, {**outputs, **plots}
+
+
+def _report_identifiers(
+    recorded: dict[str, list[str]],
+    predictions: Path,
+    out_dir: Path,
+    model_name: str | None,
+    dataset_name: str | None,
+) -> dict[str, Any]:
+    """The model and dataset the reports name: the options, else the records' (paths made display-safe)."""
+    from videogemma.evaluation.run_info import display_path
+
+    # Reports carry names, not machine paths (a record's model or dataset is often a path).
+    base = out_dir.resolve().parent
+    identifiers: dict[str, Any] = {
+        key: [display_path(value, base) if _is_path(value) else value for value in values]
+        for key, values in recorded.items()
+    }
+    identifiers["predictions_file"] = display_path(predictions, base)
+    if model_name:
+        identifiers["model"] = [model_name]
+    if dataset_name:
+        identifiers["dataset"] = [dataset_name]
+    return identifiers
 
 
 def _is_path(value: str) -> bool:

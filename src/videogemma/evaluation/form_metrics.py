@@ -71,6 +71,7 @@ class FormRules:
     not right after "not" or "no"."""
 
     good_form_phrases: tuple[str, ...] = GOOD_FORM_PHRASES
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         phrases = tuple(normalize(phrase) for phrase in self.good_form_phrases)
@@ -82,7 +83,7 @@ class FormRules:
         object.__setattr__(self, "_pattern", re.compile(rf"(?<!\w)(?<!not )(?<!no )(?:{pattern})(?!\w)"))
 
     def is_good_form(self, clause: str) -> bool:
-        return bool(self._pattern.search(normalize(clause)))  # type: ignore[attr-defined]
+        return bool(self._pattern.search(normalize(clause)))
 
     @property
     def description(self) -> str:
