@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -101,3 +103,51 @@ def level_frames_fixture() -> Callable[..., np.ndarray]:
 @pytest.fixture(name="frame_level")
 def frame_level_fixture() -> Callable[[np.ndarray], int]:
     return frame_level
+
+
+# ---- a real browser (the serve page and the HTML report tests) ---------------------------------------------------
+
+
+def _chromium(monkeypatch: pytest.MonkeyPatch, arguments: tuple[str, ...]) -> Any:
+    """Debian's headless chromium driven by Selenium through chromedriver (a `webdriver.Chrome`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("the browser tests need Debian's chromium and chromium-driver (.ci/run installs them)")
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,900",
+        *arguments,
+    ):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+@pytest.fixture
+def open_browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """Opens chromium with extra command-line switches (e.g. a fake camera); every session quits at teardown."""
+    sessions: list[Any] = []
+
+    def open_with(*arguments: str) -> Any:
+        sessions.append(_chromium(monkeypatch, arguments))
+        return sessions[-1]
+
+    try:
+        yield open_with
+    finally:
+        for session in sessions:
+            session.quit()
+
+
+@pytest.fixture
+def browser(open_browser: Callable[..., Any]) -> Any:
+    """Headless chromium with its default switches."""
+    return open_browser()

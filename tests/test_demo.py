@@ -7,7 +7,16 @@ import json
 import pytest
 
 from videogemma.cli import main as videogemma_cli
-from videogemma.demo import FULL, QUICK, STATE_NAME, _write_state, demo_steps, run_steps
+from videogemma.demo import (
+    FULL,
+    QUICK,
+    STATE_NAME,
+    _write_state,
+    demo_steps,
+    format_headline,
+    headline_metrics,
+    run_steps,
+)
 from videogemma.inference.records import read_records
 
 COACHING = ["workouts", "coach-0000", "coach-0001", "eval-coach"]
@@ -22,6 +31,13 @@ def test_quick_demo_runs_every_step_then_skips_them(tmp_path, capsys):
         assert f"[{number}/9]" in printed
     assert f"report: {out / 'report' / 'report.html'}" in printed
     assert "exercise identified:" in printed and "ROUGE-L:" in printed
+    # The metrics are printed once, at the end (eval and eval-coach run --quiet).
+    assert printed.count("exercise identified:") == 1 and "\nT-F score " not in printed
+    assert (
+        "exact label:" in printed
+        and "faulty clips told good form:" in printed
+        and "step times: synth" in printed
+    )
     assert f"coaching report: {out / 'coach_report' / 'report.html'}" in printed
     assert "coaching T-F score:" in printed
 
@@ -130,3 +146,38 @@ def test_the_demo_runs_from_a_plain_install(tmp_path):
     assert "exercise identified:" in result.stdout
     config = json.loads((tmp_path / "demo" / "demo_state.json").read_text())["steps"]["train"]["argv"]
     assert str(site / "videogemma" / "configs" / "demo_tiny.yaml") in config
+
+
+def test_the_headline_leads_with_the_coaching_metrics_and_gives_each_steps_time(tmp_path):
+    from videogemma.evaluation.metrics import evaluate_records
+    from videogemma.inference.records import PredictionRecord
+
+    truths = ["squats - knees caving in; push the knees out", "squats - good form; keep it up"]
+    said = ["squats - good form; keep it up", "pushups - good form; keep it up"]
+    records = [
+        PredictionRecord(id=i, ground_truth=t, prediction=p) for i, (t, p) in enumerate(zip(truths, said))
+    ]
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(evaluate_records(records, progress=False).to_json()))
+    state = tmp_path / STATE_NAME
+    _write_state(
+        state, {"steps": {"train": {"argv": [], "seconds": 61.2}, "infer": {"argv": [], "seconds": 4.4}}}
+    )
+    summary = headline_metrics(metrics, state)
+    assert summary["exercise_accuracy"] == 0.5 and summary["exact_label"] == 0.0
+    assert summary["faulty_told_good_form"] == 1
+    summary.update(report="r/report.html")
+    lines = format_headline(summary).splitlines()
+    assert lines[:2] == ["report: r/report.html", "test clips: 2 (0 errors)"]
+    assert [line.split(":")[0] for line in lines[2:9]] == [
+        "exercise identified",
+        "exact label",
+        "verdict (good form or fault)",
+        "fault detection F1",
+        "fault named",
+        "faulty clips told good form",
+        "exercises most confused",
+    ]
+    assert lines[7].split(":", 1)[1].split() == ["1", "(of", "1", "clip", "with", "a", "fault)"]
+    assert lines[9].startswith("ROUGE-L:") and lines[10].startswith("METEOR:")
+    assert lines[-1] == "step times: train 61 s, infer 4 s (total 66 s)"

@@ -136,6 +136,10 @@ def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[St
                 "tiny (demo run)",
                 "--dataset-name",
                 "synthetic QVED test split",
+                # The report shows the steps' times so far; the demo prints the metrics once, at the end.
+                "--timings",
+                str(out / STATE_NAME),
+                "--quiet",
             ),
         ),
         *coaching_steps(out, size),
@@ -167,7 +171,8 @@ def coaching_steps(out: Path, size: DemoSize) -> list[Step]:
             str(size.max_new_tokens),
         )
         steps.append(Step(f"coach-{name}", f"coach workout {name}", argv))
-    report = ("eval-coach", str(logs), "--ground-truth", str(workouts), "--out", str(out / "coach_report"))
+    report = ("eval-coach", str(logs), "--ground-truth", str(workouts), "--out", str(out / "coach_report"),
+              "--quiet")  # fmt: skip
     steps.append(Step("eval-coach", "score the coaching (T-F score, timelines)", report))
     return steps
 
@@ -205,7 +210,7 @@ def run(out: str | Path = "outputs/demo", quick: bool = False, force: bool = Fal
         run_steps(demo_steps(out, QUICK if quick else FULL), out / STATE_NAME, videogemma, force=force)
     finally:
         torch.set_num_threads(threads)
-    summary = headline_metrics(out / "report" / "metrics.json")
+    summary = headline_metrics(out / "report" / "metrics.json", out / STATE_NAME)
     summary["report"] = str(out / "report" / "report.html")
     summary["coaching"] = coaching_metrics(out / "coach_report" / "metrics.json")
     summary["coach_report"] = str(out / "coach_report" / "report.html")
@@ -254,16 +259,27 @@ def run_steps(
     return ran
 
 
-def headline_metrics(metrics_path: Path) -> dict[str, Any]:
-    """The few numbers the demo prints, from eval's metrics.json."""
+def headline_metrics(metrics_path: Path, state_path: Path | None = None) -> dict[str, Any]:
+    """The numbers the demo prints, from eval's metrics.json (the coaching metrics first, as `eval` orders
+    them) and the step times from the demo's state file."""
+    from dataclasses import asdict
+
+    from videogemma.evaluation.headline import headline_rows
+    from videogemma.evaluation.run_info import step_seconds
+
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    means = {name: values["mean"] for name, values in metrics["metrics"].items()}
+    form = metrics["form_feedback"]
     return {
         "samples": metrics["counts"]["total"],
         "errors": metrics["counts"]["error"],
-        "exercise_accuracy": metrics["exercise_identification"]["accuracy"],
-        "means": means,
-        "labels": {name: values["label"] for name, values in metrics["metrics"].items()},
+        "exercise_accuracy": form["exercise_identified"]["rate"],
+        "exact_label": form["exact_label"]["rate"],
+        "verdict_accuracy": form["verdict"]["accuracy"],
+        "fault_f1": form["fault_detection"]["f1"],
+        "faulty_told_good_form": form["faulty_told_good_form"],
+        "means": {name: values["mean"] for name, values in metrics["metrics"].items()},
+        "headline": [asdict(row) for row in headline_rows(metrics)],
+        "steps": step_seconds(state_path) if state_path else {},
     }
 
 
@@ -275,12 +291,17 @@ def coaching_metrics(metrics_path: Path) -> dict[str, Any]:
 
 
 def format_headline(summary: dict[str, Any]) -> str:
+    """The demo's closing lines: the report, the headline rows of `eval`, the step times, the coaching."""
+    from videogemma.evaluation.headline import HeadlineRow, format_headline_rows
+
     lines = [
         f"report: {summary['report']}",
-        f"test samples: {summary['samples']} ({summary['errors']} errors)",
-        f"exercise identified: {summary['exercise_accuracy']:.1%}",
+        f"test clips: {summary['samples']} ({summary['errors']} errors)",
+        format_headline_rows([HeadlineRow(**row) for row in summary["headline"]]),
     ]
-    lines += [f"{summary['labels'][name]}: {value:.3f}" for name, value in summary["means"].items()]
+    if summary.get("steps"):
+        times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["steps"].items())
+        lines.append(f"step times: {times} (total {sum(summary['steps'].values()):.0f} s)")
     coaching = summary.get("coaching")
     if coaching:
         lines += [

@@ -111,18 +111,42 @@ def test_eval_writes_every_report(run_cli, predictions, tmp_path, capsys):
     assert metrics["throughput"]["tokens_per_second"]["mean"] == pytest.approx(20.0)
     assert metrics["throughput"]["time_to_first_token_s"]["max"] == pytest.approx(0.05)
 
+    # The coaching metrics: 1 exact; 'cat-cow pose - good' has no good-form phrase, so it is a fault (told
+    # another fault: detected, not named); the error and the empty answer give no verdict.
+    form = metrics["form_feedback"]
+    assert form["exact_label"] == {"count": 1, "rate": pytest.approx(0.25)}
+    assert form["fault_detection"]["clips_with_fault"] == 4 and form["fault_detection"]["true_positives"] == 2
+    assert form["faulty_told_good_form"] == 0 and form["outcomes"]["no answer"] == 2
+
     rows = list(load_workbook(out / "evaluation.xlsx")["Test Evaluation Results"].iter_rows(values_only=True))
     assert [row[0] for row in rows[1:]] == [1, 2, 3, 4]
     html = (out / "report.html").read_text()
-    assert "VideoGemma evaluation" in html and html.count("data:image/png;base64,") == 3
+    assert "<title>Form-feedback evaluation: tiny-run on qved-test</title>" in html
+    assert html.count("data:image/png;base64,") == 5  # two confusion matrices and three other plots
+    assert str(tmp_path) not in html  # no machine paths
     assert (out / "predictions.csv").read_text().startswith("id,video_path,prompt,ground_truth,prediction")
-    for name in ("metric_distributions", "score_bands", "exercise_accuracy"):
+    for name in ("metric_distributions", "score_bands", "exercise_accuracy", "exercise_confusion"):
         assert (out / "plots" / f"{name}.png").is_file()
 
     printed = captured.out
     assert "samples 4: success 2, error 1, empty 1" in printed
-    assert "exercise identified: 50.0%" in printed
+    # The headline leads, coaching metrics first.
+    lines = printed.splitlines()
+    assert lines[1].split() == ["exercise", "identified:", "50.0%", "(2", "of", "4)"]
+    assert lines[2].split()[:3] == ["exact", "label:", "25.0%"]
     assert "tokens/s: mean 20.00" in printed
+
+
+def test_eval_good_form_phrases_are_configurable(run_cli, predictions, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["eval", str(predictions), "--out", str(out), "--similarity-model", "none", "--quiet"]
+    assert run_cli([*args, "--good-form-phrase", "good"]) == 0
+    assert "exercise identified" not in capsys.readouterr().out  # --quiet: only the files written
+    form = json.loads((out / "metrics.json").read_text())["form_feedback"]
+    # 'cat-cow pose - good' is good form now, and was told a fault.
+    assert form["fault_detection"]["clips_with_fault"] == 3 and form["outcomes"]["fault on good form"] == 1
+    assert run_cli([*args, "--good-form-phrase", " "]) == 2
+    assert "good-form phrases must be non-empty" in capsys.readouterr().err
 
 
 def test_eval_reports_bad_input_by_name(run_cli, tmp_path, capsys):

@@ -84,6 +84,12 @@ def test_batch_records_errors_and_goes_on(tmp_path, dataset, tiny_model):
     assert [row["status"] for row in rows] == ["success", "success", "error", "success", "error", "success"]
     saved = json.loads((out.parent / "predictions_throughput.json").read_text())
     assert saved["tokens_per_second"]["mean"] > 0 and saved["videos_per_second"] > 0
+    # What `eval`'s report names of the run: the decoding, when it finished, where the videos were read from.
+    assert (
+        saved["generation"]["max_new_tokens"] == SETTINGS.max_new_tokens
+        and not saved["generation"]["do_sample"]
+    )
+    assert saved["video_root"] == str(dataset.parent) and saved["finished_at"].endswith(" UTC")
 
     # Honest timing: one batch's time counts once, and `eval` of the file reports the same videos/s.
     ok = [records[i] for i in (0, 1, 3, 5)]
@@ -94,6 +100,9 @@ def test_batch_records_errors_and_goes_on(tmp_path, dataset, tiny_model):
     assert main(["eval", str(out), "--out", str(tmp_path / "report")]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["throughput"]["videos_per_second"] == pytest.approx(saved["videos_per_second"])
+    assert metrics["run"]["decoding"] == f"greedy, at most {SETTINGS.max_new_tokens} new tokens"
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count('src="data:image/jpeg;base64,') == 4  # a frame strip for each readable clip
 
 
 def test_batch_size_does_not_change_greedy_answers(tmp_path, dataset, tiny_model):

@@ -6,20 +6,18 @@ for the streamed answer, which must be the model's own answer for that clip and 
 Chromium's fake camera plays the real clip (converted to Y4M, looping) and the page streams its frames to the
 live coach: feedback lines with their times must appear, in order, each after its first window could end, and
 as many as the stream's summary says were said. The screenshots are saved beside the test's files
-(`page.png`, `camera.png`).
+(`page.png`, `camera.png`). The browser fixtures are in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -33,25 +31,6 @@ STARTUP_S = 120
 ANSWER_S = 180
 
 
-def chromium(monkeypatch: pytest.MonkeyPatch, *arguments: str) -> webdriver.Chrome:
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (binary and driver):
-        pytest.fail("the page test needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,900",
-        *arguments,
-    ):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of `videogemma serve --model tiny` in a subprocess, shared by the page's tests."""
@@ -59,15 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     options = ("--model", "tiny", "--default-max-tokens", str(TOKENS), "--threads", "1")
     with serve_subprocess(log, *options, startup_s=STARTUP_S) as base:
         yield base
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
-    session = chromium(monkeypatch)
-    try:
-        yield session
-    finally:
-        session.quit()
 
 
 def to_y4m(clip: Path, out: Path, size: tuple[int, int] = (320, 240), every: int = 2) -> Path:
@@ -86,19 +56,14 @@ def to_y4m(clip: Path, out: Path, size: tuple[int, int] = (320, 240), every: int
 
 
 @pytest.fixture
-def camera_browser(tmp_path, real_clip, monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
+def camera_browser(tmp_path, real_clip, open_browser) -> webdriver.Chrome:
     """Chromium whose camera plays the real clip, allowed without asking."""
     video = to_y4m(real_clip, tmp_path / "camera.y4m")
-    session = chromium(
-        monkeypatch,
+    return open_browser(
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={video}",
     )
-    try:
-        yield session
-    finally:
-        session.quit()
 
 
 def test_the_page_streams_the_models_answer_for_an_uploaded_clip(tmp_path, real_clip, browser, server):

@@ -266,6 +266,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bertscore-model", type=Path, default=None, help="local model folder for BERTScore F1"
     )
     parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only the files written, not the metrics summary"
+    )
     parser.set_defaults(func=run_eval_coach)
 
 
@@ -293,5 +296,8 @@ def run_eval_coach(args: argparse.Namespace) -> int:
         return 2
     title = args.title or f"VideoGemma live coaching: {', '.join(p.name for p in args.predictions)}"
     outputs = write_coach_report(evaluation, args.out, title)
-    print(format_summary(evaluation, outputs))
+    if args.quiet:
+        print("\n".join(f"wrote {path}" for path in outputs.values()))
+    else:
+        print(format_summary(evaluation, outputs))
     return 0

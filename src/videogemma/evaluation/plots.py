@@ -13,6 +13,7 @@ from videogemma.evaluation.metrics import BAND_NAMES, BANDS, METRIC_LABELS
 from videogemma.plotting import figure_canvas, save_png
 
 if TYPE_CHECKING:
+    from videogemma.evaluation.form_metrics import Confusion
     from videogemma.evaluation.metrics import EvaluationResult
 
 # The report fills (C6EFCE / FFEB9C / FFC7CE) are too pale for bars; these are their saturated kin.
@@ -81,12 +82,49 @@ def plot_exercise_accuracy(result: EvaluationResult, path: str | os.PathLike) ->
         return save_png(figure, Path(path))
 
 
+def plot_confusion(confusion: Confusion, title: str, path: str | os.PathLike) -> Path:
+    """A confusion matrix: ground truth by answer, each cell's count written in it, shaded by its share of
+    the row (so a rare class reads as clearly as a common one)."""
+    import numpy as np
+
+    counts = np.array(confusion.counts, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    rows, columns = counts.shape
+    with figure_canvas(max(5.0, 0.55 * columns + 3.0), max(3.0, 0.45 * rows + 2.2)) as figure:
+        axis = figure.subplots()
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for row in range(rows):
+            for column in range(columns):
+                if counts[row, column]:
+                    colour = "white" if shares[row, column] > 0.6 else "black"
+                    axis.text(column, row, f"{counts[row, column]:.0f}", ha="center", va="center",
+                              fontsize="small", color=colour)  # fmt: skip
+        axis.set_xticks(range(columns))
+        axis.set_xticklabels(confusion.predicted, rotation=40, ha="right", fontsize="small")
+        axis.set_yticks(range(rows))
+        axis.set_yticklabels([f"{label} (n={int(sum(row))})" for label, row in zip(confusion.labels, counts)],
+                             fontsize="small")  # fmt: skip
+        axis.set_xlabel("answer")
+        axis.set_ylabel("ground truth")
+        correct = sum(counts[i, confusion.predicted.index(label)] for i, label in enumerate(confusion.labels)
+                      if label in confusion.predicted)  # fmt: skip
+        axis.set_title(f"{title}\n{correct / max(counts.sum(), 1):.1%} on the diagonal", fontsize="medium")
+        return save_png(figure, Path(path))
+
+
 def make_evaluation_plots(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Every evaluation plot as PNG in `out_dir`, keyed by a short name."""
     out_dir = Path(out_dir)
+    form = result.form
     plots = {
-        "metric_distributions": plot_metric_distributions(result, out_dir / "metric_distributions.png"),
+        "exercise_confusion": plot_confusion(
+            form.exercise_confusion, "Exercises", out_dir / "exercise_confusion.png"
+        ),
+        "form_confusion": plot_confusion(
+            form.form_confusion, "Form (good form or the fault)", out_dir / "form_confusion.png"
+        ),
         "exercise_accuracy": plot_exercise_accuracy(result, out_dir / "exercise_accuracy.png"),
+        "metric_distributions": plot_metric_distributions(result, out_dir / "metric_distributions.png"),
     }
     if result.band_counts:
         plots["score_bands"] = plot_band_counts(result, out_dir / "score_bands.png")

@@ -22,7 +22,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,10 @@ def _run(
     stats = throughput_stats(new_records, wall_time_s=wall_time)
     stats.update(batch_size=batch_size, num_workers=num_workers, wall_time_s=wall_time,
                  errors=_count_errors(new_records))  # fmt: skip
+    # What `eval` shows of the run (evaluation.run_info): the decoding, when it finished, where the videos were.
+    stats.update(generation=asdict(settings),
+                 finished_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                 video_root=_video_root(samples))  # fmt: skip
     paths = output.paths
     with atomic_write(paths.throughput) as file:
         file.write(json.dumps(stats, indent=2) + "\n")
@@ -322,6 +327,16 @@ def _answer_batch(
         else:
             records.append(_record(sample, identifiers, prediction=answer.text, **timing))
     return records
+
+
+def _video_root(samples: Sequence[InferenceSample]) -> str | None:
+    """The folder the samples' `video_path`s resolved against (the dataset root), or None."""
+    for sample in samples:
+        if sample.video is not None and sample.video_path:
+            resolved, named = Path(sample.video), Path(sample.video_path)
+            if not named.is_absolute() and resolved.parts[-len(named.parts) :] == named.parts:
+                return str(Path(*resolved.parts[: -len(named.parts)]))
+    return None
 
 
 def _count_errors(records: list[PredictionRecord]) -> int:
