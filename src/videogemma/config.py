@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, Gemma3nTextConfig, PretrainedConfig
 
+from videogemma import auto_classes
 from videogemma.constants import (
     AUDIO_SOFT_TOKEN,
     BOS,
@@ -401,3 +402,7 @@ def _tiny() -> dict[str, Any]:
 
 
 PRESETS = {"e2b": _e2b, "tiny": _tiny}
+
+
+# Registers the class above with its Auto class of transformers if that is imported already (see auto_classes).
+auto_classes.register_loaded()

@@ -47,6 +47,8 @@ EXERCISE_SEPARATOR = " - "
 # The answer a live-coaching window model is trained to give when no feedback is due in its window
 # (`videogemma data workout-windows`); the coach stays silent on it.
 NO_FEEDBACK_ANSWER = "No new feedback."
+# Tokens a live-coaching answer may take (short cues, one per window).
+COACH_MAX_NEW_TOKENS = 48
 
 # How the frames of a clip are chosen (the config's `frame_sampling`, `processing.video.FrameSampling`).
 FRAME_SAMPLINGS = ("segment_centers", "fps")

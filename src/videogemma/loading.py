@@ -33,15 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videogemma.config import PRESETS, VideoGemmaConfig
 from videogemma.constants import ATTN_IMPLEMENTATIONS
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
 
-if TYPE_CHECKING:  # torch is imported when a model is loaded, not when the package is
+if TYPE_CHECKING:  # torch and transformers are imported when a model is loaded, not when the package is
     import torch
     from torch import nn
+
+    from videogemma.config import VideoGemmaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ class ModelSource:
         if sources[0] == "components" and not (self.lm and self.clip and self.videomamba):
             missing = [name for name in ("lm", "clip", "videomamba") if not getattr(self, name)]
             raise ModelLoadError(f"loading from components needs lm, clip and videomamba; missing {missing}")
-        if sources[0] == "preset" and self.preset not in PRESETS:
-            raise ModelLoadError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if sources[0] == "preset" and self.preset not in preset_names():
+            raise ModelLoadError(f"unknown preset {self.preset!r}; choose one of {preset_names()}")
         return sources[0]
 
     def check_paths(self) -> None:
@@ -152,8 +153,16 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return merged
 
 
+def preset_names() -> list[str]:
+    from videogemma.config import PRESETS  # transformers: only once a model is asked for
+
+    return sorted(PRESETS)
+
+
 def preset_config(name: str, overrides: dict[str, Any]) -> VideoGemmaConfig:
     """The preset's config with `overrides` deep-merged (a sub-config dict changes only the fields it names)."""
+    from videogemma.config import VideoGemmaConfig
+
     base = VideoGemmaConfig.from_preset(name)
     check_overrides(base, overrides)
     try:
@@ -175,6 +184,7 @@ def build_model(
     `device`; a preset is built on the CPU, so that a seed gives the same weights everywhere, then moved."""
     import torch
 
+    from videogemma.config import VideoGemmaConfig
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
     from videogemma.precision import default_dtype
 
@@ -534,7 +544,7 @@ def _source(
         raise ModelLoadError(
             "give a preset name, a model or run folder, or the components lm + clip + videomamba"
         )
-    if str(preset_or_path) in PRESETS and not Path(preset_or_path).exists():
+    if str(preset_or_path) in preset_names() and not Path(preset_or_path).exists():
         return ModelSource(preset=str(preset_or_path), tokenizer=tokenizer, overrides=overrides)
     path = Path(preset_or_path)
     if (path / RUN_CONFIG_NAME).is_file():
@@ -543,7 +553,7 @@ def _source(
         return None
     if not (path / "config.json").is_file():
         raise ModelLoadError(
-            f"{path}: not a preset ({', '.join(sorted(PRESETS))}), a saved model (config.json) or a "
+            f"{path}: not a preset ({', '.join(preset_names())}), a saved model (config.json) or a "
             f"training run ({RUN_CONFIG_NAME})"
         )
     return ModelSource(pretrained=str(path), overrides=overrides)

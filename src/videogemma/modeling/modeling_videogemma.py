@@ -29,6 +29,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextAttention
 from transformers.utils.deprecation import deprecate_kwarg
 
+from videogemma import auto_classes
 from videogemma.config import VideoGemmaConfig
 from videogemma.constants import IGNORE_INDEX, VIDEO_INPUT_NAMES
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
@@ -539,3 +540,8 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, device=device,
             fp32_modules=fp32_modules, **config_overrides,
         )  # fmt: skip
+
+
+# The real class replaces its stand-in in transformers' Auto model mappings (see auto_classes).
+auto_classes.register_loaded()
+auto_classes.register_model_class(VideoGemmaForConditionalGeneration)
