@@ -32,6 +32,7 @@ from videogemma.constants import (
     IMAGE_SOFT_TOKEN,
     MASK,
     PAD,
+    PRESET_NAMES,
     START_OF_IMAGE,
     START_OF_TURN,
     UNK,
@@ -401,7 +402,7 @@ def _tiny() -> dict[str, Any]:
     )
 
 
-PRESETS = {"e2b": _e2b, "tiny": _tiny}
+PRESETS = dict(zip(PRESET_NAMES, (_e2b, _tiny), strict=True))
 
 
 # Registers the class above with its Auto class of transformers if that is imported already (see auto_classes).

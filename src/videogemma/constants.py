@@ -55,4 +55,7 @@ FRAME_SAMPLINGS = ("segment_centers", "fps")
 # How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
 FRAME_MERGES = ("mean", "grid")
 # Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
+# The model presets (`config.PRESETS`): known here so that the command line checks a name without transformers.
+PRESET_NAMES = ("e2b", "tiny")
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

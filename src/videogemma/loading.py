@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
@@ -154,9 +154,7 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 
 def preset_names() -> list[str]:
-    from videogemma.config import PRESETS  # transformers: only once a model is asked for
-
-    return sorted(PRESETS)
+    return sorted(PRESET_NAMES)
 
 
 def preset_config(name: str, overrides: dict[str, Any]) -> VideoGemmaConfig:
