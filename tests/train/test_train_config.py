@@ -110,3 +110,34 @@ def test_train_command_keeps_unknown_options_as_overrides() -> None:
     )
     assert args.config == "c.yaml" and args.resume
     assert parse_overrides(args.overrides) == [("lora.r", 16), ("stage", "full")]
+
+
+def test_report_to_is_none_by_default_and_checked(tmp_path: Path, split_file: Path, monkeypatch) -> None:
+    import importlib.util
+
+    base = {"stage": "finetune", "model": {"preset": "tiny"}, "data": {"train_file": str(split_file)}}
+    assert load_train_config(_write(tmp_path, base)).report_to_list() == []
+    with pytest.raises(TrainConfigError, match="report_to: 'mlflow' is not one of none, tensorboard, wandb"):
+        load_train_config(_write(tmp_path, {**base, "report_to": "mlflow"}))
+
+    installed: set[str] = set()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            object()
+            if name in installed
+            else None
+            if name in ("tensorboard", "tensorboardX", "wandb")
+            else real_find_spec(name, *a)
+        ),
+    )
+    with pytest.raises(
+        TrainConfigError,
+        match=r"tensorboard is asked for but not installed: pip install 'videogemma\[tensorboard\]'",
+    ):
+        load_train_config(_write(tmp_path, {**base, "report_to": "tensorboard"}))
+    installed.update({"tensorboardX", "wandb"})
+    config = load_train_config(_write(tmp_path, {**base, "report_to": "tensorboard, wandb"}))
+    assert config.report_to_list() == ["tensorboard", "wandb"]

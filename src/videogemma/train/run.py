@@ -210,7 +210,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         dataloader_persistent_workers=config.resolved_num_workers() > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
-        report_to=[],
+        report_to=config.report_to_list(),
         deepspeed=config.deepspeed,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         # Without it, `accelerate` sets up the gloo process group but treats the run as one process: no DDP
@@ -243,7 +243,14 @@ def run_training(
     check_output_dir(run_dir, resume, overwrite, RUN_FILES)
     checkpoint = resume_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
-        logger.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
+        # A fresh run (the demo always passes --resume) is no cause for a warning; damaged checkpoints are.
+        damaged = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
+        log = logger.warning if damaged else logger.info
+        log(
+            "--resume: no %scheckpoint in %s, starting from the beginning",
+            "intact " if damaged else "",
+            run_dir,
+        )
     args = training_arguments(config, has_eval=config.data.val_file is not None)
     if world_size() > 1 and args.parallel_mode.value != "distributed":
         # Each rank would train its own model on its shard, with nothing averaged between them.
