@@ -154,3 +154,20 @@ def test_infer_json_and_stream_exclude_each_other(tmp_path):
     result = run_cli("infer", str(tmp_path / "clip.mp4"), "--json", "--stream")
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
     assert result.stderr.startswith("usage: videogemma infer ")
+
+
+def test_saving_and_loading_a_model_prints_no_progress_bars_or_deepspeed_notes(tmp_path):
+    code = (
+        "import videogemma; "
+        "model, processor = videogemma.load('tiny', quiet=True); "
+        f"model.save_pretrained({str(tmp_path)!r}); processor.save_pretrained({str(tmp_path)!r}); "
+        f"videogemma.load({str(tmp_path)!r}, quiet=True)"
+    )
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for noise in ("Loading weights", "Writing model shards", "Setting accelerator to CPU"):
+        assert noise not in result.stderr, noise
+    assert (tmp_path / "model.safetensors").is_file()

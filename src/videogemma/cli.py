@@ -139,6 +139,9 @@ def describe_error(error: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from videogemma.console import quiet_third_party_logs
+
+    quiet_third_party_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     name = " ".join(part for part in (args.command, getattr(args, "data_command", None)) if part)

@@ -491,26 +491,30 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         of another shape or one the model does not have, or holds NaN / infinite values is a
         `ModelWeightsError` naming the file and the tensor (Hugging Face would initialise what is missing at
         random and go on). `ignore_mismatched_sizes=True` keeps Hugging Face's meaning (re-initialise those)."""
-        from transformers.utils import logging as hf_logging
-
+        from videogemma.console import quiet_transformers
         from videogemma.modeling.integrity import check_loaded_model, check_saved_weights
 
         files = check_saved_weights(Path(pretrained_model_name_or_path))
         wants_info = kwargs.pop("output_loading_info", False)
         tolerate_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # its load report would only repeat the error raised below
-        try:
+        # Its load report would only repeat the error raised below; no progress bar on every load.
+        with quiet_transformers():
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
                 **kwargs,
             )  # fmt: skip
-        finally:
-            hf_logging.set_verbosity(verbosity)
         check_loaded_model(model, info, files, Path(pretrained_model_name_or_path), tolerate_mismatch)
         # Loading replaces the parameters, and with them their requires_grad flags: freeze again.
         model.freeze_encoders("clip" in model.frozen_encoders, "videomamba" in model.frozen_encoders)
         return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained` without a progress bar per shard and DeepSpeed's CPU notice."""
+        from videogemma.console import quiet_third_party_logs, quiet_transformers
+
+        quiet_third_party_logs()
+        with quiet_transformers():
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_components(
