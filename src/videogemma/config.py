@@ -147,6 +147,7 @@ class VideoGemmaConfig(PretrainedConfig):
         vision_vocab_size: int = GEMMA3N_VISION_VOCAB_SIZE,
         end_of_turn_token_id: int = GEMMA3N_END_OF_TURN_ID,
         max_sequence_length: int = 4096,
+        trained_projectors: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.text_config = _as_config(Gemma3nTextConfig, text_config, e2b_text_config)
@@ -189,6 +190,10 @@ class VideoGemmaConfig(PretrainedConfig):
         kwargs.setdefault("bos_token_id", self.text_config.bos_token_id)
         # Longest prompt + answer, in tokens after the visual block is expanded.
         self.max_sequence_length = max_sequence_length
+        # Which ETPs have been trained (image_projector, video_projector): [] for a model built from its
+        # components, filled in by training and by loading projector weights; None where nobody knows (a preset,
+        # a model saved before this was recorded). A model answering with an untrained one warns (modeling).
+        self.trained_projectors = None if trained_projectors is None else sorted(trained_projectors)
         kwargs.setdefault("tie_word_embeddings", self.text_config.tie_word_embeddings)
         super().__init__(**kwargs)
         self.validate()

@@ -55,6 +55,11 @@ FRAME_SAMPLINGS = ("segment_centers", "fps")
 # How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
 FRAME_MERGES = ("mean", "grid")
 # Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
+# The two ETPs, by their module names in the model.
+PROJECTOR_NAMES = ("image_projector", "video_projector")
+# The key of `projectors.safetensors` metadata naming the projectors a run (and its base) trained.
+TRAINED_PROJECTORS_KEY = "trained_projectors"
+
 # The model presets (`config.PRESETS`): known here so that the command line checks a name without transformers.
 PRESET_NAMES = ("e2b", "tiny")
 

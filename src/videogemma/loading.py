@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES
+from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES, PROJECTOR_NAMES, TRAINED_PROJECTORS_KEY
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
@@ -52,7 +52,6 @@ PROJECTORS_NAME = "projectors.safetensors"
 RUN_PROCESSOR_DIR = "processor"
 RUN_MODEL_DIR = "model"
 RUN_ADAPTER_DIR = "adapter"
-PROJECTOR_NAMES = ("image_projector", "video_projector")
 DEFAULT_SEED = 0
 # The preset whose tokenizer the project builds itself; every other model reads Gemma-3n's.
 TOKENIZER_PRESET = "tiny"
@@ -329,7 +328,8 @@ def check_processor_matches(processor: Any, config: VideoGemmaConfig, where: str
 
 def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[str, ...] = ()) -> list[str]:
     """Load `image_projector.*` / `video_projector.*` tensors (a `projectors.safetensors`); returns the
-    projectors it set. The file must be whole, hold only projector tensors, every tensor of each projector it
+    projectors it set. The model's `config.trained_projectors` gains those the file's metadata says were
+    trained (a file without that note: every projector it holds). The file must be whole, hold only projector tensors, every tensor of each projector it
     holds (and of each `required` one) with the model's shape, and no NaN or infinite value: anything else is
     a `ModelWeightsError` naming the file and the tensor."""
     from safetensors.torch import load_file
@@ -361,7 +361,18 @@ def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[s
         prefix = f"{projector}."
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         getattr(model, projector).load_state_dict(part, strict=True)
+    _note_trained_projectors(model.config, path, loaded)
     return projectors
+
+
+def _note_trained_projectors(config: Any, path: str | Path, loaded: list[str]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        note = (weights.metadata() or {}).get(TRAINED_PROJECTORS_KEY)
+    trained = loaded if note is None else [name for name in note.split(",") if name in PROJECTOR_NAMES]
+    if config.trained_projectors is not None or note is not None:
+        config.trained_projectors = sorted({*(config.trained_projectors or []), *trained})
 
 
 # ---- training runs -----------------------------------------------------------------------------------------

@@ -178,7 +178,10 @@ def run_infer(args: argparse.Namespace) -> int:
         model, processor, model_name = load_from_args(args)
     except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
         return _refuse("infer", error)
-    return _answer_and_print(args, model, processor, model_name, settings)
+    from videogemma.console import plain_warnings
+
+    with plain_warnings("videogemma infer"):  # e.g. a model whose projectors were never trained
+        return _answer_and_print(args, model, processor, model_name, settings)
 
 
 def _answer_and_print(

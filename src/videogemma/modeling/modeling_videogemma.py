@@ -15,6 +15,7 @@ cache's misses, encoded inside the forward, where DeepSpeed ZeRO-3 gathers the e
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from videogemma import auto_classes
 from videogemma.config import VideoGemmaConfig
-from videogemma.constants import IGNORE_INDEX, VIDEO_INPUT_NAMES
+from videogemma.constants import IGNORE_INDEX, PROJECTOR_NAMES, VIDEO_INPUT_NAMES
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
@@ -540,10 +541,46 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         """
         from videogemma.modeling.checkpoints import build_from_components
 
-        return build_from_components(
+        model = build_from_components(
             cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, device=device,
             fp32_modules=fp32_modules, **config_overrides,
         )  # fmt: skip
+        model.config.trained_projectors = []  # newly initialised: noise until a projector stage trains them
+        return model
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """`GenerationMixin.generate`, after warning (once per process) if a projector was never trained."""
+        warn_untrained_projectors(self.config)
+        return super().generate(*args, **kwargs)
+
+
+class UntrainedProjectorsWarning(UserWarning):
+    """A model answers whose image or video projector was never trained: its answers mean nothing yet."""
+
+
+_warned_untrained: set[tuple[str, ...]] = set()
+
+
+def untrained_projectors(config: VideoGemmaConfig) -> list[str]:
+    """The projectors `config` records as never trained ([] when it records nothing)."""
+    trained = config.trained_projectors
+    return [] if trained is None else [name for name in PROJECTOR_NAMES if name not in trained]
+
+
+def warn_untrained_projectors(config: VideoGemmaConfig) -> None:
+    missing = tuple(untrained_projectors(config))
+    if not missing or missing in _warned_untrained:
+        return
+    _warned_untrained.add(missing)
+    names = " and ".join(name.replace("_", " ") for name in missing)
+    warnings.warn(
+        UntrainedProjectorsWarning(
+            f"the {names} {'was' if len(missing) == 1 else 'were'} never trained (a model built from its "
+            "components starts with new projectors): answers are noise until the video-proj / image-proj "
+            "stages train them (docs/REAL_WEIGHTS.md)"
+        ),
+        stacklevel=3,
+    )
 
 
 # The real class replaces its stand-in in transformers' Auto model mappings (see auto_classes).
