@@ -141,3 +141,25 @@ def test_report_to_is_none_by_default_and_checked(tmp_path: Path, split_file: Pa
     installed.update({"tensorboardX", "wandb"})
     config = load_train_config(_write(tmp_path, {**base, "report_to": "tensorboard, wandb"}))
     assert config.report_to_list() == ["tensorboard", "wandb"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_point_to_sections_and_docs_that_exist(name: str) -> None:
+    import re
+
+    project = Path(__file__).resolve().parents[2]
+    comments = " ".join(
+        line.lstrip("# ").strip()
+        for line in (CONFIGS / name).read_text(encoding="utf-8").splitlines()
+        if line.lstrip().startswith("#")
+    )
+    headings = [
+        line.lstrip("#").strip()
+        for line in (project / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    ]
+    for section in re.findall(r'README "([^"]+)"', comments):
+        assert any(heading.startswith(section) for heading in headings), (name, section)
+    for doc in re.findall(r"docs/[A-Za-z_]+\.md", comments):
+        assert (project / doc).is_file(), (name, doc)
+    assert "README, " not in comments and '"Model weights"' not in comments
