@@ -7,8 +7,9 @@ After `import videogemma`:
     AutoProcessor.from_pretrained("path/to/model")                   # VideoGemmaProcessor
 
 Registering needs transformers (and with it torch: ~3 s), which `videogemma --help` must not pay for. So
-`import videogemma` only installs an import hook (`install`): each of VideoGemma's classes is registered with
-its Auto class as soon as that Auto module of transformers is imported (right away if it already was). Our own
+`import videogemma` only installs an import hook (`install`): the config (with the model, by a stand-in that
+imports the model class on first use) is registered once transformers' configuration Auto module is imported,
+the processor once its processing Auto module is (right away for those already imported). Our own
 modules call `register_loaded` at their end too, which covers the case where transformers' Auto module was
 imported while one of ours was half-way through its own import (the class it registers did not exist yet).
 Nothing is fetched from the Hub and no remote code is involved.
@@ -138,6 +139,8 @@ class _RegisteringLoader(importlib.abc.Loader):
         register_loaded()
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader...: the real loader's
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
@@ -149,7 +152,3 @@ def install() -> None:
     if _HOOK not in sys.meta_path:
         sys.meta_path.insert(0, _HOOK)
     register_loaded()
-
-
-def is_registered(auto_module: str) -> bool:
-    return auto_module in _registered
