@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,108 @@ def test_debug_shows_the_traceback(tmp_path):
         [c for c in command if c != "--debug"], capture_output=True, text=True, timeout=120
     )
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
+
+
+# ---- usability: help with defaults, the subcommand's own usage, checks before anything loads -------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "videogemma.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        (["infer"], ["(default: 128)", "(default: 50)", "(default: auto)"]),
+        (["infer-batch"], ["--batch-size BATCH_SIZE", "(default: 4)"]),
+        (["coach"], ["(default: 48)"]),
+        (["serve"], ["(default:"]),
+    ],
+)
+def test_help_shows_the_defaults(command, shown):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for words in shown:
+        assert words in text, (command, words)
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_mistyped_option_shows_that_commands_usage(tmp_path):
+    result = run_cli("infer", str(tmp_path / "clip.mp4"), "--promt", "Form?")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: videogemma infer ")
+    assert (
+        "unrecognized arguments: --promt Form?" in result.stderr and "did you mean --prompt?" in result.stderr
+    )
+    nested = run_cli("data", "stats", "--root", str(tmp_path), "--splitz", "train")
+    assert nested.returncode == 2 and nested.stderr.startswith("usage: videogemma data stats ")
+    assert "did you mean --splits?" in nested.stderr
+
+
+def test_infer_checks_the_video_before_importing_the_model(tmp_path):
+    # A missing video is refused before torch (and so the model) is even imported.
+    missing = tmp_path / "no-such-clip.mp4"
+    code = (
+        "import sys; from videogemma.cli import main; "
+        f"status = main(['infer', {str(missing)!r}]); "
+        "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr
+    assert (
+        result.stderr.count("\n") == 1 and str(missing) in result.stderr and "no such file" in result.stderr
+    )
+
+
+def test_infer_checks_the_model_path_before_loading(tmp_path, write_clip, level_frames, capsys):
+    clip = write_clip(tmp_path / "clip.mp4", level_frames(8))
+    assert main(["infer", str(clip), "--model", str(tmp_path / "no-such-run")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "no-such-run" in err and err.count("\n") == 1
+
+
+def test_infer_json_is_one_machine_readable_record(tmp_path, write_clip, level_frames, capsys):
+    import json
+
+    clip = write_clip(tmp_path / "clip.mp4", level_frames(8))
+    status = main(
+        ["infer", str(clip), "--json", "--max-new-tokens", "3", "--device", "cpu", "--prompt", "Form?"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    record = json.loads(out)  # the whole of stdout is the one object
+    assert record["video"] == str(clip) and record["model"] == "tiny" and record["prompt"] == "Form?"
+    assert record["generated_tokens"] == 3 and isinstance(record["answer"], str) and record["error"] is None
+    assert record["tokens_per_second"] > 0 and record["generation_time_s"] > 0
+
+
+def test_infer_json_and_stream_exclude_each_other(tmp_path):
+    result = run_cli("infer", str(tmp_path / "clip.mp4"), "--json", "--stream")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+    assert result.stderr.startswith("usage: videogemma infer ")
+
+
+def test_saving_and_loading_a_model_prints_no_progress_bars_or_deepspeed_notes(tmp_path):
+    code = (
+        "import videogemma; "
+        "model, processor = videogemma.load('tiny', quiet=True); "
+        f"model.save_pretrained({str(tmp_path)!r}); processor.save_pretrained({str(tmp_path)!r}); "
+        f"videogemma.load({str(tmp_path)!r}, quiet=True)"
+    )
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for noise in ("Loading weights", "Writing model shards", "Setting accelerator to CPU"):
+        assert noise not in result.stderr, noise
+    assert (tmp_path / "model.safetensors").is_file()

@@ -198,3 +198,70 @@ def test_hub_ids_are_accepted_for_the_lm_clip_and_tokenizer(tmp_path, monkeypatc
     local.mkdir()
     build_processor(ModelSource(lm=str(local), clip=source.clip, videomamba=source.videomamba), TINY)
     assert calls == [("google/gemma-3n-E2B-it", False), (str(local), True)]
+
+
+# ---- untrained projectors: tracked in the config, warned about (once) when such a model answers ----------------
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Forget which untrained-projector warnings this process has already shown."""
+    from videogemma.modeling import modeling_videogemma
+
+    monkeypatch.setattr(modeling_videogemma, "_warned_untrained", set())
+
+
+def test_a_model_from_components_warns_once_that_its_projectors_are_untrained(
+    components, real_clip, fresh_warnings, tmp_path
+):
+    from videogemma.modeling.modeling_videogemma import UntrainedProjectorsWarning
+
+    root, *_ = components
+    model, processor = videogemma.load(
+        lm=root / "gemma-3n", clip=root / "clip", videomamba=root / "videomamba.pth", quiet=True,
+        **TINY_OVERRIDES,
+    )  # fmt: skip
+    assert model.config.trained_projectors == []
+    settings = GenerationSettings(max_new_tokens=2)
+    with pytest.warns(
+        UntrainedProjectorsWarning, match="image projector and video projector were never trained"
+    ):
+        answer(model, processor, real_clip, settings=settings)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedProjectorsWarning)
+        answer(model, processor, real_clip, settings=settings)  # said once per process
+
+    # Saved and loaded again, the model still knows.
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded, _ = videogemma.load(tmp_path, quiet=True)
+    assert reloaded.config.trained_projectors == []
+
+
+def test_projector_weights_record_what_was_trained(tmp_path, fresh_warnings):
+    from safetensors.torch import save_file
+
+    from videogemma.loading import load_projector_weights
+    from videogemma.modeling.modeling_videogemma import UntrainedProjectorsWarning, untrained_projectors
+
+    model, processor = videogemma.load("tiny", quiet=True)
+    assert model.config.trained_projectors is None and untrained_projectors(model.config) == []  # unknown
+    model.config.trained_projectors = []
+    state = {f"video_projector.{k}": v.contiguous() for k, v in model.video_projector.state_dict().items()}
+    noted = tmp_path / "noted.safetensors"
+    save_file(state, noted, metadata={"trained_projectors": "video_projector"})
+    load_projector_weights(model, noted)
+    assert untrained_projectors(model.config) == ["image_projector"]
+    inputs = processor(videos=[torch.zeros(8, 32, 32, 3, dtype=torch.uint8)], text=["Form?"])
+    with pytest.warns(UntrainedProjectorsWarning, match="the image projector was never trained"):
+        model.generate(**inputs, max_new_tokens=1)
+    both = tmp_path / "both.safetensors"  # a file without the note: what it holds counts as trained
+    save_file(
+        {f"{p}.{k}": v.contiguous() for p in ("image_projector", "video_projector")
+         for k, v in getattr(model, p).state_dict().items()},
+        both,
+    )  # fmt: skip
+    load_projector_weights(model, both)
+    assert model.config.trained_projectors == ["image_projector", "video_projector"]

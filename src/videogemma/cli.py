@@ -11,9 +11,13 @@ usual OS errors become one line on stderr, exit status 2 for bad input and 1 for
 from __future__ import annotations
 
 import argparse
+import copy
+import difflib
 import errno
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from videogemma.errors import VideoGemmaError
 
@@ -48,8 +52,64 @@ _RUNTIME_ERRNOS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, unless its help already says it or there is none to show (None, a
+    flag's False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if _shows_default(action) and "default" not in help_text:
+            help_text += (" " if help_text else "") + "(default: %(default)s)"
+        return help_text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    return (
+        bool(action.option_strings)
+        and default not in (None, False, [], argparse.SUPPRESS)
+        and action.nargs != 0
+    )
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of `videogemma` and of each subcommand (argparse builds subparsers of the parent's class): its
+    help shows defaults, and an unknown option is reported by the command it was given to, with that command's
+    usage and the nearest option names (argparse alone reports it with the top-level usage)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        formatter = kwargs.get("formatter_class", DefaultsHelpFormatter)
+        if not issubclass(formatter, DefaultsHelpFormatter):  # e.g. a command's RawDescriptionHelpFormatter
+            formatter = type(f"Defaults{formatter.__name__}", (DefaultsHelpFormatter, formatter), {})
+        super().__init__(*args, **{**kwargs, "formatter_class": formatter})
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a command (not a family of commands): its own error
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggest(extras)}")
+        return namespace, extras
+
+    def _suggest(self, extras: list[str]) -> str:
+        options = list(self._option_string_actions)
+        close = [
+            match
+            for extra in extras
+            if extra.startswith("-")
+            for match in difflib.get_close_matches(extra.split("=", 1)[0], options, n=1)
+        ]
+        return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="videogemma",
         description="Video understanding with Gemma-3n-E2B in the Mobile-VideoGPT architecture.",
     )
@@ -79,6 +139,9 @@ def describe_error(error: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from videogemma.console import quiet_third_party_logs
+
+    quiet_third_party_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     name = " ".join(part for part in (args.command, getattr(args, "data_command", None)) if part)

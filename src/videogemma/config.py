@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, Gemma3nTextConfig, PretrainedConfig
 
+from videogemma import auto_classes
 from videogemma.constants import (
     AUDIO_SOFT_TOKEN,
     BOS,
@@ -31,6 +32,7 @@ from videogemma.constants import (
     IMAGE_SOFT_TOKEN,
     MASK,
     PAD,
+    PRESET_NAMES,
     START_OF_IMAGE,
     START_OF_TURN,
     UNK,
@@ -145,6 +147,7 @@ class VideoGemmaConfig(PretrainedConfig):
         vision_vocab_size: int = GEMMA3N_VISION_VOCAB_SIZE,
         end_of_turn_token_id: int = GEMMA3N_END_OF_TURN_ID,
         max_sequence_length: int = 4096,
+        trained_projectors: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.text_config = _as_config(Gemma3nTextConfig, text_config, e2b_text_config)
@@ -187,6 +190,10 @@ class VideoGemmaConfig(PretrainedConfig):
         kwargs.setdefault("bos_token_id", self.text_config.bos_token_id)
         # Longest prompt + answer, in tokens after the visual block is expanded.
         self.max_sequence_length = max_sequence_length
+        # Which ETPs have been trained (image_projector, video_projector): [] for a model built from its
+        # components, filled in by training and by loading projector weights; None where nobody knows (a preset,
+        # a model saved before this was recorded). A model answering with an untrained one warns (modeling).
+        self.trained_projectors = None if trained_projectors is None else sorted(trained_projectors)
         kwargs.setdefault("tie_word_embeddings", self.text_config.tie_word_embeddings)
         super().__init__(**kwargs)
         self.validate()
@@ -400,4 +407,8 @@ def _tiny() -> dict[str, Any]:
     )
 
 
-PRESETS = {"e2b": _e2b, "tiny": _tiny}
+PRESETS = dict(zip(PRESET_NAMES, (_e2b, _tiny), strict=True))
+
+
+# Registers the class above with its Auto class of transformers if that is imported already (see auto_classes).
+auto_classes.register_loaded()

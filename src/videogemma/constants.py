@@ -47,10 +47,20 @@ EXERCISE_SEPARATOR = " - "
 # The answer a live-coaching window model is trained to give when no feedback is due in its window
 # (`videogemma data workout-windows`); the coach stays silent on it.
 NO_FEEDBACK_ANSWER = "No new feedback."
+# Tokens a live-coaching answer may take (short cues, one per window).
+COACH_MAX_NEW_TOKENS = 48
 
 # How the frames of a clip are chosen (the config's `frame_sampling`, `processing.video.FrameSampling`).
 FRAME_SAMPLINGS = ("segment_centers", "fps")
 # How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
 FRAME_MERGES = ("mean", "grid")
 # Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
+# The two ETPs, by their module names in the model.
+PROJECTOR_NAMES = ("image_projector", "video_projector")
+# The key of `projectors.safetensors` metadata naming the projectors a run (and its base) trained.
+TRAINED_PROJECTORS_KEY = "trained_projectors"
+
+# The model presets (`config.PRESETS`): known here so that the command line checks a name without transformers.
+PRESET_NAMES = ("e2b", "tiny")
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

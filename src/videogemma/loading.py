@@ -33,15 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videogemma.config import PRESETS, VideoGemmaConfig
-from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES, PROJECTOR_NAMES, TRAINED_PROJECTORS_KEY
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
 
-if TYPE_CHECKING:  # torch is imported when a model is loaded, not when the package is
+if TYPE_CHECKING:  # torch and transformers are imported when a model is loaded, not when the package is
     import torch
     from torch import nn
+
+    from videogemma.config import VideoGemmaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ PROJECTORS_NAME = "projectors.safetensors"
 RUN_PROCESSOR_DIR = "processor"
 RUN_MODEL_DIR = "model"
 RUN_ADAPTER_DIR = "adapter"
-PROJECTOR_NAMES = ("image_projector", "video_projector")
 DEFAULT_SEED = 0
 # The preset whose tokenizer the project builds itself; every other model reads Gemma-3n's.
 TOKENIZER_PRESET = "tiny"
@@ -99,8 +99,8 @@ class ModelSource:
         if sources[0] == "components" and not (self.lm and self.clip and self.videomamba):
             missing = [name for name in ("lm", "clip", "videomamba") if not getattr(self, name)]
             raise ModelLoadError(f"loading from components needs lm, clip and videomamba; missing {missing}")
-        if sources[0] == "preset" and self.preset not in PRESETS:
-            raise ModelLoadError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if sources[0] == "preset" and self.preset not in preset_names():
+            raise ModelLoadError(f"unknown preset {self.preset!r}; choose one of {preset_names()}")
         return sources[0]
 
     def check_paths(self) -> None:
@@ -152,8 +152,14 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return merged
 
 
+def preset_names() -> list[str]:
+    return sorted(PRESET_NAMES)
+
+
 def preset_config(name: str, overrides: dict[str, Any]) -> VideoGemmaConfig:
     """The preset's config with `overrides` deep-merged (a sub-config dict changes only the fields it names)."""
+    from videogemma.config import VideoGemmaConfig
+
     base = VideoGemmaConfig.from_preset(name)
     check_overrides(base, overrides)
     try:
@@ -175,6 +181,7 @@ def build_model(
     `device`; a preset is built on the CPU, so that a seed gives the same weights everywhere, then moved."""
     import torch
 
+    from videogemma.config import VideoGemmaConfig
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
     from videogemma.precision import default_dtype
 
@@ -321,7 +328,8 @@ def check_processor_matches(processor: Any, config: VideoGemmaConfig, where: str
 
 def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[str, ...] = ()) -> list[str]:
     """Load `image_projector.*` / `video_projector.*` tensors (a `projectors.safetensors`); returns the
-    projectors it set. The file must be whole, hold only projector tensors, every tensor of each projector it
+    projectors it set. The model's `config.trained_projectors` gains those the file's metadata says were
+    trained (a file without that note: every projector it holds). The file must be whole, hold only projector tensors, every tensor of each projector it
     holds (and of each `required` one) with the model's shape, and no NaN or infinite value: anything else is
     a `ModelWeightsError` naming the file and the tensor."""
     from safetensors.torch import load_file
@@ -353,7 +361,18 @@ def load_projector_weights(model: nn.Module, path: str | Path, required: tuple[s
         prefix = f"{projector}."
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         getattr(model, projector).load_state_dict(part, strict=True)
+    _note_trained_projectors(model.config, path, loaded)
     return projectors
+
+
+def _note_trained_projectors(config: Any, path: str | Path, loaded: list[str]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        note = (weights.metadata() or {}).get(TRAINED_PROJECTORS_KEY)
+    trained = loaded if note is None else [name for name in note.split(",") if name in PROJECTOR_NAMES]
+    if config.trained_projectors is not None or note is not None:
+        config.trained_projectors = sorted({*(config.trained_projectors or []), *trained})
 
 
 # ---- training runs -----------------------------------------------------------------------------------------
@@ -534,7 +553,7 @@ def _source(
         raise ModelLoadError(
             "give a preset name, a model or run folder, or the components lm + clip + videomamba"
         )
-    if str(preset_or_path) in PRESETS and not Path(preset_or_path).exists():
+    if str(preset_or_path) in preset_names() and not Path(preset_or_path).exists():
         return ModelSource(preset=str(preset_or_path), tokenizer=tokenizer, overrides=overrides)
     path = Path(preset_or_path)
     if (path / RUN_CONFIG_NAME).is_file():
@@ -543,7 +562,7 @@ def _source(
         return None
     if not (path / "config.json").is_file():
         raise ModelLoadError(
-            f"{path}: not a preset ({', '.join(sorted(PRESETS))}), a saved model (config.json) or a "
+            f"{path}: not a preset ({', '.join(preset_names())}), a saved model (config.json) or a "
             f"training run ({RUN_CONFIG_NAME})"
         )
     return ModelSource(pretrained=str(path), overrides=overrides)

@@ -91,6 +91,9 @@ def test_a_full_run_adds_the_weighted_alignment_loss_and_logs_it(train_tiny) -> 
     assert "answer_alignment_loss" not in plain
     assert aligned["answer_alignment_loss"] > 0
     assert aligned["loss"] == pytest.approx(plain["loss"] + 0.5 * aligned["answer_alignment_loss"], rel=1e-5)
+    # Both parts are logged on their own: the LM loss (what the validation loss measures) and the weighted term.
+    assert aligned["answer_alignment_term"] == pytest.approx(0.5 * aligned["answer_alignment_loss"])
+    assert aligned["lm_loss"] == pytest.approx(plain["loss"], rel=1e-4)
 
 
 def test_answer_alignment_is_refused_outside_the_full_stage(train_tiny) -> None:

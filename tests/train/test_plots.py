@@ -33,3 +33,34 @@ def test_training_log_without_grad_norm_skips_that_plot(tmp_path):
     log.write_text('{"loss": 1.0}\n')
     with pytest.raises(ValueError, match=r"train_log\.jsonl, line 1"):
         plot_training_log(log, tmp_path)
+
+
+def test_the_loss_plot_separates_the_lm_loss_from_the_alignment_term(tmp_path, monkeypatch):
+    from videogemma.train import plots
+
+    drawn = {}
+
+    def keep_lines(figure, path):
+        drawn.update({line.get_label(): list(line.get_ydata()) for line in figure.axes[0].get_lines()})
+        return path
+
+    monkeypatch.setattr(plots, "save_png", keep_lines)
+    log = tmp_path / "metrics.jsonl"
+    lines = [
+        {
+            "step": s,
+            "loss": 1.47,
+            "lm_loss": 0.13,
+            "answer_alignment_term": 1.34,
+            "answer_alignment_loss": 1.34,
+        }
+        for s in (1, 2)
+    ]
+    log.write_text("\n".join(json.dumps(line) for line in [*lines, {"step": 2, "eval_loss": 0.14}]) + "\n")
+    plot_training_log(log, tmp_path)
+    assert drawn == {
+        "training total (LM + alignment term)": [1.47, 1.47],
+        "training LM loss": [0.13, 0.13],
+        "alignment term (weight × alignment loss)": [1.34, 1.34],
+        "validation LM loss": [0.14],
+    }

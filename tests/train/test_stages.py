@@ -158,3 +158,15 @@ def test_every_trained_parameter_gets_a_gradient(processor, stage: str) -> None:
     if stage == "full":
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         assert frozen and all(name.startswith("clip.vision_model.") for name in frozen)
+
+
+def test_a_projector_run_records_the_projector_it_trained(train_tiny) -> None:
+    from safetensors import safe_open
+
+    from videogemma.loading import load_run
+
+    run_dir = train_tiny("video-proj", max_steps=1, data={"val_file": None})
+    with safe_open(str(run_dir / "projectors.safetensors"), framework="pt") as weights:
+        assert weights.metadata() == {"trained_projectors": "video_projector"}
+    model, _ = load_run(run_dir)
+    assert model.config.trained_projectors == ["video_projector"]  # the image projector is still untrained

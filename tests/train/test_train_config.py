@@ -110,3 +110,56 @@ def test_train_command_keeps_unknown_options_as_overrides() -> None:
     )
     assert args.config == "c.yaml" and args.resume
     assert parse_overrides(args.overrides) == [("lora.r", 16), ("stage", "full")]
+
+
+def test_report_to_is_none_by_default_and_checked(tmp_path: Path, split_file: Path, monkeypatch) -> None:
+    import importlib.util
+
+    base = {"stage": "finetune", "model": {"preset": "tiny"}, "data": {"train_file": str(split_file)}}
+    assert load_train_config(_write(tmp_path, base)).report_to_list() == []
+    with pytest.raises(TrainConfigError, match="report_to: 'mlflow' is not one of none, tensorboard, wandb"):
+        load_train_config(_write(tmp_path, {**base, "report_to": "mlflow"}))
+
+    installed: set[str] = set()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            object()
+            if name in installed
+            else None
+            if name in ("tensorboard", "tensorboardX", "wandb")
+            else real_find_spec(name, *a)
+        ),
+    )
+    with pytest.raises(
+        TrainConfigError,
+        match=r"tensorboard is asked for but not installed: pip install 'videogemma\[tensorboard\]'",
+    ):
+        load_train_config(_write(tmp_path, {**base, "report_to": "tensorboard"}))
+    installed.update({"tensorboardX", "wandb"})
+    config = load_train_config(_write(tmp_path, {**base, "report_to": "tensorboard, wandb"}))
+    assert config.report_to_list() == ["tensorboard", "wandb"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_point_to_sections_and_docs_that_exist(name: str) -> None:
+    import re
+
+    project = Path(__file__).resolve().parents[2]
+    comments = " ".join(
+        line.lstrip("# ").strip()
+        for line in (CONFIGS / name).read_text(encoding="utf-8").splitlines()
+        if line.lstrip().startswith("#")
+    )
+    headings = [
+        line.lstrip("#").strip()
+        for line in (project / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    ]
+    for section in re.findall(r'README "([^"]+)"', comments):
+        assert any(heading.startswith(section) for heading in headings), (name, section)
+    for doc in re.findall(r"docs/[A-Za-z_]+\.md", comments):
+        assert (project / doc).is_file(), (name, doc)
+    assert "README, " not in comments and '"Model weights"' not in comments

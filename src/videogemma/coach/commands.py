@@ -47,7 +47,7 @@ def _at_least_one(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from videogemma.coach.session import DEFAULT_MAX_NEW_TOKENS
+    from videogemma.constants import COACH_MAX_NEW_TOKENS
     from videogemma.inference.commands import add_generation_arguments, add_model_arguments
 
     coach = subparsers.add_parser(
@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     coach.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     add_model_arguments(coach)
     add_generation_arguments(coach)
-    coach.set_defaults(func=run_coach, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+    coach.set_defaults(func=run_coach, max_new_tokens=COACH_MAX_NEW_TOKENS)
 
 
 def _fail(message: str) -> int:

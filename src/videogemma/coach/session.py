@@ -37,11 +37,11 @@ from videogemma.coach.decoding import AnswerDecoder
 from videogemma.coach.encoder import WindowEncoder
 from videogemma.coach.source import FrameSource, TimedFrame
 from videogemma.coach.windows import FrameGrid, FrameStore, Sample, Window, WindowSchedule, preprocess_frame
-from videogemma.constants import EXERCISE_SEPARATOR
+from videogemma.constants import COACH_MAX_NEW_TOKENS, EXERCISE_SEPARATOR
 from videogemma.errors import VideoDecodeError
 from videogemma.inference.generate import GenerationSettings
 
-DEFAULT_MAX_NEW_TOKENS = 48
+DEFAULT_MAX_NEW_TOKENS = COACH_MAX_NEW_TOKENS
 
 
 @dataclass

@@ -55,3 +55,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic_commands.register(commands)
     workout_commands.register(commands)  # synth-workouts, workout-windows (live coaching)
     qved_commands.register(commands)
+    _register_captions(commands)
+
+
+def _register_captions(commands: argparse._SubParsersAction) -> None:
+    from videogemma.datasets.captions import DEFAULT_VIDEO_TEMPLATE, FORMATS
+
+    captions = commands.add_parser(
+        "captions",
+        help="convert captioned videos (LLaVA-style JSON, WebVid CSV) into projector-pretraining split files",
+        description="Write pretrain_train.json / pretrain_val.json (what the video-proj and image-proj configs "
+        "read) from a LLaVA / Valley-style JSON or a WebVid CSV; see docs/REAL_WEIGHTS.md.",
+    )
+    captions.add_argument("--format", choices=FORMATS, required=True, help="the input's format")
+    captions.add_argument("--input", required=True, help="the captions file (.json / .jsonl / .csv)")
+    captions.add_argument("--out", required=True, help="folder for the split files")
+    captions.add_argument(
+        "--video-template",
+        default=DEFAULT_VIDEO_TEMPLATE,
+        help="webvid: a video's path from its row's columns",
+    )
+    captions.add_argument("--val-fraction", type=non_negative_float, default=0.01, help="share held out")
+    captions.set_defaults(func=_captions)
+
+
+def _captions(args: argparse.Namespace) -> int:
+    from videogemma.datasets.captions import convert_captions
+
+    summary = convert_captions(
+        args.input, args.out, args.format, video_template=args.video_template, val_fraction=args.val_fraction
+    )
+    rows = [[split, count] for split, count in summary.records.items()]
+    print(format_table(["split", "records"], rows))
+    if summary.without_video:
+        print(f"{summary.without_video} records without a video left out")
+    for path in summary.files.values():
+        print(f"wrote {path}")
+    return 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES
 from videogemma.precision import DTYPE_CHOICES
 
 
@@ -65,7 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("video", type=Path, help="video file")
     infer.add_argument("--prompt", default=None, help="the question (default: QVED's form-evaluation prompt)")
     infer.add_argument("--system", default=None, help="system text (folded into the first user turn)")
-    infer.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    output = infer.add_mutually_exclusive_group()
+    output.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (answer, model, tokens, timings) instead of the text and the timing line",
+    )
     add_model_arguments(infer)
     add_generation_arguments(infer)
     infer.set_defaults(func=run_infer)
@@ -101,11 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_model_arguments(args: argparse.Namespace) -> None:
     """Refuse a `--model` / component path that does not exist before anything else happens."""
-    from videogemma.config import PRESETS
-
-    if args.model is not None and args.model not in PRESETS and not Path(args.model).exists():
+    if args.model is not None and args.model not in PRESET_NAMES and not Path(args.model).exists():
         raise FileNotFoundError(
-            f"--model {args.model}: no such folder, and not a preset ({', '.join(sorted(PRESETS))})"
+            f"--model {args.model}: no such folder, and not a preset ({', '.join(sorted(PRESET_NAMES))})"
         )
     for option in ("lm", "clip", "videomamba"):
         value = getattr(args, option)
@@ -159,20 +163,37 @@ def _refuse(command: str, error: Exception) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from transformers import TextStreamer
-
-    from videogemma.errors import VideoDecodeError, VideoGemmaDataError
-    from videogemma.inference.generate import answer, check_device
-
+    # The cheap checks come first, before torch and transformers are even imported (seconds) and the model
+    # loads (more): a mistyped video or model path fails at once.
     try:
-        settings = settings_from_args(args)
-        check_device(args.device)
-        check_model_arguments(args)
         if not args.video.is_file():
+            from videogemma.errors import VideoDecodeError
+
             raise VideoDecodeError(args.video, "no such file" if not args.video.exists() else "not a file")
-        model, processor, _ = load_from_args(args)
+        check_model_arguments(args)
+        settings = settings_from_args(args)
+        from videogemma.inference.generate import check_device
+
+        check_device(args.device)
+        model, processor, model_name = load_from_args(args)
     except (ValueError, FileNotFoundError) as error:  # VideoGemmaDataError, TrainConfigError: bad input
         return _refuse("infer", error)
+    from videogemma.console import plain_warnings
+
+    with plain_warnings("videogemma infer"):  # e.g. a model whose projectors were never trained
+        return _answer_and_print(args, model, processor, model_name, settings)
+
+
+def _answer_and_print(
+    args: argparse.Namespace, model: Any, processor: Any, model_name: str, settings: Any
+) -> int:
+    import json
+
+    from transformers import TextStreamer
+
+    from videogemma.errors import VideoGemmaDataError
+    from videogemma.inference.generate import answer
+
     streamer = (
         TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
     )
@@ -188,6 +209,20 @@ def run_infer(args: argparse.Namespace) -> int:
         )
     except VideoGemmaDataError as error:
         return _refuse("infer", error)
+    if args.json:
+        record = {
+            "video": str(args.video),
+            "model": model_name,
+            "prompt": args.prompt if args.prompt is not None else processor.default_prompt,
+            "answer": result.text,
+            "error": result.error,
+            "generated_tokens": result.generated_tokens,
+            "generation_time_s": round(result.generation_time, 4),
+            "time_to_first_token_s": _rounded(result.time_to_first_token),
+            "tokens_per_second": _rounded(result.tokens_per_second),
+        }
+        print(json.dumps(record, ensure_ascii=False))
+        return 0 if result.error is None else 1
     if result.error is not None:
         print(f"videogemma infer: error: {args.video}: {result.error}", file=sys.stderr)
         return 1
@@ -201,6 +236,10 @@ def run_infer(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def run_infer_batch(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ cache's misses, encoded inside the forward, where DeepSpeed ZeRO-3 gathers the e
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextAttention
 from transformers.utils.deprecation import deprecate_kwarg
 
+from videogemma import auto_classes
 from videogemma.config import VideoGemmaConfig
-from videogemma.constants import IGNORE_INDEX, VIDEO_INPUT_NAMES
+from videogemma.constants import IGNORE_INDEX, PROJECTOR_NAMES, VIDEO_INPUT_NAMES
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
@@ -490,26 +492,30 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         of another shape or one the model does not have, or holds NaN / infinite values is a
         `ModelWeightsError` naming the file and the tensor (Hugging Face would initialise what is missing at
         random and go on). `ignore_mismatched_sizes=True` keeps Hugging Face's meaning (re-initialise those)."""
-        from transformers.utils import logging as hf_logging
-
+        from videogemma.console import quiet_transformers
         from videogemma.modeling.integrity import check_loaded_model, check_saved_weights
 
         files = check_saved_weights(Path(pretrained_model_name_or_path))
         wants_info = kwargs.pop("output_loading_info", False)
         tolerate_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # its load report would only repeat the error raised below
-        try:
+        # Its load report would only repeat the error raised below; no progress bar on every load.
+        with quiet_transformers():
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
                 **kwargs,
             )  # fmt: skip
-        finally:
-            hf_logging.set_verbosity(verbosity)
         check_loaded_model(model, info, files, Path(pretrained_model_name_or_path), tolerate_mismatch)
         # Loading replaces the parameters, and with them their requires_grad flags: freeze again.
         model.freeze_encoders("clip" in model.frozen_encoders, "videomamba" in model.frozen_encoders)
         return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained` without a progress bar per shard and DeepSpeed's CPU notice."""
+        from videogemma.console import quiet_third_party_logs, quiet_transformers
+
+        quiet_third_party_logs()
+        with quiet_transformers():
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_components(
@@ -535,7 +541,48 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         """
         from videogemma.modeling.checkpoints import build_from_components
 
-        return build_from_components(
+        model = build_from_components(
             cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, device=device,
             fp32_modules=fp32_modules, **config_overrides,
         )  # fmt: skip
+        model.config.trained_projectors = []  # newly initialised: noise until a projector stage trains them
+        return model
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """`GenerationMixin.generate`, after warning (once per process) if a projector was never trained."""
+        warn_untrained_projectors(self.config)
+        return super().generate(*args, **kwargs)
+
+
+class UntrainedProjectorsWarning(UserWarning):
+    """A model answers whose image or video projector was never trained: its answers mean nothing yet."""
+
+
+_warned_untrained: set[tuple[str, ...]] = set()
+
+
+def untrained_projectors(config: VideoGemmaConfig) -> list[str]:
+    """The projectors `config` records as never trained ([] when it records nothing)."""
+    trained = config.trained_projectors
+    return [] if trained is None else [name for name in PROJECTOR_NAMES if name not in trained]
+
+
+def warn_untrained_projectors(config: VideoGemmaConfig) -> None:
+    missing = tuple(untrained_projectors(config))
+    if not missing or missing in _warned_untrained:
+        return
+    _warned_untrained.add(missing)
+    names = " and ".join(name.replace("_", " ") for name in missing)
+    warnings.warn(
+        UntrainedProjectorsWarning(
+            f"the {names} {'was' if len(missing) == 1 else 'were'} never trained (a model built from its "
+            "components starts with new projectors): answers are noise until the video-proj / image-proj "
+            "stages train them (docs/REAL_WEIGHTS.md)"
+        ),
+        stacklevel=3,
+    )
+
+
+# The real class replaces its stand-in in transformers' Auto model mappings (see auto_classes).
+auto_classes.register_loaded()
+auto_classes.register_model_class(VideoGemmaForConditionalGeneration)

@@ -134,6 +134,44 @@ def normalize_conversation(conversation: Any, record: Any = None) -> list[Turn]:
     return turns
 
 
+# Keys a Hugging Face chat message's video part may name its video by.
+VIDEO_PART_KEYS = ("video", "path", "url")
+
+
+def split_video_parts(conversation: Any, record: Any = None) -> tuple[Any, list[Any]]:
+    """A conversation in Hugging Face's message form, whose `content` may be a list of parts
+    (`{"type": "text", "text": ...}`, `{"type": "video", "video": PATH_OR_FRAMES}`), as turns with text contents
+    (each video part becomes the `<video>` tag where it stood) and the videos in order."""
+    if isinstance(conversation, (Mapping, str)) or not isinstance(conversation, Sequence):
+        return conversation, []  # a record, or not a conversation (normalize_conversation says so)
+    turns: list[Any] = []
+    videos: list[Any] = []
+    for index, turn in enumerate(conversation):
+        if not isinstance(turn, Mapping) or isinstance(turn.get("content", turn.get("value")), str):
+            turns.append(turn)
+            continue
+        parts = turn.get("content")
+        if not isinstance(parts, Sequence):
+            raise ConversationError(record, f"turn {index}: content must be text or a list of parts")
+        pieces = []
+        for part in parts:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "text":
+                pieces.append(_as_text(part.get("text"), record, f"turn {index}'s text part"))
+            elif kind == "video":
+                source = next((part[key] for key in VIDEO_PART_KEYS if part.get(key) is not None), None)
+                if source is None:
+                    raise ConversationError(
+                        record, f"turn {index}: a video part names no video ({', '.join(VIDEO_PART_KEYS)})"
+                    )
+                videos.append(source)
+                pieces.append(VIDEO_TAG)
+            else:
+                raise ConversationError(record, f"turn {index}: unsupported content part {kind!r}")
+        turns.append({"role": turn.get("role", turn.get("from")), "content": "".join(pieces)})
+    return turns, videos
+
+
 def _as_text(value: Any, record: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ConversationError(record, f"{what} must be a string, got {type(value).__name__}")

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers.utils import PushToHubMixin
 
+from videogemma import auto_classes
 from videogemma.config import (
     CLIP_IMAGE_MEAN,
     CLIP_IMAGE_STD,
@@ -40,8 +42,10 @@ from videogemma.errors import VideoGemmaDataError
 from videogemma.processing.chat_template import (
     IGNORE_INDEX,
     ChatTemplate,
+    ConversationError,
     Turn,
     normalize_conversation,
+    split_video_parts,
 )
 from videogemma.processing.transforms import clip_transform, videomamba_transform
 from videogemma.processing.video import (
@@ -57,8 +61,13 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 VideoInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
 
 
-class VideoGemmaProcessor:
-    """Tokenizer + frame preprocessing + the chat template, with `from_pretrained` / `save_pretrained`."""
+# What `AutoProcessor.from_pretrained` and the Hub pass along besides the folder: where to download from.
+HUB_DOWNLOAD_ARGUMENTS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only")
+
+
+class VideoGemmaProcessor(PushToHubMixin):
+    """Tokenizer + frame preprocessing + the chat template, with `from_pretrained` / `save_pretrained` /
+    `push_to_hub` (the mixin uploads what `save_pretrained` writes)."""
 
     def __init__(
         self,
@@ -158,8 +167,9 @@ class VideoGemmaProcessor:
             "video_limits": self.video_limits.to_dict(),
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the tokenizer files and `processor_config.json` (beside the model's own files)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> None:
+        """Write the tokenizer files and `processor_config.json` (beside the model's own files). Other keyword
+        arguments (`push_to_hub` passes `max_shard_size`) do not apply to a processor."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
@@ -168,7 +178,13 @@ class VideoGemmaProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> VideoGemmaProcessor:
-        """Load a processor saved by `save_pretrained` (a local directory; nothing is downloaded)."""
+        """Load a processor saved by `save_pretrained`: a local folder, or a Hub repository id (downloaded when
+        a network exists; `revision`, `token`, `cache_dir`... as for any Hub download). What
+        `AutoProcessor.from_pretrained` adds (`trust_remote_code`, `_from_auto`) is not needed here."""
+        hub = {key: overrides.pop(key) for key in HUB_DOWNLOAD_ARGUMENTS if key in overrides}
+        for key in ("trust_remote_code", "_from_auto", "return_unused_kwargs", "subfolder", "code_revision"):
+            overrides.pop(key, None)
+        directory = _local_folder(directory, hub)
         config_path = Path(directory) / PROCESSOR_CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(
@@ -394,6 +410,55 @@ class VideoGemmaProcessor:
             padding_side = "left" if all(prompts) else "right"
         return self.collate(samples, padding_side=padding_side, return_labels=return_labels)
 
+    def apply_chat_template(
+        self,
+        conversation: Any,
+        *,
+        add_generation_prompt: bool | None = None,
+        tokenize: bool = False,
+        return_dict: bool = True,
+        system: str | None = None,
+        expand_placeholders: bool = False,
+        **_: Any,
+    ) -> str | list[str] | BatchFeature | torch.Tensor:
+        """Hugging Face's `apply_chat_template` over the one chat template (`processing.chat_template`).
+
+        `conversation`: one conversation, or a list of them, as messages whose `content` is text or a list
+        of parts (`{"type": "video", "video": "clip.mp4"}`, `{"type": "text", "text": "..."}`); DATA.md's
+        `from`/`value` turns work too. `tokenize=False`: the rendered text (the placeholder run shown as
+        `<image_soft_token>×N` unless `expand_placeholders`). `tokenize=True`: the batch `__call__` builds, videos
+        read from the video parts, ready for `model.generate(**batch)` (`return_dict=False`: its `input_ids`).
+        Other Hugging Face arguments (`return_tensors="pt"`...) are accepted: the result is always PyTorch.
+        """
+        batched = _is_conversation_list(conversation)
+        conversations = list(conversation) if batched else [conversation]
+        split = [split_video_parts(item, index) for index, item in enumerate(conversations)]
+        for index, (_, videos) in enumerate(split):
+            if len(videos) > 1:
+                raise ConversationError(
+                    index, f"{len(videos)} videos in one conversation; the model reads one"
+                )
+        if tokenize:
+            videos = [videos[0] if videos else None for _, videos in split]
+            batch = self(
+                videos=None if not any(v is not None for v in videos) else videos,
+                conversations=[turns for turns, _ in split],
+                system=system,
+                add_generation_prompt=add_generation_prompt,
+            )
+            return batch if return_dict else batch["input_ids"]
+        texts = [
+            self.render_text(
+                turns,
+                system=system,
+                has_video=bool(videos),
+                add_generation_prompt=add_generation_prompt,
+                expand_placeholders=expand_placeholders,
+            )
+            for turns, videos in split
+        ]
+        return texts if batched else texts[0]
+
     # ---- decoding --------------------------------------------------------------------------------------------
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
@@ -406,6 +471,18 @@ class VideoGemmaProcessor:
         return f"{type(self).__name__}({json.dumps(self.to_dict(), ensure_ascii=False)})"
 
 
+def _local_folder(name: str | os.PathLike, hub: dict[str, Any]) -> Path:
+    """`name` itself when it is a folder; a Hub repository id's download (the processor's files only)."""
+    from videogemma.hub import is_hub_id
+
+    if Path(name).is_dir() or not is_hub_id(name):
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    patterns = [PROCESSOR_CONFIG_NAME, "tokenizer*", "special_tokens_map.json", "*.model", "chat_template*"]
+    return Path(snapshot_download(str(name), allow_patterns=patterns, **hub))
+
+
 def _rgb_array(frame: Any) -> np.ndarray:
     if hasattr(frame, "convert"):  # a PIL image
         frame = frame.convert("RGB")
@@ -416,6 +493,14 @@ def _is_frame_list(videos: Sequence[Any]) -> bool:
     """A list of frames (one video) rather than a list of videos."""
     first = videos[0] if len(videos) else None
     return hasattr(first, "convert") or (isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 3)
+
+
+def _is_conversation_list(value: Any) -> bool:
+    """A list of conversations (each a list of turns or a record) rather than one conversation."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    return _is_turn_list(first) or (isinstance(first, Mapping) and "conversations" in first)
 
 
 def _is_turn_list(conversations: Any) -> bool:
@@ -432,3 +517,7 @@ def _generation_prompt(conversation: Any, add_generation_prompt: bool | None, re
         return add_generation_prompt
     turns = normalize_conversation(conversation, record)
     return bool(turns) and turns[-1].role == "user"
+
+
+# Registers the class above with its Auto class of transformers if that is imported already (see auto_classes).
+auto_classes.register_loaded()

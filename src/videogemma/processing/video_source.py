@@ -17,11 +17,12 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from videogemma.errors import VideoDecodeError, VideoLimitError
+
+if TYPE_CHECKING:  # PyAV (FFmpeg) loads when a video is opened, not with the command line
+    import av
 
 PathLike = str | os.PathLike
 
@@ -101,6 +102,8 @@ def open_video(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> av.conta
     frame count). Only the `file` protocol is allowed, and the path is made absolute, so that a name such as
     `concat:a|b` or `http:...` is a file name, never a protocol.
     """
+    import av
+
     check_file(path, limits)
     _refuse_text(path)
     # `max_pixels` makes FFmpeg's decoders refuse a bigger frame before allocating it, both while the
@@ -174,6 +177,8 @@ def _is_text(data: bytes) -> bool:
 
 def _check_metadata(path: PathLike, container: av.container.InputContainer, limits: VideoLimits) -> None:
     """Refuse what the container says is beyond `limits` (what it cannot say is checked while reading)."""
+    import av
+
     stream = video_stream(path, container)
     check_frame_size(path, stream.codec_context.width, stream.codec_context.height, limits)
     if stream.duration is not None and stream.time_base is not None:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ProgressCallback
 
+from videogemma.constants import TRAINED_PROJECTORS_KEY
 from videogemma.loading import (
     PROJECTOR_NAMES,
     PROJECTORS_NAME,
@@ -210,7 +211,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         dataloader_persistent_workers=config.resolved_num_workers() > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
-        report_to=[],
+        report_to=config.report_to_list(),
         deepspeed=config.deepspeed,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         # Without it, `accelerate` sets up the gloo process group but treats the run as one process: no DDP
@@ -243,7 +244,14 @@ def run_training(
     check_output_dir(run_dir, resume, overwrite, RUN_FILES)
     checkpoint = resume_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
-        logger.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
+        # A fresh run (the demo always passes --resume) is no cause for a warning; damaged checkpoints are.
+        damaged = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
+        log = logger.warning if damaged else logger.info
+        log(
+            "--resume: no %scheckpoint in %s, starting from the beginning",
+            "intact " if damaged else "",
+            run_dir,
+        )
     args = training_arguments(config, has_eval=config.data.val_file is not None)
     if world_size() > 1 and args.parallel_mode.value != "distributed":
         # Each rank would train its own model on its shard, with nothing averaged between them.
@@ -336,6 +344,7 @@ def build_training_model(config: TrainConfig) -> torch.nn.Module:
 
 def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
     """Final weights (the best checkpoint's, when validation ran) and the trainer state, in `run_dir`."""
+    trained = note_trained_projectors(trainer.model, config.stage)
     weights_dir = {"full": RUN_MODEL_DIR, "finetune": RUN_ADAPTER_DIR}.get(config.stage)
     if weights_dir is not None:
         # Written whole or not at all: staged, then renamed over an earlier one.
@@ -348,10 +357,22 @@ def save_run_outputs(trainer: Any, config: TrainConfig, run_dir: Path) -> None:
     state = trainer.trained_state_dict()
     if trainer.args.should_save:
         staged = staging_path(run_dir / PROJECTORS_NAME)
-        save_file(projector_state(state), staged)
+        save_file(projector_state(state), staged, metadata={TRAINED_PROJECTORS_KEY: ",".join(trained)})
         os.replace(staged, run_dir / PROJECTORS_NAME)
         trainer.save_state()  # trainer_state.json in the run directory
     trainer.accelerator.wait_for_everyone()
+
+
+def note_trained_projectors(model: torch.nn.Module, stage: str) -> list[str]:
+    """The projectors trained once this run is done (the base's and this stage's), recorded in the model's
+    config (a `full` run's model/ keeps it) and returned for the projectors file's metadata."""
+    from videogemma.train.stages import STAGE_TRAINED_MODULES, base_model
+
+    model_config = base_model(model).config
+    this_stage = PROJECTOR_NAMES if stage == "full" else STAGE_TRAINED_MODULES.get(stage, ())
+    trained = sorted({*(model_config.trained_projectors or []), *this_stage})
+    model_config.trained_projectors = trained
+    return trained
 
 
 def projector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

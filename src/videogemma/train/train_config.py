@@ -18,6 +18,7 @@ parsed as YAML and converted to the field's type, so `1e-4` is a float even thou
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from videogemma.settings import from_mapping
 
 STAGES = ("video-proj", "image-proj", "finetune", "full")
 # The shipped configs (package data): `--config qved_finetune` names one of them.
+# `report_to` integrations → the modules that provide them (any one of them).
+REPORT_TO = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # The text decoder's attention and MLP projections, and nothing else (never PEFT's "all-linear", which would
@@ -113,8 +116,28 @@ class TrainConfig:
     nonfinite_loss: str = "stop"  # "stop" | "skip"
     deepspeed: str | None = None  # a DeepSpeed JSON config (a path, or a shipped one: zero2, zero3)
     plots: bool = True
+    # Where the Trainer also sends its logs: "none" (the run's own metrics log and plots only), "tensorboard"
+    # (event files in <output_dir>/runs/), "wandb", or both comma-separated; each must be installed.
+    report_to: str = "none"
 
     # ---- derived ------------------------------------------------------------------------------------------
+
+    def report_to_list(self) -> list[str]:
+        """The `report_to` integrations, checked: known and installed (a clear error saying what to install)."""
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if names == ["none"]:
+            return []
+        for name in names:
+            if name not in REPORT_TO:
+                raise TrainConfigError(
+                    f"report_to: {name!r} is not one of none, {', '.join(REPORT_TO)} (comma-separated)"
+                )
+            if not any(importlib.util.find_spec(module) for module in REPORT_TO[name]):
+                raise TrainConfigError(
+                    f"report_to: {name} is asked for but not installed: pip install 'videogemma[{name}]' "
+                    f"(or pip install {REPORT_TO[name][0]}), or set report_to: none"
+                )
+        return names
 
     def resolved_num_workers(self) -> int:
         return default_num_workers() if self.data.num_workers is None else self.data.num_workers
@@ -166,6 +189,7 @@ class TrainConfig:
         self._check_model_dtype()
         _check_choice("feature_cache", self.feature_cache, ("auto", "off"))
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
+        self.report_to_list()
         for key in ("per_device_train_batch_size", "effective_batch_size", "eval_steps", "logging_steps"):
             if getattr(self, key) <= 0:
                 raise TrainConfigError(f"{key}: must be positive, got {getattr(self, key)}")

@@ -254,6 +254,12 @@ class VideoGemmaTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs = {**logs, **self.extra_metrics()}
+            if "answer_alignment_loss" in logs:
+                # `loss` is LM + weight × alignment; the validation loss is the LM loss alone. Both parts are
+                # logged so that the plot (and TensorBoard) compare like with like.
+                term = self.train_config.answer_alignment_weight * logs["answer_alignment_loss"]
+                logs["answer_alignment_term"] = term
+                logs["lm_loss"] = logs["loss"] - term
         super().log(logs, start_time)
 
     def extra_metrics(self) -> dict[str, Any]:
