@@ -77,29 +77,6 @@ def test_the_loss_is_low_when_the_visual_tokens_point_to_their_answer_and_trains
     assert embed.weight.grad is None  # the answer side is read, not trained
 
 
-def test_orthogonal_targets_are_fixed_orthonormal_directions_the_tokens_are_pulled_to() -> None:
-    answers = [[1, 2], [1, 3], [4, 2]]  # answers sharing tokens: their embedding targets would be alike
-    alignment = AnswerAlignment(answers, temperature=0.1, image_token_id=99, targets="orthogonal")
-    targets = alignment.orthogonal_targets(16)
-    torch.testing.assert_close(targets @ targets.T, torch.eye(3))
-    again = AnswerAlignment(answers, temperature=0.1, image_token_id=99, targets="orthogonal")
-    assert torch.equal(again.orthogonal_targets(16), targets)  # the same in every process and run
-
-    labels = torch.tensor([[IGNORE_INDEX, 1, 3], [IGNORE_INDEX, 4, 2]])  # answers 1 and 2
-    embed = nn.Embedding(8, 16)
-    aligned = targets[[1, 2]].unsqueeze(1).repeat(1, 4, 1).requires_grad_(True)
-    right = alignment.loss(aligned, labels, embed)
-    assert right < 0.01 < alignment.loss(targets[[2, 1]].unsqueeze(1).repeat(1, 4, 1), labels, embed)
-    right.backward()
-    assert aligned.grad is not None and embed.weight.grad is None
-    # More answers than dimensions: unit directions, still fixed.
-    many = AnswerAlignment([[i] for i in range(20)], 0.1, 99, targets="orthogonal").orthogonal_targets(8)
-    assert many.shape == (20, 8)
-    torch.testing.assert_close(many.norm(dim=-1), torch.ones(20))
-    with pytest.raises(ValueError, match="targets"):
-        AnswerAlignment(answers, 0.1, 99, targets="learned")
-
-
 @pytest.mark.slow
 def test_a_full_run_adds_the_weighted_alignment_loss_and_logs_it(train_tiny) -> None:
     def first_step(run_dir: Path) -> dict:

@@ -29,27 +29,14 @@ from torch import nn
 from videogemma.constants import IGNORE_INDEX
 from videogemma.errors import VideoGemmaDataError
 
-# What each answer's target direction is: "embeddings" (its mean token embedding, centred) or "orthogonal"
-# (a fixed orthonormal direction per distinct answer: every answer equally far from every other).
-ALIGNMENT_TARGETS = ("embeddings", "orthogonal")
-
 
 class AnswerAlignment:
-    def __init__(
-        self,
-        answers: Sequence[Sequence[int]],
-        temperature: float,
-        image_token_id: int,
-        targets: str = "embeddings",
-    ) -> None:
+    def __init__(self, answers: Sequence[Sequence[int]], temperature: float, image_token_id: int) -> None:
         if not answers:
             raise ValueError("answer alignment needs at least one answer")
         if temperature <= 0:
             raise ValueError(f"answer alignment temperature must be > 0, got {temperature}")
-        if targets not in ALIGNMENT_TARGETS:
-            raise ValueError(f"answer alignment targets {targets!r} is not one of {ALIGNMENT_TARGETS}")
         self.temperature = temperature
-        self.targets = targets
         self.image_token_id = image_token_id
         self.index = {tuple(answer): i for i, answer in enumerate(answers)}
         longest = max(len(answer) for answer in answers)
@@ -62,12 +49,7 @@ class AnswerAlignment:
 
     @classmethod
     def from_records(
-        cls,
-        records: Iterable[Any],
-        processor: Any,
-        temperature: float,
-        image_token_id: int,
-        targets: str = "embeddings",
+        cls, records: Iterable[Any], processor: Any, temperature: float, image_token_id: int
     ) -> AnswerAlignment:
         """The distinct answers of conversation records (a dataset's `records`), rendered as training renders
         them (text only: no video is decoded). Records that cannot be rendered are the dataset's to report."""
@@ -80,7 +62,7 @@ class AnswerAlignment:
             answer = answer_tokens(sample["labels"], image_token_id)
             if answer:
                 answers.setdefault(answer, None)
-        return cls(list(answers), temperature, image_token_id, targets)
+        return cls(list(answers), temperature, image_token_id)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -104,37 +86,16 @@ class AnswerAlignment:
         if not bool(known.any()):
             return video_hidden_states.sum() * 0.0
         device = video_hidden_states.device
-        if self.targets == "orthogonal":
-            answers = self.orthogonal_targets(video_hidden_states.shape[-1]).to(device)
-        else:
-            answers = self.embedding_targets(embed_tokens, device)
+        with torch.no_grad():
+            ids, mask = self.answer_ids.to(device), self.answer_mask.to(device)
+            embedded = embed_tokens(ids).float() * mask.unsqueeze(-1)
+            answers = embedded.sum(1) / mask.sum(1, keepdim=True)
+            # Centred: what every answer shares (punctuation, <end_of_turn>, common words) would otherwise
+            # make them all point nearly one way (cosine up to 0.9 between two answers of a fresh model).
+            answers = F.normalize(answers - answers.mean(0), dim=-1)
         videos = F.normalize(video_hidden_states[known].float().mean(1), dim=-1)
         logits = videos @ answers.T / self.temperature
         return F.cross_entropy(logits, classes[known])
-
-    @torch.no_grad()
-    def embedding_targets(self, embed_tokens: nn.Module, device: torch.device) -> torch.Tensor:
-        """(answers, hidden): each answer's mean token embedding, centred over the answers, unit length."""
-        ids, mask = self.answer_ids.to(device), self.answer_mask.to(device)
-        embedded = embed_tokens(ids).float() * mask.unsqueeze(-1)
-        answers = embedded.sum(1) / mask.sum(1, keepdim=True)
-        # Centred: what every answer shares (punctuation, <end_of_turn>, common words) would otherwise make them
-        # all point nearly one way (cosine up to 0.9 between two answers of a fresh model). What is left is
-        # still what the texts share: "good form; keep it up" made the six exercises' good-form answers nearly
-        # one direction (cosine up to 0.8) and each exercise's three answers far apart.
-        return F.normalize(answers - answers.mean(0), dim=-1)
-
-    def orthogonal_targets(self, hidden_size: int) -> torch.Tensor:
-        """(answers, hidden): fixed orthonormal directions (unit random ones when there are more answers than
-        dimensions), the same for every process and run: seeded, drawn on the CPU."""
-        count = len(self)
-        if getattr(self, "_orthogonal", None) is None or self._orthogonal.shape != (count, hidden_size):
-            generator = torch.Generator().manual_seed(0)
-            directions = torch.randn(hidden_size, count, generator=generator, dtype=torch.float64)
-            if count <= hidden_size:
-                directions = torch.linalg.qr(directions).Q
-            self._orthogonal = F.normalize(directions.T.float(), dim=-1)
-        return self._orthogonal
 
 
 def answer_tokens(labels: Sequence[int] | torch.Tensor, image_token_id: int) -> tuple[int, ...]:

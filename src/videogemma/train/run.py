@@ -142,11 +142,7 @@ def answer_alignment_for(
         return None
     # Stage `full` trains the encoders, so the dataset is never the feature-cache wrapper.
     alignment = AnswerAlignment.from_records(
-        train_dataset.records,
-        processor,
-        config.answer_alignment_temperature,
-        model_config.image_token_id,
-        config.answer_alignment_targets,
+        train_dataset.records, processor, config.answer_alignment_temperature, model_config.image_token_id
     )
     logger.info("answer alignment: %d distinct answers in %s", len(alignment), config.data.train_file)
     return alignment

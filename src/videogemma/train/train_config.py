@@ -93,9 +93,6 @@ class TrainConfig:
     # loss is added to the LM loss; it gives encoders trained from scratch a direct signal. 0 = off.
     answer_alignment_weight: float = 0.0
     answer_alignment_temperature: float = 0.1
-    # Each answer's target direction: "embeddings" (its mean token embedding) or "orthogonal" (one fixed
-    # orthonormal direction per distinct answer); train/answer_alignment.py.
-    answer_alignment_targets: str = "embeddings"
     # "auto" (bf16 where the device computes it natively: CUDA with bf16, CPUs with AVX512-BF16/AMX; else
     # fp32) | "bf16" | "fp16" | "fp32". The frozen base is built in this precision's dtype (model.dtype auto).
     precision: str = "auto"
@@ -192,10 +189,6 @@ class TrainConfig:
             raise TrainConfigError(
                 f"answer_alignment_weight must be ≥ 0 and answer_alignment_temperature > 0, got "
                 f"{self.answer_alignment_weight} and {self.answer_alignment_temperature}"
-            )
-        if self.answer_alignment_targets not in ("embeddings", "orthogonal"):
-            raise TrainConfigError(
-                f"answer_alignment_targets must be 'embeddings' or 'orthogonal', got {self.answer_alignment_targets!r}"
             )
         if self.answer_alignment_weight > 0 and self.stage != "full":
             raise TrainConfigError(
