@@ -41,6 +41,7 @@ class DemoSize:
     max_new_tokens: int
     batch_size: int
     workout_overrides: tuple[str, ...] = ()  # `data synth-workouts` options (the coaching steps)
+    split_args: tuple[str, ...] = ()  # `data prepare` options (default: 60 / 20 / 20 over all clips)
 
 
 # The clips the demo trains on: 16 frames over 3 s. The frames the model reads (8 segment centres) fall where
@@ -59,8 +60,10 @@ FULL = DemoSize(
     train_overrides=("--processes", str(TRAIN_PROCESSES)),
     max_new_tokens=64,
     batch_size=8,
+    split_args=SPLIT_ARGS,
 )
-# A minute on two cores: one clip per variant (18 clips), a few optimiser steps, short answers.
+# A minute on two cores: one clip per variant (18 clips; split 60 / 20 / 20 over all of them, as 3 clips per
+# exercise cannot be split 80 / 10 / 10), a few optimiser steps in one process, short answers.
 QUICK = DemoSize(
     per_variant=1,
     train_overrides=("--max_steps", "3", "--eval_steps", "2", "--per_device_train_batch_size", "4",
@@ -95,7 +98,7 @@ def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[St
         Step(
             "prepare",
             "prepare the train / val / test splits",
-            ("data", "prepare", "--root", str(data), *SPLIT_ARGS),
+            ("data", "prepare", "--root", str(data), *size.split_args),
         ),
         Step(
             "train",
