@@ -43,7 +43,7 @@ from videogemma import demo
 from videogemma.train.train_config import SHIPPED_CONFIGS
 
 PROJECT = Path(__file__).resolve().parents[1]
-CURVE_CLIPS = 216  # validation clips answered for each point of the learning curve
+CURVE_CLIPS = 216  # validation clips answered for each point of the learning curve (evenly spaced)
 HELDOUT_TOLERANCE = 0.05  # the held-out seed's figures may differ from the test split's by this much
 
 
@@ -249,7 +249,9 @@ def run_recipe(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], Pat
     splits = {s: data / f"qved_{s}.json" for s in ("train", "val", "test")}
     counts = {s: len(json.loads(p.read_text())) for s, p in splits.items()}
     curve_file = data / "qved_val_curve.json"
-    curve_file.write_text(json.dumps(json.loads(splits["val"].read_text())[:CURVE_CLIPS]))
+    # Evenly spaced: a split file lists its clips exercise by exercise, so its first ones may be 2 exercises.
+    val = json.loads(splits["val"].read_text())
+    curve_file.write_text(json.dumps(val[:: max(len(val) // CURVE_CLIPS, 1)][:CURVE_CLIPS]))
     curve = {
         "split_file": str(curve_file),
         "every": args.curve_steps,
