@@ -9,8 +9,8 @@ Two recipes in one run (`--recipes`, both by default), each trained `full` from 
 
 For each: greedy answers on the test split, exercise identification (the name before " - " matches) and
 exact label (targets ≥ 90 % and ≥ 60 %), the answer loss with each clip's own video against another clip's
-(does the answer depend on the video at all), and a learning curve: validation exact label (the first 216
-validation clips) every `--curve-steps` steps against training wall-clock minutes (the curve's own answering
+(does the answer depend on the video at all), and a learning curve: validation exact label (216
+validation clips, evenly spaced) every `--curve-steps` steps against training wall-clock minutes (the curve's own answering
 time left out) in `learning_curve.png`. Then, for the demo recipe's model:
 
 - held-out seed: clips of a generator seed the demo never uses (`--heldout-seed`; the demo's clips are seed 0,
