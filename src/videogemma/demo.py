@@ -41,17 +41,29 @@ class DemoSize:
     max_new_tokens: int
     batch_size: int
     workout_overrides: tuple[str, ...] = ()  # `data synth-workouts` options (the coaching steps)
+    split_args: tuple[str, ...] = ()  # `data prepare` options (default: 60 / 20 / 20 over all clips)
 
 
-# 648 training clips, 7 epochs (567 steps, about 4 minutes on 2 cores); training stops (and saves) at
-# 4.5 minutes in any case, so that the whole demo stays within ~8 minutes.
+# The clips the demo trains on: 16 frames over 3 s. The frames the model reads (8 segment centres) fall where
+# those of a 36-frame clip at 12 fps would, for less than half the rendering, encoding and decoding.
+CLIP_FRAMES, CLIP_FPS = 16, 16 / 3
+SYNTH_ARGS = ("--frames", str(CLIP_FRAMES), "--fps", str(CLIP_FPS), "--workers", "2")
+# 2,160 clips (120 per form variant) split 80 / 10 / 10 within each exercise: 1,728 training clips, 216
+# validation and 216 test clips (36 per exercise).
+SPLIT_RATIOS = (0.8, 0.1, 0.1)
+SPLIT_ARGS = ("--ratios", *map(str, SPLIT_RATIOS), "--stratify")
+# Two DDP ranks (one per core) × 8 clips a step, 1,200 steps (demo_tiny.yaml; about 11 epochs). No time limit:
+# on a busy machine the run is slower, never different, so every run gives the same figures.
+TRAIN_PROCESSES = 2
 FULL = DemoSize(
-    per_variant=60,
-    train_overrides=("--max_train_minutes", "4.5"),
+    per_variant=120,
+    train_overrides=("--processes", str(TRAIN_PROCESSES)),
     max_new_tokens=64,
     batch_size=8,
+    split_args=SPLIT_ARGS,
 )
-# A minute on two cores: one clip per variant (18 clips), a few optimiser steps, short answers.
+# A minute on two cores: one clip per variant (18 clips; split 60 / 20 / 20 over all of them, as 3 clips per
+# exercise cannot be split 80 / 10 / 10), a few optimiser steps in one process, short answers.
 QUICK = DemoSize(
     per_variant=1,
     train_overrides=("--max_steps", "3", "--eval_steps", "2", "--per_device_train_batch_size", "4",
@@ -81,9 +93,13 @@ def demo_steps(out: Path, size: DemoSize, config: Path = DEMO_CONFIG) -> list[St
         Step(
             "synth",
             "generate the synthetic exercise dataset",
-            ("data", "synth", "--out", str(data), "--per-variant", str(size.per_variant), "--workers", "2"),
+            ("data", "synth", "--out", str(data), "--per-variant", str(size.per_variant), *SYNTH_ARGS),
         ),
-        Step("prepare", "prepare the train / val / test splits", ("data", "prepare", "--root", str(data))),
+        Step(
+            "prepare",
+            "prepare the train / val / test splits",
+            ("data", "prepare", "--root", str(data), *size.split_args),
+        ),
         Step(
             "train",
             "train the tiny preset",

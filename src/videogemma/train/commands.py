@@ -1,6 +1,6 @@
 """`videogemma train` and `videogemma export`.
 
-    videogemma train --config qved_finetune [--resume] [--key value ...]
+    videogemma train --config qved_finetune [--resume] [--processes N] [--key value ...]
     videogemma export RUN_DIR --merge OUT_DIR
 
 Any `--key value` the train parser does not know is a config override (dotted keys: `--lora.r 16`).
@@ -9,6 +9,7 @@ Any `--key value` the train parser does not know is a config override (dotted ke
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from videogemma.constants import ATTN_IMPLEMENTATIONS
@@ -54,6 +55,10 @@ def register(subparsers: Any) -> None:
         "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None,
         help="Gemma-3n's attention (model.attn_implementation)",
     )  # fmt: skip
+    train.add_argument(
+        "--processes", type=int, default=1, metavar="N",
+        help="train as N DDP processes on this machine (torchrun; on a CPU one per core, one thread each)",
+    )  # fmt: skip
     train.set_defaults(func=_train, overrides=[])
 
     export = subparsers.add_parser(
@@ -70,13 +75,30 @@ def _train(args: argparse.Namespace) -> int:
     import logging
 
     from videogemma.train.run import run_training
+    from videogemma.train.train_config import TrainConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
+    if args.processes < 1:
+        raise TrainConfigError(f"--processes must be at least 1, got {args.processes}")
+    config = config_from_args(args)  # a bad config fails here, before any process starts
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        from videogemma.train.launch import launch_training
+
+        return launch_training(rank_argv(args), args.processes)
     # run_training refuses an output_dir holding a run (without --resume / --overwrite) before any work.
     run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def rank_argv(args: argparse.Namespace) -> list[str]:
+    """The `train` command line each DDP rank runs: this one without `--processes`."""
+    argv = ["train", "--config", str(args.config)]
+    argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite
+    for name in SHORTHANDS:
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    return argv + list(args.overrides)
 
 
 def config_from_args(args: argparse.Namespace, validate: bool = True) -> Any:
