@@ -54,3 +54,5 @@ FRAME_SAMPLINGS = ("segment_centers", "fps")
 FRAME_MERGES = ("mean", "grid")
 # Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# Weight-only quantisation of the text decoder for inference (`--quantize`, modeling.quantization).
+QUANTIZE_CHOICES = ("int8", "int4")
