@@ -139,7 +139,7 @@ def test_quantize_on_load_and_bad_settings(saved_tiny: Path, tmp_path: Path) -> 
     (tmp_path / QUANTIZATION_FILE).write_text(
         json.dumps({"method": "int4", "modules": ["language_model.nope"]})
     )
-    with pytest.raises(ModelLoadError, match="no layer language_model.nope"):
+    with pytest.raises(ModelLoadError, match=r"no layer language_model\.nope"):
         videogemma.load(tmp_path, quiet=True)
     (tmp_path / QUANTIZATION_FILE).write_text("{")
     with pytest.raises(ModelLoadError, match="not a readable quantisation record"):
