@@ -91,11 +91,23 @@ def test_quantised_linear_kernels_match_the_dequantised_weight(bits: int, tolera
     torch.testing.assert_close(out.float(), reference.float(), atol=0.06, rtol=0.02)
 
 
-def test_prepared_int4_layer_refuses_to_be_saved() -> None:
-    layer = QuantizedLinear.from_linear(torch.nn.Linear(128, 16), 4)
+@pytest.mark.parametrize("rows", [64, 80, 16])  # whole kernel blocks, one more part block, only a part
+def test_int4_layer_in_kernel_order_dequantises_and_saves_as_before(rows: int) -> None:
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(256, rows), 4)
+    plain_state = {k: v.clone() for k, v in layer.state_dict().items()}
+    weight = layer.dequantized()
     layer.prepare()
-    with pytest.raises(ModelLoadError, match="cannot be saved"):
-        layer.state_dict()
+    assert not torch.equal(layer.qweight, plain_state["qweight"])  # the kernel's own order
+    assert torch.equal(layer.dequantized(), weight)
+    saved = layer.state_dict()
+    assert set(saved) == set(plain_state) and all(torch.equal(saved[k], plain_state[k]) for k in saved)
+    # Many rows (a prefill) take the dequantised weight and the dtype's GEMM; few, the kernel: both agree.
+    x = torch.randn(40, 256)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, weight, layer.bias))
+    torch.testing.assert_close(
+        layer(x[:3]), torch.nn.functional.linear(x[:3], weight, layer.bias), atol=1e-3, rtol=1e-3
+    )
 
 
 @pytest.mark.parametrize(("method", "lm_head"), [("int8", True), ("int4", False)])

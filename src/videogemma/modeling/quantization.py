@@ -2,13 +2,15 @@
 (groups of `INT4_GROUP_SIZE` along the input, asymmetric), the activations kept in the model's dtype.
 
     quantize_language_model(model, "int4", lm_head=True)   # in place; returns the names it replaced
-    prepare_for_inference(model)                           # CPU: int4 weights packed for torch's kernel
+    prepare_for_inference(model)                           # CPU: int4 weights in torch's kernel's order
 
 On the CPU the matrix products are torch's own weight-only kernels (`torch._weight_int8pack_mm`,
 `torch._weight_int4pack_mm_for_cpu`: the kernels gpt-fast and torchao's CPU layouts call). torchao 0.18 was
 measured first: its int8 weight-only tensor runs a decode-shaped product 3× slower than bf16 on this CPU and
 it has no int4 layout for an x86 CPU any more (docs/ONDEVICE.md). Elsewhere (CUDA) a layer dequantises its
-weight for each product: correct, and the weights take the quantised size in memory, but not faster.
+weight for each product: correct, and the weights take the quantised size in memory, but not faster. A
+prefill (many rows) dequantises each weight once and runs the dtype's own GEMM, which is several times
+faster than the weight-only kernels at that shape; decoding (one row) runs the kernels.
 
 What stays in the model's dtype: the encoders, the projectors, the embeddings, the norms and the decoder's
 few small linears (AltUp's 4 × 4 coefficients and router: too small for the kernels' tiles, < 0.1 % of the
@@ -21,6 +23,7 @@ file holds each layer's `qweight` / `scales` (/ `zeros`) as quantised, so loadin
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +38,10 @@ from videogemma.errors import ModelLoadError
 INT4_GROUP_SIZE = 128
 # The CPU int4 kernel packs output rows in tiles of 16.
 INT4_ROW_MULTIPLE = 16
+# The CPU int4 kernel's layout repeats every this many output rows (`_cpu_kernel_order`).
+INT4_KERNEL_BLOCK = 64
+# From this many rows (tokens) on, a layer dequantises its weight and runs the dtype's own GEMM (a prefill).
+DEQUANTIZE_FROM_ROWS = 16
 # int4 values are stored offset by 8 (0..15), as the int4 kernels read them: w = (q - 8) · scale + zero.
 INT4_OFFSET = 8
 QUANTIZATION_FILE = "quantization.json"
@@ -64,8 +71,8 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("scales", torch.ones(out_features, groups))
             self.register_buffer("zeros", torch.zeros(out_features, groups))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        # The int4 CPU kernel's packed weight and [groups, out, 2] scales and zeros (`prepare`).
-        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The int4 CPU kernel's [groups, out, 2] scales and zeros, once `qweight` is in its order (`prepare`).
+        self._scales_and_zeros: torch.Tensor | None = None
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
@@ -97,46 +104,46 @@ class QuantizedLinear(nn.Module):
             module.bias = linear.bias.detach().clone()
         return module
 
+    def plain_values(self) -> torch.Tensor:
+        """The int4 values (out, in) as uint8 0..15, in row order, whether packed for the kernel or not."""
+        values = unpack_int4(self.qweight)
+        return values if self._scales_and_zeros is None else cpu_kernel_order_to_plain(values)
+
     def dequantized(self) -> torch.Tensor:
         """The weight the quantised values stand for, (out, in) in the scales' dtype."""
-        if self._packed is not None:
-            raise RuntimeError("the int4 weight was packed for the CPU kernel; dequantise before `prepare`")
         if self.bits == 8:
             return self.qweight.to(self.scales.dtype) * self.scales[:, None]
-        values = unpack_int4(self.qweight).to(self.scales.dtype) - INT4_OFFSET
+        values = self.plain_values().to(self.scales.dtype) - INT4_OFFSET
         grouped = values.reshape(self.out_features, -1, self.group_size)
         weight = grouped * self.scales[..., None] + self.zeros[..., None]
         return weight.reshape(self.out_features, self.in_features)
 
     def prepare(self) -> None:
-        """On the CPU, give an int4 layer the packed form its kernel reads (the plain values are dropped: a
-        prepared layer computes, it is not saved again). Elsewhere, and for int8, nothing to do."""
-        if self.bits != 4 or self.qweight.device.type != "cpu" or self._packed is not None:
+        """On the CPU, put an int4 layer's values in the order its kernel reads (in place: the same bytes;
+        saving converts them back). Elsewhere, and for int8, nothing to do."""
+        if self.bits != 4 or self.qweight.device.type != "cpu" or self._scales_and_zeros is not None:
             return
         values = unpack_int4(self.qweight).to(torch.int32)
-        packed = torch._convert_weight_to_int4pack_for_cpu(values, 1)
-        scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
-        self._packed = (packed, scales_and_zeros)
-        self.qweight = torch.empty(0, dtype=torch.uint8)
-        self.zeros = torch.empty(0)
+        self.qweight = torch._convert_weight_to_int4pack_for_cpu(values, 1)
+        self._scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        if self._packed is not None:
-            raise ModelLoadError(
-                "a model prepared for the CPU int4 kernel cannot be saved; export it again from the run "
-                "(`videogemma export RUN --merge OUT --quantize int4`)"
-            )
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._scales_and_zeros is not None:  # saved in the plain order, whatever the device
+            destination[prefix + "qweight"] = pack_int4(self.plain_values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features)
-        if self._packed is not None:
-            packed, scales_and_zeros = self._packed
+        if flat.shape[0] >= DEQUANTIZE_FROM_ROWS or flat.device.type != "cpu":
+            # A prefill: the weight dequantised once and the dtype's own GEMM (AVX512-BF16, AMX) is several
+            # times faster than the weight-only kernels, which are made for few rows (decoding).
+            out = F.linear(flat, self.dequantized().to(flat.dtype))
+        elif self._scales_and_zeros is not None:
             out = torch._weight_int4pack_mm_for_cpu(
-                flat, packed, self.group_size, scales_and_zeros.to(flat.dtype)
+                flat, self.qweight, self.group_size, self._scales_and_zeros.to(flat.dtype)
             )
-        elif self.bits == 8 and flat.device.type == "cpu":
+        elif self.bits == 8:
             out = torch._weight_int8pack_mm(flat, self.qweight, self.scales.to(flat.dtype))
         else:
             out = F.linear(flat, self.dequantized().to(flat.dtype))
@@ -147,6 +154,35 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         group = f", group {self.group_size}" if self.bits == 4 else ""
         return f"{self.in_features}, {self.out_features}, int{self.bits}{group}"
+
+
+@functools.cache
+def _cpu_kernel_order(rows: int, columns: int) -> torch.Tensor:
+    """For a block of `rows` output rows: the row-order position of each int4 value as
+    `torch._convert_weight_to_int4pack_for_cpu` lays it out (its own tiling, read off by packing the positions'
+    bits four at a time; the layout repeats every `INT4_KERNEL_BLOCK` rows)."""
+    position = torch.arange(rows * columns, dtype=torch.int64).reshape(rows, columns)
+    source = torch.zeros(rows * columns, dtype=torch.int64)
+    for shift in range(0, (rows * columns - 1).bit_length(), 4):
+        digits = ((position >> shift) & 15).to(torch.int32)
+        packed = torch._convert_weight_to_int4pack_for_cpu(digits, 1)
+        source |= unpack_int4(packed).reshape(-1).to(torch.int64) << shift
+    return torch.argsort(source)
+
+
+def cpu_kernel_order_to_plain(values: torch.Tensor) -> torch.Tensor:
+    """(out, in) int4 values in the CPU kernel's order (`unpack_int4` of its packed bytes) → row order."""
+    rows, columns = values.shape
+    full = rows - rows % INT4_KERNEL_BLOCK
+    parts = []
+    if full:
+        order = _cpu_kernel_order(INT4_KERNEL_BLOCK, columns)
+        blocks = values[:full].reshape(full // INT4_KERNEL_BLOCK, -1)
+        parts.append(blocks[:, order].reshape(full, columns))
+    if rows > full:
+        order = _cpu_kernel_order(rows - full, columns)
+        parts.append(values[full:].reshape(-1)[order].reshape(rows - full, columns))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def pack_int4(values: torch.Tensor) -> torch.Tensor:
