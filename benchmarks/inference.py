@@ -340,9 +340,15 @@ def write_checkpoint(folder: Path, method: str, lm_head: bool) -> None:
     import torch
 
     from videogemma.modeling.quantization import quantize_language_model
-    from videogemma.precision import cpu_has_native_bf16
+    from videogemma.precision import cpu_has_native_bf16, dtype_name
 
-    model = build_model("e2b", torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    unquantized = folder.parent / dtype_name(dtype)
+    if folder != unquantized and (unquantized / "config.json").is_file():
+        # The same weights, read back faster than they are drawn again.
+        model = load_saved(unquantized, dtype, per_layer_on_disk=False)
+    else:
+        model = build_model("e2b", dtype)
     settings = None
     if method in ("int8", "int4"):
         settings = quantize_language_model(model, method, lm_head=lm_head)

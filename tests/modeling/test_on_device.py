@@ -156,3 +156,15 @@ def test_quantize_on_load_and_bad_settings(saved_tiny: Path, tmp_path: Path) -> 
     (tmp_path / QUANTIZATION_FILE).write_text("{")
     with pytest.raises(ModelLoadError, match="not a readable quantisation record"):
         videogemma.load(tmp_path, quiet=True)
+
+
+def test_infer_command_takes_the_on_device_options(saved_tiny: Path, real_clip: Path, capsys) -> None:
+    from videogemma import cli
+
+    argv = ["infer", str(real_clip), "--model", str(saved_tiny), "--max-new-tokens", "2"]
+    assert cli.main([*argv, "--quantize", "int4", "--per-layer-embeddings", "disk"]) == 0
+    assert "decoder int4, per-layer embeddings on disk" in capsys.readouterr().err
+    assert cli.main([*argv, "--per-layer-embeddings", "memory"]) == 0
+    assert "on disk" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's own refusal of a choice
+        cli.main([*argv, "--quantize", "int3"])

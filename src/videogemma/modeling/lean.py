@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from videogemma.modeling.checkpoints import (
     CheckpointFiles,
@@ -85,5 +87,7 @@ def build_from_saved(
     model.tie_weights()
     materialise_meta_tensors(model, dtype, device)  # the non-persistent buffers (RoPE frequencies...)
     model.initialize_weights()
+    if (directory / GENERATION_CONFIG_NAME).is_file():  # as `from_pretrained` reads it
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     model.freeze_encoders(clip=True, videomamba=True)
     return model.eval()
