@@ -2,7 +2,8 @@
 
 1. The trained `tiny` model (a `full` run of the demo config on the synthetic dataset; trained here within
    --minutes unless --run names one): greedy answers on the synthetic test split in float32 (as trained),
-   bfloat16, int8 and int4 (decoder weights; activations bf16): exercise identification and exact label.
+   bfloat16, int8 and int4 (decoder weights; activations bf16): exercise identification, exact label and
+   the share of answers word for word the float32 model's.
 2. E2B dimensions (--e2b-dir: the models `benchmarks/inference.py --quantize` writes, one folder per
    precision): over a fixed prompt set (seeded random token ids, text only), each quantised decoder's
    next-token distribution against bf16's: top-1 agreement and KL(bf16 ‖ quantised), mean over positions.
@@ -60,22 +61,48 @@ def train_tiny(out: Path, minutes: float, per_variant: int) -> tuple[Path, Path]
     return run_dir, data / "qved_test.json"
 
 
-def tiny_quality(run_dir: Path, test_split: Path) -> list[dict[str, Any]]:
-    import videogemma
+@torch.inference_mode()
+def greedy_answers(
+    model: Any, processor: Any, split_file: Path, batch_size: int = 16
+) -> list[tuple[str, str]]:
+    """(ground truth, greedy answer) for every record of a split."""
+    from videogemma.inference.generate import GenerationSettings, generate_answers
+    from videogemma.processing.chat_template import normalize_conversation
 
-    learning = _learning()
-    rows = []
+    records = json.loads(split_file.read_text())
+    pairs = []
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        turns = [normalize_conversation(r["conversations"]) for r in batch]
+        videos = [str(split_file.parent / r["video"]) for r in batch]
+        inputs = processor(videos=videos, text=[t[0].text for t in turns], padding_side="left")
+        answers = generate_answers(model, processor, inputs, GenerationSettings(max_new_tokens=64))
+        pairs += [(t[1].text.strip(), a.text.strip()) for t, a in zip(turns, answers)]
+    return pairs
+
+
+def tiny_quality(run_dir: Path, test_split: Path) -> list[dict[str, Any]]:
+    """Each precision's answers on the test split: exercise identification, exact label, and how many
+    answers are word for word those of the model as trained (float32)."""
+    import videogemma
+    from videogemma.evaluation.metrics import exercise_name
+
+    rows, reference = [], None
     for name, method in TINY_PRECISIONS:
         dtype = "float32" if name == "float32" else "bfloat16"
         model, processor = videogemma.load(run_dir, dtype=dtype, quantize=method, quiet=True)
         start = time.perf_counter()
-        result = learning.evaluate_generation(model, processor, test_split)
+        pairs = greedy_answers(model, processor, test_split)
+        answers = [answer for _, answer in pairs]
+        reference = reference or answers
         rows.append(
             {
                 "precision": name,
-                "samples": result["samples"],
-                "exercise_identification": result["exercise_identification"],
-                "exact_label": result["exact_match"],
+                "samples": len(pairs),
+                "exercise_identification": sum(exercise_name(a) == exercise_name(t) for t, a in pairs)
+                / len(pairs),
+                "exact_label": sum(a == t for t, a in pairs) / len(pairs),
+                "same_answer_as_float32": sum(a == r for a, r in zip(answers, reference)) / len(pairs),
                 "seconds": time.perf_counter() - start,
             }
         )
