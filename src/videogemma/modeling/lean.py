@@ -82,7 +82,8 @@ def build_from_saved(
     tensors = CheckpointFiles(directory).read(
         {k: k for k in keys}, desc=f"weights from {directory.name}", device=device
     )
-    check_finite(tensors.items(), directory)
+    for file in sorted(set(files.values())):  # the error names the file that holds the tensor
+        check_finite(((k, t) for k, t in tensors.items() if files.get(k) == file), file)
     assign_tensors(model, tensors, f"saved model ({directory})", dtype, tied)
     model.tie_weights()
     materialise_meta_tensors(model, dtype, device)  # the non-persistent buffers (RoPE frequencies...)
