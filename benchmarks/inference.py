@@ -113,6 +113,15 @@ def build_model(preset: str, dtype: Any) -> Any:
     return model.eval()
 
 
+def load_saved(model_dir: Path, dtype: Any, per_layer_on_disk: bool) -> Any:
+    """A model written by `write_checkpoint`, loaded as `videogemma.load` would (quantised ones as saved)."""
+    from videogemma.loading import ModelSource, build_model, quantize_for_inference
+
+    model = build_model(ModelSource(pretrained=str(model_dir)), 0, dtype, per_layer_on_disk=per_layer_on_disk)
+    quantize_for_inference(model, None)
+    return model.eval()
+
+
 def measure(
     preset: str,
     video: Path,
@@ -120,6 +129,8 @@ def measure(
     repeats: int,
     compare_gemma_vision: bool,
     threads: int | None = None,
+    model_dir: Path | None = None,
+    per_layer_on_disk: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -128,12 +139,16 @@ def measure(
     torch.set_num_threads(threads or (1 if preset == "tiny" else os.cpu_count() or 1))
 
     from videogemma.inference.timing import GenerationTimer
+    from videogemma.modeling.quantization import quantized_method
     from videogemma.precision import cpu_has_native_bf16
     from videogemma.processing.processor import VideoGemmaProcessor
 
     dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     start = time.perf_counter()
-    model = build_model(preset, dtype)
+    if model_dir is None:
+        model = build_model(preset, dtype)
+    else:
+        model = load_saved(model_dir, dtype, per_layer_on_disk)
     config = model.config
     build_seconds = time.perf_counter() - start
     rss_after_build = peak_rss_gib()
@@ -196,6 +211,10 @@ def measure(
     result: dict[str, Any] = {
         "preset": preset,
         "dtype": str(dtype).removeprefix("torch."),
+        "decoder": quantized_method(model) or str(dtype).removeprefix("torch."),
+        "per_layer_embeddings": "disk" if per_layer_on_disk else "memory",
+        "decode_bytes_per_step": decode_bytes_per_step(model),
+        "prefill_flops": prefill_flops(model, int(input_ids.shape[1])),
         "threads": torch.get_num_threads(),
         "prompt_tokens": int(input_ids.shape[1]),
         "visual_tokens": config.num_visual_tokens,
@@ -236,11 +255,122 @@ def compare_prefill(model: Any, config: Any, dtype: Any) -> dict[str, Any]:
     }
 
 
+def decode_bytes_per_step(model: Any) -> int:
+    """Bytes of weights one decode step reads: the decoder's tensors (quantised ones as the kernel reads
+    them) and the LM head, not the two embedding tables (a step looks up one row of each)."""
+    from itertools import chain
+
+    from videogemma.modeling.quantization import QuantizedLinear
+
+    text_model = model.language_model.model
+    lookups = {id(text_model.embed_tokens), id(text_model.embed_tokens_per_layer)}
+    seen, total = set(), 0
+    for module in model.language_model.modules():
+        if id(module) in lookups:
+            continue
+        if isinstance(module, QuantizedLinear) and module._scales_and_zeros is not None:
+            total += module.qweight.nbytes + module._scales_and_zeros.nbytes
+            continue
+        for tensor in chain(module.parameters(recurse=False), module.buffers(recurse=False)):
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.nbytes
+    return total
+
+
+def prefill_flops(model: Any, tokens: int) -> float:
+    """Multiply-adds × 2 of the decoder's linear layers over `tokens` (attention's T² part left out: its
+    sliding window keeps it small) plus the LM head for the one position whose logits are kept."""
+    from torch import nn
+
+    from videogemma.modeling.quantization import QuantizedLinear
+
+    weights = sum(
+        m.in_features * m.out_features
+        for m in model.language_model.model.modules()
+        if isinstance(m, nn.Linear | QuantizedLinear)
+    )
+    head = model.config.text_config.vocab_size * model.config.hidden_size
+    return 2.0 * (weights * tokens + head)
+
+
+def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
+    """This CPU's bf16 GEMM throughput at the decoder's MLP shape (tokens × 2048 → 8192) and the bandwidth
+    of a 1 GiB copy (bytes read + written per second), medians of a few runs."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from videogemma.config import VideoGemmaConfig
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    text = VideoGemmaConfig.from_preset("e2b").text_config
+    hidden = text.hidden_size
+    intermediate = (
+        text.intermediate_size[0] if isinstance(text.intermediate_size, list) else text.intermediate_size
+    )
+
+    def median_seconds(work: Any, runs: int) -> float:
+        work()  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    with torch.inference_mode():
+        x = torch.randn(tokens, hidden, dtype=torch.bfloat16)
+        w = torch.randn(intermediate, hidden, dtype=torch.bfloat16)
+        gemm = median_seconds(lambda: F.linear(x, w), 3)
+        source = torch.ones(2**30, dtype=torch.uint8)
+        target = torch.empty_like(source)
+        copy = median_seconds(lambda: target.copy_(source), 5)
+    return {
+        "gemm_shape": [tokens, hidden, intermediate],
+        "gemm_gflops": 2 * tokens * hidden * intermediate / gemm / 1e9,
+        "copy_gb_per_s": 2 * source.nbytes / copy / 1e9,
+    }
+
+
+def write_checkpoint(folder: Path, method: str, lm_head: bool) -> None:
+    """The random E2B model (seed 0, bf16 where native) saved to `folder`, its decoder quantised to `method`
+    unless it is the dtype's name."""
+    import torch
+
+    from videogemma.modeling.quantization import quantize_language_model
+    from videogemma.precision import cpu_has_native_bf16, dtype_name
+
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    unquantized = folder.parent / dtype_name(dtype)
+    if folder != unquantized and (unquantized / "config.json").is_file():
+        # The same weights, read back faster than they are drawn again.
+        model = load_saved(unquantized, dtype, per_layer_on_disk=False)
+    else:
+        model = build_model("e2b", dtype)
+    settings = None
+    if method in ("int8", "int4"):
+        settings = quantize_language_model(model, method, lm_head=lm_head)
+    model.save_pretrained(folder, max_shard_size="2GB")
+    if settings is not None:
+        settings.save(folder)
+
+
+def add_bounds(result: dict[str, Any], bounds: dict[str, Any]) -> None:
+    """The decode and prefill bounds of one measured configuration, and how far from them it ran."""
+    result["decode_gb_per_step"] = result["decode_bytes_per_step"] / 1e9
+    result["decode_bound_tokens_per_second"] = bounds["copy_gb_per_s"] * 1e9 / result["decode_bytes_per_step"]
+    result["decode_vs_bound"] = result["decode_bound_tokens_per_second"] / result["tokens_per_second"]
+    result["prefill_bound_seconds"] = result["prefill_flops"] / (bounds["gemm_gflops"] * 1e9)
+    result["prefill_vs_bound"] = result["prefill"] / result["prefill_bound_seconds"]
+
+
 STAGES = ("decode", "preprocess", "clip", "keyframes", "videomamba", "projectors", "prefill", "generation")
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
-    names = [r["preset"] for r in results]
+    names = [r.get("label", r["preset"]) for r in results]
     lines = [f"{'':<28}" + "".join(f"{n:>14}" for n in names)]
 
     def row(label: str, key: str, fmt: str) -> None:
@@ -249,6 +379,8 @@ def format_results(results: list[dict[str, Any]]) -> str:
         lines.append(f"{label:<28}{cells}")
 
     row("dtype", "dtype", "s")
+    row("decoder weights", "decoder", "s")
+    row("per-layer embeddings", "per_layer_embeddings", "s")
     row("threads", "threads", "d")
     row("prompt tokens (visual)", "prompt_tokens", "d")
     row("visual tokens", "visual_tokens", "d")
@@ -259,6 +391,11 @@ def format_results(results: list[dict[str, Any]]) -> str:
     row("time to first token (s)", "time_to_first_token", ".3f")
     row("model build (s)", "build_seconds", ".1f")
     row("peak RSS (GiB)", "peak_rss_gib", ".2f")
+    row("weights read / step (GB)", "decode_gb_per_step", ".3f")
+    row("decode bound (tokens/s)", "decode_bound_tokens_per_second", ".2f")
+    row("  bound / measured", "decode_vs_bound", ".2f")
+    row("prefill bound (s)", "prefill_bound_seconds", ".3f")
+    row("  measured / bound", "prefill_vs_bound", ".2f")
     row("prefill, ours (s)", "prefill_ours_seconds", ".3f")
     row("  tokens", "prefill_ours_tokens", "d")
     row("prefill, Gemma vision (s)", "prefill_gemma_vision_seconds", ".3f")
@@ -328,6 +465,58 @@ def format_batch(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_worker(arguments: list[str], what: str) -> dict[str, Any]:
+    """This script in a fresh process (its own peak memory); the JSON it prints on its RESULT line."""
+    completed = subprocess.run(
+        [sys.executable, __file__, *arguments], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode or not lines:
+        sys.stderr.write(completed.stderr[-4000:])
+        raise SystemExit(f"the {what} measurement failed (exit {completed.returncode})")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """E2B saved to disk once per precision, then each loaded and measured in its own process, beside the
+    CPU's GEMM and bandwidth bounds measured in the same run."""
+    import tempfile
+
+    methods = [m.strip() for m in args.quantize.split(",") if m.strip()]
+    root = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="videogemma_e2b_"))
+    common = ["--video", str(args.video), "--new-tokens", str(args.new_tokens), "--no-compare"]
+    common += ["--threads", str(args.threads)] if args.threads else []
+    results = []
+    for method in methods:
+        folder = root / method
+        if not (folder / "config.json").is_file():
+            print(f"writing the random E2B model ({method}) to {folder} ...", file=sys.stderr, flush=True)
+            extra = ["--quantize-lm-head"] if args.quantize_lm_head else []
+            run_worker(["--write-checkpoint", str(folder), "--method", method, *extra], f"{method} writing")
+    prompt_tokens = None
+    for method in methods:
+        print(f"measuring e2b {method} ({args.per_layer_embeddings}) ...", file=sys.stderr, flush=True)
+        result = run_worker(
+            ["--worker", "e2b", "--model-dir", str(root / method),
+             "--per-layer-embeddings", args.per_layer_embeddings, *common],
+            f"e2b {method}",
+        )  # fmt: skip
+        result["label"] = f"e2b {method}"
+        prompt_tokens = result["prompt_tokens"]
+        results.append(result)
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    bounds = run_worker(["--bounds", str(prompt_tokens), *threads], "bounds")
+    for result in results:
+        add_bounds(result, bounds)
+        result["bounds"] = bounds
+    print(
+        f"bounds: bf16 GEMM {bounds['gemm_shape']} {bounds['gemm_gflops']:.0f} GFLOP/s, "
+        f"1 GiB copy {bounds['copy_gb_per_s']:.1f} GB/s (read + written); load {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,6 +525,22 @@ def main() -> None:
         "--video", type=Path, default=REAL_CLIP, help="the video to answer (default: real clip)"
     )
     parser.add_argument("--e2b", action="store_true", help="also the E2B dimensions (minutes, ~10 GB RAM)")
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        help="with --e2b: precisions of the decoder side by side, e.g. bfloat16,int8,int4; each is saved to "
+        "disk once (--checkpoint-dir) and loaded from there, as a user loads an exported model",
+    )
+    parser.add_argument("--quantize-lm-head", action="store_true", help="quantise the LM head too")
+    parser.add_argument(
+        "--per-layer-embeddings",
+        choices=("memory", "disk"),
+        default="disk",
+        help="with --quantize: the per-layer table memory-mapped (disk) or loaded (memory)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, default=None, help="where --quantize writes (and reuses) the models"
+    )
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer")
     parser.add_argument("--tiny-repeats", type=int, default=3, help="tiny runs (the last is reported)")
     parser.add_argument("--no-compare", action="store_true", help="skip the Gemma-vision prefill comparison")
@@ -352,34 +557,44 @@ def main() -> None:
     )
     parser.add_argument("--batch-model", default="tiny", help="model for --batch (preset, saved model, run)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one preset, print JSON
+    # Internal: one measurement in this process, printed as JSON.
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--write-checkpoint", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bounds", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.write_checkpoint:
+        write_checkpoint(args.write_checkpoint, args.method, args.quantize_lm_head)
+        print("RESULT {}")
+        return
+    if args.bounds:
+        print("RESULT " + json.dumps(measure_bounds(args.bounds, args.threads)))
+        return
     if args.worker:
         result = measure(
-            args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare, threads=args.threads
-        )
+            args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare, threads=args.threads,
+            model_dir=args.model_dir, per_layer_on_disk=args.per_layer_embeddings == "disk",
+        )  # fmt: skip
         print("RESULT " + json.dumps(result))
         return
 
     results = []
     # E2B runs once: a warm-up would double minutes of prefill; its first-call overheads are small next to it.
-    jobs = [("tiny", args.tiny_repeats)] + ([("e2b", 1)] if args.e2b else [])
+    jobs = [("tiny", args.tiny_repeats)] + ([("e2b", 1)] if args.e2b and not args.quantize else [])
     for preset, repeats in jobs:
         print(f"measuring {preset} ...", file=sys.stderr, flush=True)
-        command = [sys.executable, __file__, "--worker", preset, "--video", str(args.video),
-                   "--new-tokens", str(args.new_tokens), "--repeats", str(repeats)]  # fmt: skip
+        command = ["--worker", preset, "--video", str(args.video), "--new-tokens", str(args.new_tokens),
+                   "--repeats", str(repeats), "--per-layer-embeddings", "memory"]  # fmt: skip
         if args.no_compare:
             command.append("--no-compare")
         if args.threads:
             command += ["--threads", str(args.threads)]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode or not lines:
-            sys.stderr.write(completed.stderr[-4000:])
-            raise SystemExit(f"the {preset} measurement failed (exit {completed.returncode})")
-        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+        results.append(run_worker(command, preset))
+    if args.e2b and args.quantize:
+        results += on_device_results(args)
     print(format_results(results))
     output: dict[str, Any] = {"per_video": results}
     if args.batch:

@@ -64,3 +64,5 @@ TRAINED_PROJECTORS_KEY = "trained_projectors"
 PRESET_NAMES = ("e2b", "tiny")
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# Weight-only quantisation of the text decoder for inference (`--quantize`, modeling.quantization).
+QUANTIZE_CHOICES = ("int8", "int4")

@@ -174,11 +174,14 @@ def build_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     fp32_modules: tuple[str, ...] = (),
+    per_layer_on_disk: bool | None = False,
 ) -> nn.Module:
     """The model before any stage-specific freezing or LoRA, built in `dtype` (default fp32) without an fp32
     copy first; the top-level modules in `fp32_modules` (what a training stage trains) and VideoMamba's SSM
     parameters are fp32 whatever `dtype` says. Real components and saved models are read straight to
-    `device`; a preset is built on the CPU, so that a seed gives the same weights everywhere, then moved."""
+    `device`; a preset is built on the CPU, so that a seed gives the same weights everywhere, then moved.
+    `per_layer_on_disk`: leave Gemma-3n's per-layer embedding table in its safetensors file (inference only;
+    None: where the source has one, True: required)."""
     import torch
 
     from videogemma.config import VideoGemmaConfig
@@ -190,6 +193,10 @@ def build_model(
     if kind != "preset":
         check_overrides(VideoGemmaConfig.from_preset(TOKENIZER_PRESET), source.overrides)
     if kind == "preset":
+        if per_layer_on_disk:
+            raise ModelLoadError(
+                f"preset {source.preset!r} has no weights file: its per-layer table cannot stay on disk"
+            )
         config = preset_config(source.preset, source.overrides)
         torch.manual_seed(seed)
         with default_dtype(dtype):
@@ -198,11 +205,11 @@ def build_model(
             getattr(model, name).float()
         model.to(device)
     elif kind == "pretrained":
-        model = _load_pretrained(source, dtype, torch.device(device), fp32_modules)
+        model = _load_pretrained(source, dtype, torch.device(device), fp32_modules, per_layer_on_disk)
     else:
         model = VideoGemmaForConditionalGeneration.from_components(
             lm=source.lm, clip=source.clip, videomamba=source.videomamba, dtype=dtype, device=device,
-            fp32_modules=fp32_modules, **source.overrides,
+            fp32_modules=fp32_modules, per_layer_on_disk=per_layer_on_disk, **source.overrides,
         )  # fmt: skip
     for path in source.projector_weights:
         load_projector_weights(model, path)
@@ -211,14 +218,33 @@ def build_model(
 
 
 def _load_pretrained(
-    source: ModelSource, dtype: torch.dtype, device: torch.device, fp32_modules: tuple[str, ...]
+    source: ModelSource,
+    dtype: torch.dtype,
+    device: torch.device,
+    fp32_modules: tuple[str, ...],
+    per_layer_on_disk: bool | None = False,
 ) -> nn.Module:
     """A saved VideoGemma in `dtype` on `device`; the `fp32_modules` read again from its files in fp32 (the
-    bf16 load would have rounded them)."""
+    bf16 load would have rounded them). A quantised one (`quantization.json`), or one whose per-layer table
+    stays on disk, is read tensor by tensor (`modeling.lean`)."""
     import torch
 
-    from videogemma.modeling.integrity import ModelWeightsError
+    from videogemma.modeling.integrity import ModelWeightsError, check_saved_weights
     from videogemma.modeling.modeling_videogemma import VideoGemmaForConditionalGeneration
+    from videogemma.modeling.quantization import QuantizationSettings
+
+    quantized = QuantizationSettings.read(Path(source.pretrained)) is not None
+    if per_layer_on_disk is None:
+        per_layer_on_disk = bool(check_saved_weights(Path(source.pretrained)))
+    if per_layer_on_disk or quantized:
+        from videogemma.modeling.lean import build_from_saved
+
+        if fp32_modules:
+            raise ModelLoadError(f"{source.pretrained}: a quantised model is for inference, not training")
+        return build_from_saved(
+            VideoGemmaForConditionalGeneration, source.pretrained, dtype, device, per_layer_on_disk,
+            **source.overrides,
+        )  # fmt: skip
 
     placement = {} if device.type == "cpu" else {"device_map": {"": str(device)}}
     try:
@@ -404,11 +430,15 @@ def read_run_summary(run_dir: Path) -> RunSummary:
 
 
 def load_run(
-    run_dir: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+    run_dir: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    per_layer_on_disk: bool | None = False,
 ) -> tuple[Any, Any]:
     """(model, processor) of a finished training run, LoRA merged, ready for `generate`, in `dtype` (default
     fp32) on `device`. A preset's random base is rebuilt in the dtype the run trained it in (its weights depend on
-    it), then converted; real components are read in `dtype` directly."""
+    it), then converted; real components are read in `dtype` directly. `per_layer_on_disk`: see `build_model`
+    (a run from a preset has no file for it; None leaves it in memory then)."""
     import torch
 
     from videogemma.precision import dtype_from_name
@@ -426,7 +456,9 @@ def load_run(
             raise ModelLoadError(
                 f"{run_dir}: the `full` run saved no {RUN_MODEL_DIR}/ directory (did it finish?)"
             )
-        model = _load_pretrained(ModelSource(pretrained=str(model_dir)), dtype, torch.device(device), ())
+        model = _load_pretrained(
+            ModelSource(pretrained=str(model_dir)), dtype, torch.device(device), (), per_layer_on_disk
+        )
         set_attn_implementation(model, run.model.attn_implementation)
     else:
         projectors = run_dir / PROJECTORS_NAME
@@ -435,7 +467,7 @@ def load_run(
         build_dtype = dtype
         if run.model.kind() == "preset":  # runs from before the dtype was saved built presets in fp32
             build_dtype = dtype_from_name("float32" if run.model.dtype == AUTO else run.model.dtype)
-        model = build_model(run.model, run.seed, build_dtype, device)
+        model = build_model(run.model, run.seed, build_dtype, device, per_layer_on_disk=per_layer_on_disk)
         load_projector_weights(model, projectors, required=PROJECTOR_NAMES)
         if run.stage == "finetune":
             adapter_dir = run_dir / RUN_ADAPTER_DIR
@@ -495,6 +527,9 @@ def load(
     attn_implementation: str | None = None,
     seed: int = DEFAULT_SEED,
     quiet: bool = False,
+    quantize: str | None = None,
+    quantize_lm_head: bool = False,
+    per_layer_on_disk: bool | None = None,
     **config_overrides: Any,
 ) -> tuple[Any, Any]:
     """(model, processor) in eval mode, from a preset name, a saved model, a training run, or components.
@@ -507,26 +542,65 @@ def load(
     (sdpa, eager, flash_attention_2). What was picked is printed in one line on stderr (unless `quiet`).
     `config_overrides` change `VideoGemmaConfig` fields of a preset, saved model or components (not of a
     training run); an unknown field is an error.
+
+    On-device options: `quantize` ("int8" / "int4") the text decoder's linear layers (weight-only; and the LM
+    head with `quantize_lm_head`; a saved quantised model is loaded as it was saved); `per_layer_on_disk`
+    leaves Gemma-3n's per-layer embedding table (4 GiB at E2B) memory-mapped in its safetensors file (None:
+    on the CPU, wherever the weights are a safetensors file; a preset has none).
     """
+    from videogemma.modeling.quantization import check_method
     from videogemma.precision import describe, resolve_device, resolve_dtype
 
+    check_method(quantize)
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
+    if per_layer_on_disk is None and target_device.type != "cpu":
+        per_layer_on_disk = False
     source = _source(preset_or_path, lm, clip, videomamba, tokenizer, config_overrides)
     if source is None:  # a training run
-        model, processor = load_run(preset_or_path, target_dtype, target_device)
+        model, processor = load_run(preset_or_path, target_dtype, target_device, per_layer_on_disk)
         set_attn_implementation(model, attn_implementation)
     else:
         source.attn_implementation = attn_implementation
         source.check_paths()  # before anything is built: a missing tokenizer or path fails at once
-        model = build_model(source, seed, target_dtype, target_device)
+        model = build_model(source, seed, target_dtype, target_device, per_layer_on_disk=per_layer_on_disk)
         processor = build_processor(source, model.config)
         model.freeze_encoders(clip=True, videomamba=True)
         model = _place(model.eval(), target_dtype, target_device)
+    quantize_for_inference(model, quantize, quantize_lm_head)
     if not quiet:
         picked = dtype in (None, AUTO)
-        print(describe(target_device, target_dtype, picked, attention=attention_of(model)), file=sys.stderr)
+        print(describe(target_device, target_dtype, picked, **on_device_summary(model)), file=sys.stderr)
     return model, processor
+
+
+def quantize_for_inference(model: Any, method: str | None, lm_head: bool = False) -> None:
+    """Quantise the decoder (unless it already is: a saved quantised model) and pack it for the CPU kernels."""
+    from videogemma.modeling.quantization import (
+        prepare_for_inference,
+        quantize_language_model,
+        quantized_method,
+    )
+
+    current = quantized_method(model)
+    if method is not None and current is None:
+        quantize_language_model(model, method, lm_head=lm_head)
+    elif method is not None and method != current:
+        raise ModelLoadError(f"the model was saved quantised to {current}; it cannot be loaded as {method}")
+    prepare_for_inference(model)
+
+
+def on_device_summary(model: Any) -> dict[str, str | None]:
+    """What `load` says about a model beside its device and dtype: attention, quantisation, per-layer table."""
+    from videogemma.modeling.disk_embedding import PER_LAYER_EMBEDDING, DiskEmbedding
+    from videogemma.modeling.quantization import quantized_method
+
+    table = getattr(model.language_model.model, PER_LAYER_EMBEDDING)
+    return {
+        "attention": attention_of(model),
+        "decoder": quantized_method(model),
+        "per-layer embeddings": "on disk" if isinstance(table, DiskEmbedding) else None,
+    }
 
 
 def _source(

@@ -197,3 +197,29 @@ def test_console_shows_one_progress_bar_with_the_loss_and_a_line_per_evaluation(
     assert "loss=" in captured.err  # the latest loss sits in the bar's postfix
     assert len([line for line in console.splitlines() if "eval_loss" in line]) == 2
     assert "train_runtime" in console  # the final summary gets its line
+
+
+def test_export_quantize_writes_a_model_that_loads_without_requantising(tmp_path: Path, train_tiny) -> None:
+    import videogemma
+    from videogemma.cli import main
+    from videogemma.loading import load_run, quantize_for_inference
+    from videogemma.modeling.quantization import QUANTIZATION_FILE, QuantizedLinear
+    from videogemma.precision import resolve_dtype
+
+    run_dir = train_tiny("video-proj")
+    out_dir = tmp_path / "int8"
+    assert main(["export", str(run_dir), "--merge", str(out_dir), "--quantize", "int8"]) == 0
+    assert json.loads((out_dir / QUANTIZATION_FILE).read_text())["method"] == "int8"
+    stored = load_file(out_dir / "model.safetensors")
+    assert stored["language_model.model.layers.0.mlp.up_proj.qweight"].dtype == torch.int8
+    assert "language_model.model.layers.0.mlp.up_proj.weight" not in stored
+
+    # Export quantises the weights in the CPU's dtype (bf16 where native): the same as quantising on load.
+    dtype = resolve_dtype(None, "cpu")
+    exported, _ = videogemma.load(out_dir, dtype=dtype, quiet=True)
+    assert isinstance(exported.language_model.model.layers[0].mlp.up_proj, QuantizedLinear)
+    in_memory, _ = load_run(run_dir, dtype=dtype)
+    quantize_for_inference(in_memory, "int8")
+    ids = torch.tensor([[2, 5, 9, 300, 7]])
+    with torch.no_grad():
+        assert torch.equal(exported(input_ids=ids).logits, in_memory(input_ids=ids).logits)

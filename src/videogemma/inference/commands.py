@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES
+from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES, QUANTIZE_CHOICES
 from videogemma.precision import DTYPE_CHOICES
+
+PER_LAYER_CHOICES = {"auto": None, "disk": True, "memory": False}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +47,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None, help="Gemma-3n's attention"
+    )
+    group.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=None,
+        help="weight-only quantisation of the text decoder's linear layers (a saved quantised model is "
+        "loaded quantised without it)",
+    )
+    group.add_argument(
+        "--quantize-lm-head", action="store_true", help="with --quantize: the (untied) LM head too"
+    )
+    group.add_argument(
+        "--per-layer-embeddings",
+        choices=PER_LAYER_CHOICES,
+        default="auto",
+        help="Gemma-3n's per-layer embedding table (4 GiB at E2B): disk = memory-mapped from the "
+        "safetensors file, rows read on use; auto: disk on the CPU when the weights are safetensors",
     )
 
 
@@ -122,21 +141,19 @@ def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """(model, processor, model name) from the model options."""
     from videogemma.loading import load
 
+    options = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "attn_implementation": args.attn_implementation,
+        "quantize": args.quantize,
+        "quantize_lm_head": args.quantize_lm_head,
+        "per_layer_on_disk": PER_LAYER_CHOICES[args.per_layer_embeddings],
+    }
     if args.lm or args.clip or args.videomamba:
-        model, processor = load(
-            args.model,
-            lm=args.lm,
-            clip=args.clip,
-            videomamba=args.videomamba,
-            dtype=args.dtype,
-            device=args.device,
-            attn_implementation=args.attn_implementation,
-        )
+        model, processor = load(args.model, lm=args.lm, clip=args.clip, videomamba=args.videomamba, **options)
         return model, processor, f"components(lm={args.lm})"
     name = args.model or "tiny"
-    model, processor = load(
-        name, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation
-    )
+    model, processor = load(name, **options)
     if not Path(name).exists():
         print(
             f"note: preset {name!r} has random weights; pass a trained model or run folder", file=sys.stderr

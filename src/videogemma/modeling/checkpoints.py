@@ -42,6 +42,7 @@ from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedd
 from videogemma.config import VideoGemmaConfig, VideoMambaConfig
 from videogemma.errors import VideoGemmaError
 from videogemma.hub import is_hub_id
+from videogemma.modeling.disk_embedding import PER_LAYER_EMBEDDING
 
 logger = logging.getLogger(__name__)
 
@@ -545,6 +546,7 @@ def build_from_components(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     fp32_modules: tuple[str, ...] = (),
+    per_layer_on_disk: bool | None = False,
     **config_overrides: Any,
 ) -> Any:
     """See `VideoGemmaForConditionalGeneration.from_components`."""
@@ -574,6 +576,17 @@ def build_from_components(
     lm_keys = list(language_model.state_dict())
     tied = set(language_model.all_tied_weights_keys) if text_config.tie_word_embeddings else set()
     sources = gemma3n_text_sources(lm_checkpoint, [k for k in lm_keys if k not in tied])
+    table_key = f"model.{PER_LAYER_EMBEDDING}.weight"
+    table_file = lm_checkpoint.key_to_file.get(sources[table_key])
+    if per_layer_on_disk is None:
+        per_layer_on_disk = table_file is not None and table_file.suffix == ".safetensors"
+    if per_layer_on_disk and table_file is not None:  # (a missing table is reported by `read` below)
+        from videogemma.modeling.lean import put_per_layer_table_on_disk
+
+        put_per_layer_table_on_disk(
+            language_model, table_file, sources.pop(table_key), dtype or torch.float32
+        )
+        tied = tied | {table_key}
     tensors = lm_checkpoint.read(sources, desc=f"Gemma-3n text weights from {lm_dir.name}", device=device)
     assign_tensors(language_model, tensors, f"Gemma-3n text model ({lm_dir})", dtype, tied)
     if config.vision_vocab_offset is not None:

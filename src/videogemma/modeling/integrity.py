@@ -85,6 +85,19 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def tensor_location(path: str | os.PathLike, name: str) -> tuple[str, tuple[int, ...], int]:
+    """(dtype, shape, byte offset of its data in the file) of one tensor of a safetensors file, after checking
+    that the file is whole: where a memory map of it starts."""
+    path = Path(path)
+    if name not in safetensors_header(path):
+        raise ModelWeightsError(f"{path}: holds no tensor {name}")
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    dtype, shape, (begin, _) = _entry(path, name, header[name])
+    return dtype, shape, 8 + length + begin
+
+
 def _entry(path: Path, name: str, entry: object) -> tuple[str, tuple[int, ...], tuple[int, int]]:
     """(dtype, shape, (begin, end)) of one header entry."""
     try:

@@ -526,6 +526,7 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         fp32_modules: tuple[str, ...] = (),
+        per_layer_on_disk: bool | None = False,
         **config_overrides: Any,
     ) -> VideoGemmaForConditionalGeneration:
         """Build the model from the three pretrained components; only the projectors are newly initialised.
@@ -537,13 +538,14 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         A_log, D and Δ bias stay fp32, and so do the modules named in `fp32_modules` (training keeps the
         projectors it trains there). `device`: where the tensors are read to and the model is built.
         `config_overrides` set `VideoGemmaConfig` fields (frames, chunks, grids...); a dict given for a
-        sub-config updates that sub-config's fields.
+        sub-config updates that sub-config's fields. `per_layer_on_disk`: leave the per-layer embedding table
+        memory-mapped in the Gemma-3n safetensors file (None: when it is one; inference only).
         """
         from videogemma.modeling.checkpoints import build_from_components
 
         model = build_from_components(
             cls, lm=lm, clip=clip, videomamba=videomamba, dtype=dtype, device=device,
-            fp32_modules=fp32_modules, **config_overrides,
+            fp32_modules=fp32_modules, per_layer_on_disk=per_layer_on_disk, **config_overrides,
         )  # fmt: skip
         model.config.trained_projectors = []  # newly initialised: noise until a projector stage trains them
         return model

@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS
+from videogemma.constants import ATTN_IMPLEMENTATIONS, QUANTIZE_CHOICES
 from videogemma.precision import DTYPE_CHOICES
 
 # Shorthands for config keys, shared with `infer`.
@@ -68,6 +68,13 @@ def register(subparsers: Any) -> None:
     export.add_argument("run_dir", help="the training run directory (its output_dir)")
     export.add_argument("--merge", required=True, metavar="OUT_DIR", help="where to write the merged model")
     export.add_argument("--overwrite", action="store_true", help="replace a model already in OUT_DIR")
+    export.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=None,
+        help="write the text decoder's linear layers weight-only quantised (loads without re-quantising)",
+    )
+    export.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: the LM head too")
     export.set_defaults(func=_export)
 
 
@@ -115,6 +122,9 @@ def config_from_args(args: argparse.Namespace, validate: bool = True) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from videogemma.train.export import export_run
 
-    out_dir = export_run(args.run_dir, args.merge, overwrite=args.overwrite)
-    print(f"merged model written to {out_dir}")
+    out_dir = export_run(
+        args.run_dir, args.merge, overwrite=args.overwrite, quantize=args.quantize,
+        quantize_lm_head=args.quantize_lm_head,
+    )  # fmt: skip
+    print(f"merged model written to {out_dir}" + (f" ({args.quantize})" if args.quantize else ""))
     return 0
