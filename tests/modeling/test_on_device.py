@@ -56,6 +56,21 @@ def test_per_layer_table_on_disk_gives_exactly_the_loaded_models_logits(saved_ti
     assert torch.equal(_logits(disk32, batch), _logits(loaded32, batch))
 
 
+def test_a_model_with_its_table_on_disk_saves_the_table_too(saved_tiny: Path, tmp_path: Path) -> None:
+    """save_pretrained of a model whose table stays on disk writes the table (read from the file), and the
+    copy loads as the original did; the state dict's entry is a view of the file, not a copy in memory."""
+    on_disk, processor = videogemma.load(saved_tiny, dtype="bfloat16", quiet=True)
+    entry = on_disk.state_dict()["language_model.model.embed_tokens_per_layer.weight"]
+    assert entry.shape == (on_disk.config.text_config.vocab_size_per_layer_input, entry.shape[1])
+    on_disk.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = videogemma.load(saved_tiny, dtype="bfloat16", per_layer_on_disk=False, quiet=True)
+    copy, _ = videogemma.load(tmp_path, dtype="bfloat16", per_layer_on_disk=False, quiet=True)
+    want = loaded.language_model.model.embed_tokens_per_layer.weight
+    assert torch.equal(copy.language_model.model.embed_tokens_per_layer.weight, want)
+    assert torch.equal(_logits(copy, IDS), _logits(loaded, IDS))
+
+
 def test_per_layer_table_on_disk_is_refused_where_there_is_no_file(saved_tiny: Path) -> None:
     with pytest.raises(ModelLoadError, match="no weights file"):
         videogemma.load("tiny", per_layer_on_disk=True, quiet=True)

@@ -10,6 +10,7 @@ times the same scale.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,18 @@ class DiskEmbedding(nn.Module):
                 f"expects {list(expected)}"
             )
         return disk
+
+    def stored_table(self) -> torch.Tensor:
+        """The whole table as a read-only view of the file's bytes, in the stored dtype: nothing is read until
+        the tensor's data is (a shape check costs nothing; saving copies the file's rows)."""
+        with warnings.catch_warnings():  # the view is never written to
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            table = torch.from_numpy(self._table)
+        return table.view(self._view_as) if self._view_as is not None else table
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # The table is part of the model: its state dict, and so `save_pretrained`, must hold it.
+        destination[prefix + "weight"] = self.stored_table()
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The stored rows of `ids` (1-D, CPU), in `dtype`, read from the file."""

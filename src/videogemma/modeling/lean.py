@@ -84,7 +84,8 @@ def build_from_saved(
     )
     for file in sorted(set(files.values())):  # the error names the file that holds the tensor
         check_finite(((k, t) for k, t in tensors.items() if files.get(k) == file), file)
-    assign_tensors(model, tensors, f"saved model ({directory})", dtype, tied)
+    # The table on disk is already in place (and in the state dict, as a view of the file).
+    assign_tensors(model, tensors, f"saved model ({directory})", dtype, tied | skipped)
     model.tie_weights()
     materialise_meta_tensors(model, dtype, device)  # the non-persistent buffers (RoPE frequencies...)
     model.initialize_weights()
