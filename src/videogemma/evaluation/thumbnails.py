@@ -51,16 +51,21 @@ def frame_strip(video: Path, frames: int = STRIP_FRAMES, height: int = STRIP_HEI
 
 def clip_strips(video_paths: Iterable[str | None], root: Path | None) -> dict[str, Strip]:
     """A strip for each distinct `video_path` (relative to `root`); {} without a root or past MAX_STRIPS."""
-    from videogemma.errors import VideoGemmaDataError
+    from videogemma.datasets.paths import resolve_in_root
+    from videogemma.errors import PathOutsideRootError, RecordError, VideoGemmaDataError
 
     names = sorted({name for name in video_paths if name})
     if root is None or not root.is_dir() or len(names) > MAX_STRIPS:
         return {}
     strips = {}
     for name in names:
-        path = root / name
-        if not path.resolve().is_relative_to(root.resolve()):
+        try:  # the dataset tools' confinement: real paths, symlinks followed, under the root
+            path = resolve_in_root(name, root, source_file=root, record=name)
+        except PathOutsideRootError:
             strips[name] = Strip(None, "outside the video folder")
+            continue
+        except RecordError:
+            strips[name] = Strip(None, "invalid video path")
             continue
         if not path.is_file():
             strips[name] = Strip(None, "video not found")
