@@ -240,7 +240,8 @@ def _load_pretrained(
         from videogemma.modeling.lean import build_from_saved
 
         if fp32_modules:
-            raise ModelLoadError(f"{source.pretrained}: a quantised model is for inference, not training")
+            what = "a quantised model" if quantized else "a model with its per-layer table on disk"
+            raise ModelLoadError(f"{source.pretrained}: {what} is for inference, not training")
         return build_from_saved(
             VideoGemmaForConditionalGeneration, source.pretrained, dtype, device, per_layer_on_disk,
             **source.overrides,
