@@ -81,8 +81,9 @@ def make_dataset(root: Path, recipe: Recipe, seed: int) -> Path:
 
 @torch.inference_mode()
 def evaluate_generation(model: Any, processor: Any, split_file: Path, batch_size: int = 16) -> dict[str, Any]:
-    """Greedy answers on a split; exercise identification and exact match rates, and some examples."""
-    from videogemma.evaluation.metrics import exercise_name
+    """Greedy answers on a split; exercise identification and exact match rates (read as `eval` reads them),
+    and some examples."""
+    from videogemma.evaluation.form_metrics import read_answer
     from videogemma.inference.generate import GenerationSettings, generate_answers
     from videogemma.processing.chat_template import normalize_conversation
 
@@ -103,8 +104,9 @@ def evaluate_generation(model: Any, processor: Any, split_file: Path, batch_size
         )
         answers = generate_answers(model, processor, inputs, settings)
         for truth, answer in zip(truths, answers):
-            identified += exercise_name(answer.text) == exercise_name(truth)
-            exact += answer.text.strip() == truth
+            reading = read_answer(truth, answer.text)
+            identified += reading.exercise_identified
+            exact += reading.exact
             if len(examples) < 6:
                 examples.append({"truth": truth, "prediction": answer.text})
     n = len(records)
