@@ -84,7 +84,12 @@ def _train(args: argparse.Namespace) -> int:
     from videogemma.train.run import run_training
     from videogemma.train.train_config import TrainConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under DDP every rank runs this; only the first one reports progress, the others only what goes wrong.
+    first_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if first_rank else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.processes < 1:
         raise TrainConfigError(f"--processes must be at least 1, got {args.processes}")
     config = config_from_args(args)  # a bad config fails here, before any process starts
@@ -94,7 +99,8 @@ def _train(args: argparse.Namespace) -> int:
         return launch_training(rank_argv(args), args.processes)
     # run_training refuses an output_dir holding a run (without --resume / --overwrite) before any work.
     run_dir = run_training(config, resume=args.resume, overwrite=args.overwrite)
-    print(f"run directory: {run_dir}")
+    if first_rank:
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,11 @@ def run_training(
     # The stock bar (disable_tqdm is off), replaced by the quiet one.
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with warnings.catch_warnings():
+        # The depthwise convolution's backward (the ETP's PEG) gives the weight gradient's size-1 dimension
+        # another stride than DDP's bucket view: the same memory layout, so DDP's warning about it is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run_outputs(trainer, config, run_dir)
     return run_dir
 
