@@ -47,8 +47,9 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/videogemma demo
 
+# Two test processes, one per core (pytest-xdist); a module's tests stay in one process, with its fixtures.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
