@@ -84,7 +84,10 @@ def test_ctrl_c_ends_a_session_cleanly_with_everything_written(long_workout, tmp
         *FAST,
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A test runner's worker may ignore SIGINT, and a child inherits that: give the coach the default, as a
+    # terminal would.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not (out.exists() and len(out.read_text().splitlines()) >= 2):
