@@ -23,8 +23,11 @@ file holds each layer's `qweight` / `scales` (/ `zeros`) as quantised, so loadin
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
+import mmap
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,25 +109,33 @@ class QuantizedLinear(nn.Module):
 
     def plain_values(self) -> torch.Tensor:
         """The int4 values (out, in) as uint8 0..15, in row order, whether packed for the kernel or not."""
-        values = unpack_int4(self.qweight)
-        return values if self._scales_and_zeros is None else cpu_kernel_order_to_plain(values)
+        if self._scales_and_zeros is None:
+            return unpack_int4(self.qweight)
+        return cpu_kernel_packed_to_plain(self.qweight)
 
     def dequantized(self) -> torch.Tensor:
         """The weight the quantised values stand for, (out, in) in the scales' dtype."""
+        # In place after the one conversion: each fresh weight-sized tensor costs its page faults (a prefill
+        # dequantises every layer), and the result is the same bits as the out-of-place form.
         if self.bits == 8:
-            return self.qweight.to(self.scales.dtype) * self.scales[:, None]
-        values = self.plain_values().to(self.scales.dtype) - INT4_OFFSET
+            return self.qweight.to(self.scales.dtype).mul_(self.scales[:, None])
+        values = self.plain_values().to(self.scales.dtype).sub_(INT4_OFFSET)
         grouped = values.reshape(self.out_features, -1, self.group_size)
-        weight = grouped * self.scales[..., None] + self.zeros[..., None]
-        return weight.reshape(self.out_features, self.in_features)
+        grouped.mul_(self.scales[..., None]).add_(self.zeros[..., None])
+        return values
 
     def prepare(self) -> None:
         """On the CPU, put an int4 layer's values in the order its kernel reads (in place: the same bytes;
         saving converts them back). Elsewhere, and for int8, nothing to do."""
         if self.bits != 4 or self.qweight.device.type != "cpu" or self._scales_and_zeros is not None:
             return
-        values = unpack_int4(self.qweight).to(torch.int32)
+        row_order = self.qweight
+        values = unpack_int4(row_order).to(torch.int32)
         self.qweight = torch._convert_weight_to_int4pack_for_cpu(values, 1)
+        # A saved model's row-order bytes are pages of the memory-mapped weights file, resident since they were
+        # read: handing them back keeps them from counting twice in the process's memory.
+        del values
+        page_out(row_order)
         self._scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
@@ -156,6 +167,25 @@ class QuantizedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, int{self.bits}{group}"
 
 
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages (file pages are dropped, anonymous ones kept or swapped)
+
+
+def page_out(tensor: torch.Tensor) -> bool:
+    """Advise the kernel to reclaim the whole pages inside `tensor`'s bytes (Linux; elsewhere nothing). The
+    contents stay as they were (a later read faults them back in), so this is safe for any memory; it frees
+    resident memory only for pages of a mapped file, such as a safetensors file's tensors. Returns whether the
+    kernel took the advice."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not sys.platform.startswith("linux"):
+        return False
+    page = mmap.PAGESIZE
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+    if end <= start:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT) == 0
+
+
 @functools.cache
 def _cpu_kernel_order(rows: int, columns: int) -> torch.Tensor:
     """For a block of `rows` output rows: the row-order position of each int4 value as
@@ -183,6 +213,27 @@ def cpu_kernel_order_to_plain(values: torch.Tensor) -> torch.Tensor:
         order = _cpu_kernel_order(rows - full, columns)
         parts.append(values[full:].reshape(-1)[order].reshape(rows - full, columns))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def cpu_kernel_packed_to_plain(packed: torch.Tensor) -> torch.Tensor:
+    """The CPU kernel's packed bytes (out, in/2) → the (out, in) int4 values in row order.
+
+    Each whole block of `INT4_KERNEL_BLOCK` rows is laid out as (in, 32) bytes whose low nibbles are the block's
+    first 32 rows and high nibbles its last 32 (what `_cpu_kernel_order` reads off, checked by the tests), so
+    two strided nibble extractions put it back; a part block at the end goes through the read-off order.
+    """
+    rows, columns = packed.shape[0], packed.shape[1] * 2
+    full = rows - rows % INT4_KERNEL_BLOCK
+    values = torch.empty(rows, columns, dtype=torch.uint8, device=packed.device)
+    if full:
+        half = INT4_KERNEL_BLOCK // 2
+        blocks = packed[:full].reshape(full // INT4_KERNEL_BLOCK, columns, half)
+        target = values[:full].view(full // INT4_KERNEL_BLOCK, INT4_KERNEL_BLOCK, columns)
+        torch.bitwise_and(blocks, 15, out=target[:, :half].transpose(1, 2))
+        torch.bitwise_right_shift(blocks, 4, out=target[:, half:].transpose(1, 2))
+    if rows > full:
+        values[full:] = cpu_kernel_order_to_plain(unpack_int4(packed[full:]))
+    return values
 
 
 def pack_int4(values: torch.Tensor) -> torch.Tensor:
