@@ -119,10 +119,17 @@ class QuantizedLinear(nn.Module):
         # dequantises every layer), and the result is the same bits as the out-of-place form.
         if self.bits == 8:
             return self.qweight.to(self.scales.dtype).mul_(self.scales[:, None])
-        values = self.plain_values().to(self.scales.dtype).sub_(INT4_OFFSET)
+        scales, zeros = self._group_scales_and_zeros()
+        values = self.plain_values().to(scales.dtype).sub_(INT4_OFFSET)
         grouped = values.reshape(self.out_features, -1, self.group_size)
-        grouped.mul_(self.scales[..., None]).add_(self.zeros[..., None])
+        grouped.mul_(scales[..., None]).add_(zeros[..., None])
         return values
+
+    def _group_scales_and_zeros(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int4's (out, groups) scales and zeros: once packed, views of the kernel's own copy (`prepare`)."""
+        if self._scales_and_zeros is None:
+            return self.scales, self.zeros
+        return self._scales_and_zeros[..., 0].t(), self._scales_and_zeros[..., 1].t()
 
     def prepare(self) -> None:
         """On the CPU, put an int4 layer's values in the order its kernel reads (in place: the same bytes;
@@ -132,10 +139,11 @@ class QuantizedLinear(nn.Module):
         row_order = self.qweight
         values = unpack_int4(row_order).to(torch.int32)
         self.qweight = torch._convert_weight_to_int4pack_for_cpu(values, 1)
-        # A saved model's row-order bytes are pages of the memory-mapped weights file, resident since they were
-        # read: handing them back keeps them from counting twice in the process's memory.
+        # A saved model's row-order bytes, scales and zeros are pages of the memory-mapped weights file, resident
+        # since they were read: handing them back keeps them from counting twice in the process's memory.
         del values
-        page_out(row_order)
+        for tensor in (row_order, self.scales, self.zeros):  # the kernel reads its own copies from now on
+            page_out(tensor)
         self._scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
