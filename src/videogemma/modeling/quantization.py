@@ -139,12 +139,13 @@ class QuantizedLinear(nn.Module):
         row_order = self.qweight
         values = unpack_int4(row_order).to(torch.int32)
         self.qweight = torch._convert_weight_to_int4pack_for_cpu(values, 1)
-        # A saved model's row-order bytes, scales and zeros are pages of the memory-mapped weights file, resident
-        # since they were read: handing them back keeps them from counting twice in the process's memory.
-        del values
-        for tensor in (row_order, self.scales, self.zeros):  # the kernel reads its own copies from now on
-            page_out(tensor)
         self._scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
+        # A saved model's row-order bytes, scales and zeros are pages of the memory-mapped weights file, resident
+        # since they were read: handing them back keeps them from counting twice in the process's memory (the
+        # kernel reads its own copies from now on).
+        del values
+        for tensor in (row_order, self.scales, self.zeros):
+            page_out(tensor)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
