@@ -110,7 +110,8 @@ def test_quantised_linear_kernels_match_the_dequantised_weight(bits: int, tolera
     torch.testing.assert_close(out.float(), reference.float(), atol=0.06, rtol=0.02)
 
 
-@pytest.mark.parametrize("rows", [64, 80, 16, 144])  # whole kernel blocks, a part block after, only a part
+# Whole kernel blocks, a part block after, only a part; more rows than are packed at a time (INT4_PACK_ROWS).
+@pytest.mark.parametrize("rows", [64, 80, 16, 144, 4096 + 80])
 def test_int4_layer_in_kernel_order_dequantises_and_saves_as_before(rows: int) -> None:
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(256, rows), 4)

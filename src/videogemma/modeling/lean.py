@@ -29,7 +29,7 @@ from videogemma.modeling.integrity import (
     check_tensors_match,
     safetensors_header,
 )
-from videogemma.modeling.quantization import QuantizationSettings, quantized_shells
+from videogemma.modeling.quantization import LM_HEAD, QuantizationSettings, page_out, quantized_shells
 
 # The per-layer table's name in a saved VideoGemma's state dict.
 SAVED_PER_LAYER_KEY = f"language_model.model.{PER_LAYER_EMBEDDING}.weight"
@@ -87,6 +87,10 @@ def build_from_saved(
     # The table on disk is already in place (and in the state dict, as a view of the file).
     assign_tensors(model, tensors, f"saved model ({directory})", dtype, tied | skipped)
     model.tie_weights()
+    if quantization is not None and LM_HEAD in quantization.modules:
+        # Untied from a quantised head, the embedding table is only a lookup (1.07 GB at E2B): the finiteness
+        # check read it whole; the rows in use come back from the file as they are read.
+        page_out(model.language_model.model.embed_tokens.weight)
     materialise_meta_tensors(model, dtype, device)  # the non-persistent buffers (RoPE frequencies...)
     model.initialize_weights()
     if (directory / GENERATION_CONFIG_NAME).is_file():  # as `from_pretrained` reads it

@@ -43,6 +43,9 @@ INT4_GROUP_SIZE = 128
 INT4_ROW_MULTIPLE = 16
 # The CPU int4 kernel's layout repeats every this many output rows (`_cpu_kernel_order`).
 INT4_KERNEL_BLOCK = 64
+# Rows packed for the CPU kernel at a time (whole kernel blocks): the kernel takes its input as int32, 8 bytes for
+# each packed byte, which for the whole 262,144-row LM head at E2B would be 2.1 GB at once.
+INT4_PACK_ROWS = 64 * INT4_KERNEL_BLOCK
 # From this many rows (tokens) on, a layer dequantises its weight and runs the dtype's own GEMM (a prefill).
 DEQUANTIZE_FROM_ROWS = 16
 # int4 values are stored offset by 8 (0..15), as the int4 kernels read them: w = (q - 8) · scale + zero.
@@ -137,13 +140,16 @@ class QuantizedLinear(nn.Module):
         if self.bits != 4 or self.qweight.device.type != "cpu" or self._scales_and_zeros is not None:
             return
         row_order = self.qweight
-        values = unpack_int4(row_order).to(torch.int32)
-        self.qweight = torch._convert_weight_to_int4pack_for_cpu(values, 1)
+        self.qweight = torch.cat(
+            [
+                torch._convert_weight_to_int4pack_for_cpu(unpack_int4(rows).to(torch.int32), 1)
+                for rows in row_order.split(INT4_PACK_ROWS)
+            ]
+        )
         self._scales_and_zeros = torch.stack([self.scales, self.zeros], dim=-1).transpose(0, 1).contiguous()
         # A saved model's row-order bytes, scales and zeros are pages of the memory-mapped weights file, resident
         # since they were read: handing them back keeps them from counting twice in the process's memory (the
         # kernel reads its own copies from now on).
-        del values
         for tensor in (row_order, self.scales, self.zeros):
             page_out(tensor)
 
