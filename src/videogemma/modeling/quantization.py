@@ -118,10 +118,11 @@ class QuantizedLinear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The weight the quantised values stand for, (out, in) in the scales' dtype."""
-        # In place after the one conversion: each fresh weight-sized tensor costs its page faults (a prefill
-        # dequantises every layer), and the result is the same bits as the out-of-place form.
+        # One weight-sized result, computed in place after it is made (int8: the product promotes to the scales'
+        # dtype): each fresh weight-sized tensor costs its page faults, and a prefill dequantises every layer.
+        # The same bits as the step-by-step form.
         if self.bits == 8:
-            return self.qweight.to(self.scales.dtype).mul_(self.scales[:, None])
+            return torch.mul(self.qweight, self.scales[:, None])
         scales, zeros = self._group_scales_and_zeros()
         values = self.plain_values().to(scales.dtype).sub_(INT4_OFFSET)
         grouped = values.reshape(self.out_features, -1, self.group_size)
