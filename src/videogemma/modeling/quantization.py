@@ -186,6 +186,11 @@ class QuantizedLinear(nn.Module):
 _MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages (file pages are dropped, anonymous ones kept or swapped)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def page_out(tensor: torch.Tensor) -> bool:
     """Advise the kernel to reclaim the whole pages inside `tensor`'s bytes (Linux; elsewhere nothing). The
     contents stay as they were (a later read faults them back in), so this is safe for any memory; it frees
@@ -198,8 +203,7 @@ def page_out(tensor: torch.Tensor) -> bool:
     end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
     if end <= start:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT) == 0
+    return _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT) == 0
 
 
 @functools.cache
@@ -214,21 +218,6 @@ def _cpu_kernel_order(rows: int, columns: int) -> torch.Tensor:
         packed = torch._convert_weight_to_int4pack_for_cpu(digits, 1)
         source |= unpack_int4(packed).reshape(-1).to(torch.int64) << shift
     return torch.argsort(source)
-
-
-def cpu_kernel_order_to_plain(values: torch.Tensor) -> torch.Tensor:
-    """(out, in) int4 values in the CPU kernel's order (`unpack_int4` of its packed bytes) → row order."""
-    rows, columns = values.shape
-    full = rows - rows % INT4_KERNEL_BLOCK
-    parts = []
-    if full:
-        order = _cpu_kernel_order(INT4_KERNEL_BLOCK, columns)
-        blocks = values[:full].reshape(full // INT4_KERNEL_BLOCK, -1)
-        parts.append(blocks[:, order].reshape(full, columns))
-    if rows > full:
-        order = _cpu_kernel_order(rows - full, columns)
-        parts.append(values[full:].reshape(-1)[order].reshape(rows - full, columns))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def cpu_kernel_packed_to_plain(packed: torch.Tensor) -> torch.Tensor:
@@ -248,7 +237,9 @@ def cpu_kernel_packed_to_plain(packed: torch.Tensor) -> torch.Tensor:
         torch.bitwise_and(blocks, 15, out=target[:, :half].transpose(1, 2))
         torch.bitwise_right_shift(blocks, 4, out=target[:, half:].transpose(1, 2))
     if rows > full:
-        values[full:] = cpu_kernel_order_to_plain(unpack_int4(packed[full:]))
+        tail = rows - full
+        order = _cpu_kernel_order(tail, columns)
+        values[full:] = unpack_int4(packed[full:]).reshape(-1)[order].reshape(tail, columns)
     return values
 
 
