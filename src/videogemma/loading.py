@@ -531,6 +531,7 @@ def load(
     quantize: str | None = None,
     quantize_lm_head: bool = False,
     per_layer_on_disk: bool | None = None,
+    compile_prefill: bool = False,
     **config_overrides: Any,
 ) -> tuple[Any, Any]:
     """(model, processor) in eval mode, from a preset name, a saved model, a training run, or components.
@@ -547,7 +548,9 @@ def load(
     On-device options: `quantize` ("int8" / "int4") the text decoder's linear layers (weight-only; and the LM
     head with `quantize_lm_head`; a saved quantised model is loaded as it was saved); `per_layer_on_disk`
     leaves Gemma-3n's per-layer embedding table (4 GiB at E2B) memory-mapped in its safetensors file (None:
-    on the CPU, wherever the weights are a safetensors file; a preset has none).
+    on the CPU, wherever the weights are a safetensors file; a preset has none); `compile_prefill` compiles
+    the decoder layers for the prefill with `torch.compile` (CPU only; needs a C++ compiler; the first
+    prompt pays the compile).
     """
     from videogemma.modeling.quantization import check_method
     from videogemma.precision import describe, resolve_device, resolve_dtype
@@ -569,6 +572,10 @@ def load(
         model.freeze_encoders(clip=True, videomamba=True)
         model = _place(model.eval(), target_dtype, target_device)
     quantize_for_inference(model, quantize, quantize_lm_head)
+    if compile_prefill:
+        from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
+
+        compile_layers(model.language_model)
     if not quiet:
         picked = dtype in (None, AUTO)
         print(describe(target_device, target_dtype, picked, **on_device_summary(model)), file=sys.stderr)
@@ -593,6 +600,7 @@ def quantize_for_inference(model: Any, method: str | None, lm_head: bool = False
 
 def on_device_summary(model: Any) -> dict[str, str | None]:
     """What `load` says about a model beside its device and dtype: attention, quantisation, per-layer table."""
+    from videogemma.modeling.compiled_prefill import is_prefill_compiled
     from videogemma.modeling.disk_embedding import PER_LAYER_EMBEDDING, DiskEmbedding
     from videogemma.modeling.quantization import quantized_method
 
@@ -601,6 +609,7 @@ def on_device_summary(model: Any) -> dict[str, str | None]:
         "attention": attention_of(model),
         "decoder": quantized_method(model),
         "per-layer embeddings": "on disk" if isinstance(table, DiskEmbedding) else None,
+        "prefill": "compiled" if is_prefill_compiled(model.language_model) else None,
     }
 
 

@@ -1,0 +1,110 @@
+"""Gemma-3n's decoder layers compiled for the prefill on the CPU, with `torch.compile` (inductor).
+
+Eager, a prefill of a video prompt (2,443 tokens at E2B) spends as long in element-wise work as in its
+matrix products: AltUp's four streams, LAuReL, the norms in fp32, the sparse GELU, the per-layer gate, and for
+a quantised decoder the dequantisation of each weight, each a pass over memory. Inductor fuses those chains
+into a few C++ loops per layer (E2B on 2 cores: bf16 13.9 → 8.6 s, int8 22.5 → 9.2 s; docs/ONDEVICE.md).
+
+- The attention module stays eager: its KV-cache update and the shared-KV dictionary are side effects that
+  make dynamo specialise (and recompile) per layer index; its query / key / value norms are compiled on their
+  own, and its matrix products are kernels already.
+- AltUp's prediction is traced in a form inductor fuses (`FusedAltUpPredict`).
+- Decoding (one new position) runs eager: a compiled layer there was not faster on this CPU (its guards and
+  graph breaks cost what the fused element-wise work saves).
+
+Shapes are dynamic, so prompts of other lengths reuse the compile after the first two lengths (dynamo
+specialises the first shape it sees). Compiling needs a C++ compiler (inductor builds its kernels with it);
+the first prompt pays it (E2B bf16 on 2 cores: a 31 s prefill instead of 14 s eager), inductor's on-disk cache
+shortens it for later processes (15 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import torch
+from torch import nn
+
+from videogemma.errors import ModelLoadError
+
+# What inductor builds its CPU kernels with (its own lookup order: $CXX, then these).
+CXX_COMPILERS = ("g++", "clang++", "c++")
+
+
+class PrefillCompiled:
+    """A module's forward compiled for calls over many positions (a prompt), eager for one (a decode step)."""
+
+    def __init__(self, module: nn.Module, positions_dim: int) -> None:
+        self.eager = module.forward
+        self.compiled = torch.compile(module.forward, dynamic=True)
+        self.positions_dim = positions_dim
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if hidden_states.shape[self.positions_dim] == 1:
+            return self.eager(hidden_states, *args, **kwargs)
+        # Each layer's per-layer input is a slice at its own offset of one tensor: contiguous copies
+        # (small) keep dynamo from guarding on the offsets and recompiling per layer.
+        if kwargs.get("per_layer_input") is not None:
+            kwargs["per_layer_input"] = kwargs["per_layer_input"].contiguous()
+        return self.compiled(hidden_states.contiguous(), *args, **kwargs)
+
+
+class FusedAltUpPredict:
+    """AltUp's prediction (`Gemma3nTextAltUp.predict`) with its 4 × 4 mixing of the streams written as a
+    broadcast product and sum when traced, which inductor fuses into one pass over the streams. The library's
+    form is a batched matrix product of one (hidden × 4) by (4 × 4) product per position, with transposing
+    copies around it: 2-3 s of an E2B prefill on 2 cores. Eager (decoding, training) calls the library's."""
+
+    def __init__(self, altup: nn.Module) -> None:
+        self.altup = altup
+        self.library = altup.predict
+
+    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        altup = self.altup
+        if not torch.compiler.is_compiling() or altup.training:
+            return self.library(hidden_states)
+        config = altup.config
+        modalities = altup.compute_router_modalities(hidden_states[config.altup_active_idx])
+        n = config.altup_num_inputs
+        # coefs[j, i]: how much stream i adds to prediction j (the library's coefficients, transposed).
+        coefs = altup.prediction_coefs(modalities).reshape(*modalities.shape[:-1], n, n).permute(2, 3, 0, 1)
+        mixed = (hidden_states[None] * coefs[..., None]).sum(dim=1)
+        return (mixed + hidden_states).contiguous().type_as(hidden_states)
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use, or None."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else list(CXX_COMPILERS)
+    return next((path for name in candidates if (path := shutil.which(name))), None)
+
+
+def compile_prefill(language_model: nn.Module) -> None:
+    """Give each decoder layer of a Gemma-3n language model (in place) a forward compiled for the prefill."""
+    device = next(language_model.parameters()).device
+    if device.type != "cpu":
+        raise ModelLoadError(f"compiling the prefill is for a model on the CPU; this one is on {device}")
+    if cxx_compiler() is None:
+        raise ModelLoadError(
+            "compiling the prefill needs a C++ compiler (g++ or clang++, or $CXX) for torch's inductor; "
+            "install one or leave the option off"
+        )
+    for layer in language_model.model.layers:
+        if isinstance(layer.forward, PrefillCompiled):
+            continue
+        attention = layer.self_attn
+        attention.forward = torch.compiler.disable(attention.forward)
+        # Its query / key / value norms (fp32 inside, a pass each over the heads) compiled on their own.
+        for norm in ("q_norm", "k_norm", "v_norm"):
+            if hasattr(attention, norm):  # a layer that reuses another's keys and values has no k / v norm
+                module = getattr(attention, norm)
+                module.forward = PrefillCompiled(module, positions_dim=1)  # (batch, positions, heads, dim)
+        layer.altup.predict = FusedAltUpPredict(layer.altup)
+        layer.forward = PrefillCompiled(
+            layer, positions_dim=-2
+        )  # AltUp's (streams, batch, positions, hidden)
+
+
+def is_prefill_compiled(language_model: nn.Module) -> bool:
+    return all(isinstance(layer.forward, PrefillCompiled) for layer in language_model.model.layers)
