@@ -113,12 +113,15 @@ def build_model(preset: str, dtype: Any) -> Any:
     return model.eval()
 
 
-def load_saved(model_dir: Path, dtype: Any, per_layer_on_disk: bool) -> Any:
+def load_saved(model_dir: Path, dtype: Any, per_layer_on_disk: bool, compile_prefill: bool = False) -> Any:
     """A model written by `write_checkpoint`, loaded as `videogemma.load` would (quantised ones as saved)."""
     from videogemma.loading import ModelSource, build_model, quantize_for_inference
+    from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
 
     model = build_model(ModelSource(pretrained=str(model_dir)), 0, dtype, per_layer_on_disk=per_layer_on_disk)
     quantize_for_inference(model, None)
+    if compile_prefill:
+        compile_layers(model.language_model)
     return model.eval()
 
 
@@ -131,6 +134,7 @@ def measure(
     threads: int | None = None,
     model_dir: Path | None = None,
     per_layer_on_disk: bool = False,
+    compile_prefill: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -148,7 +152,7 @@ def measure(
     if model_dir is None:
         model = build_model(preset, dtype)
     else:
-        model = load_saved(model_dir, dtype, per_layer_on_disk)
+        model = load_saved(model_dir, dtype, per_layer_on_disk, compile_prefill)
     config = model.config
     build_seconds = time.perf_counter() - start
     rss_after_build = peak_rss_gib()
@@ -163,6 +167,7 @@ def measure(
     )
     input_ids = prompt_ids(config, config.num_visual_tokens)
     attention_mask = torch.ones_like(input_ids)
+    first_prompt = compile_first_prompt(model, input_ids) if compile_prefill else None
 
     runs = []
     for _ in range(repeats):
@@ -212,6 +217,8 @@ def measure(
         "preset": preset,
         "dtype": str(dtype).removeprefix("torch."),
         "decoder": quantized_method(model) or str(dtype).removeprefix("torch."),
+        "prefill_mode": "compiled" if compile_prefill else "eager",
+        "first_prefill_seconds": first_prompt,
         "per_layer_embeddings": "disk" if per_layer_on_disk else "memory",
         "decode_bytes_per_step": decode_bytes_per_step(model),
         "prefill_flops": prefill_flops(model, int(input_ids.shape[1])),
@@ -227,6 +234,21 @@ def measure(
         result.update(compare_prefill(model, config, dtype))
     result["peak_rss_gib"] = peak_rss_gib()
     return result
+
+
+def compile_first_prompt(model: Any, input_ids: Any) -> float:
+    """Seconds of a first prefill of a compiled model (the compile included) on a prompt as long as the
+    measured one: a compiled model is measured as a user's second and later prompts run."""
+    import torch
+
+    visual = torch.zeros(1, model.config.num_visual_tokens, model.config.hidden_size, dtype=model.dtype)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), visual_tokens=visual,
+            max_new_tokens=1, do_sample=False,
+        )  # fmt: skip
+    return time.perf_counter() - start
 
 
 def compare_prefill(model: Any, config: Any, dtype: Any) -> dict[str, Any]:
@@ -381,6 +403,7 @@ def format_results(results: list[dict[str, Any]]) -> str:
     row("dtype", "dtype", "s")
     row("decoder weights", "decoder", "s")
     row("per-layer embeddings", "per_layer_embeddings", "s")
+    row("prefill", "prefill_mode", "s")
     row("threads", "threads", "d")
     row("prompt tokens (visual)", "prompt_tokens", "d")
     row("visual tokens", "visual_tokens", "d")
@@ -389,6 +412,7 @@ def format_results(results: list[dict[str, Any]]) -> str:
     row("new tokens", "new_tokens", "d")
     row("decode tokens/s", "tokens_per_second", ".2f")
     row("time to first token (s)", "time_to_first_token", ".3f")
+    row("first prefill, compile (s)", "first_prefill_seconds", ".3f")
     row("model build (s)", "build_seconds", ".1f")
     row("peak RSS (GiB)", "peak_rss_gib", ".2f")
     row("weights read / step (GB)", "decode_gb_per_step", ".3f")
@@ -494,16 +518,20 @@ def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
             extra = ["--quantize-lm-head"] if args.quantize_lm_head else []
             run_worker(["--write-checkpoint", str(folder), "--method", method, *extra], f"{method} writing")
     prompt_tokens = None
+    modes = ["eager", "compiled"] if args.compile_prefill else ["eager"]
     for method in methods:
-        print(f"measuring e2b {method} ({args.per_layer_embeddings}) ...", file=sys.stderr, flush=True)
-        result = run_worker(
-            ["--worker", "e2b", "--model-dir", str(root / method),
-             "--per-layer-embeddings", args.per_layer_embeddings, *common],
-            f"e2b {method}",
-        )  # fmt: skip
-        result["label"] = f"e2b {method}"
-        prompt_tokens = result["prompt_tokens"]
-        results.append(result)
+        for mode in modes:
+            label = f"e2b {method}" + (" c" if mode == "compiled" else "")
+            print(f"measuring {label} ({args.per_layer_embeddings}) ...", file=sys.stderr, flush=True)
+            extra = ["--compile-prefill"] if mode == "compiled" else []
+            result = run_worker(
+                ["--worker", "e2b", "--model-dir", str(root / method),
+                 "--per-layer-embeddings", args.per_layer_embeddings, *common, *extra],
+                label,
+            )  # fmt: skip
+            result["label"] = label
+            prompt_tokens = result["prompt_tokens"]
+            results.append(result)
     threads = ["--threads", str(args.threads)] if args.threads else []
     bounds = run_worker(["--bounds", str(prompt_tokens), *threads], "bounds")
     for result in results:
@@ -537,6 +565,11 @@ def main() -> None:
         choices=("memory", "disk"),
         default="disk",
         help="with --quantize: the per-layer table memory-mapped (disk) or loaded (memory)",
+    )
+    parser.add_argument(
+        "--compile-prefill",
+        action="store_true",
+        help="with --quantize: each precision also with the prefill compiled (column 'c'), side by side",
     )
     parser.add_argument(
         "--checkpoint-dir", type=Path, default=None, help="where --quantize writes (and reuses) the models"
@@ -577,6 +610,7 @@ def main() -> None:
         result = measure(
             args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare, threads=args.threads,
             model_dir=args.model_dir, per_layer_on_disk=args.per_layer_embeddings == "disk",
+            compile_prefill=args.compile_prefill,
         )  # fmt: skip
         print("RESULT " + json.dumps(result))
         return
