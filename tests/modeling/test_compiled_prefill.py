@@ -79,7 +79,7 @@ def test_a_compiled_int4_layer_computes_what_the_eager_one_does(rows: int) -> No
         torch._dynamo.reset()
         before = _compiled_frames()
         got = torch.compile(layer, dynamic=True)(x)
-    assert _compiled_frames() > before
+    assert _compiled_frames() == before + 1  # one graph: dequantising does not break it
     torch.testing.assert_close(got, expected, atol=0.02, rtol=0.02)
 
 

@@ -233,9 +233,15 @@ def cpu_kernel_packed_to_plain(packed: torch.Tensor) -> torch.Tensor:
     if full:
         half = INT4_KERNEL_BLOCK // 2
         blocks = packed[:full].reshape(full // INT4_KERNEL_BLOCK, columns, half)
-        target = values[:full].view(full // INT4_KERNEL_BLOCK, INT4_KERNEL_BLOCK, columns)
-        torch.bitwise_and(blocks, 15, out=target[:, :half].transpose(1, 2))
-        torch.bitwise_right_shift(blocks, 4, out=target[:, half:].transpose(1, 2))
+        if torch.compiler.is_compiling():
+            # Traced (a compiled prefill): `out=` into strided views would break the graph at every layer;
+            # the functional form fuses with `dequantized`'s arithmetic into one pass.
+            nibbles = torch.cat([blocks & 15, blocks >> 4], dim=2)
+            values[:full] = nibbles.transpose(1, 2).reshape(full, columns)
+        else:
+            target = values[:full].view(full // INT4_KERNEL_BLOCK, INT4_KERNEL_BLOCK, columns)
+            torch.bitwise_and(blocks, 15, out=target[:, :half].transpose(1, 2))
+            torch.bitwise_right_shift(blocks, 4, out=target[:, half:].transpose(1, 2))
     if rows > full:
         tail = rows - full
         order = _cpu_kernel_order(tail, columns)
