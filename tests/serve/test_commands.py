@@ -42,6 +42,38 @@ def test_bad_options_are_one_line_and_exit_2_before_loading(no_loading, capsys, 
     assert error.startswith("videogemma serve: error: ") and message in error and error.count("\n") == 1
 
 
+def test_serve_loads_its_models_with_the_on_device_options(monkeypatch, live_server, real_clip, data_url):
+    import httpx
+    import uvicorn
+
+    from videogemma.inference.generate import GenerationSettings, answer
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    loaded = []
+    real_load = loading.load
+    monkeypatch.setattr(loading, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    options = ["--quantize", "int8", "--compile-prefill", "--dtype", "float32", "--default-max-tokens", "4"]
+    assert main(["serve", "--model", "tiny", *options]) == 0
+    (model, processor), (app,) = loaded[0], apps
+    assert loading.on_device_summary(model)["decoder"] == "int8"
+    assert loading.on_device_summary(model)["prefill"] == "compiled"
+    content = [
+        {"type": "video_url", "video_url": {"url": data_url(real_clip)}},
+        {"type": "text", "text": "Hi"},
+    ]
+    with live_server(app) as base:  # the first prompt compiles, in the server's generation thread
+        response = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": content}]},
+            timeout=300,
+        )
+    assert response.status_code == 200, response.text
+    eager, _ = real_load("tiny", quantize="int8", dtype="float32", quiet=True)
+    want = answer(eager, processor, real_clip, "Hi", settings=GenerationSettings(max_new_tokens=4))
+    assert response.json()["choices"][0]["message"]["content"] == want.text
+
+
 def test_models_are_named_by_name_equals_path(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

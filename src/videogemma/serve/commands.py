@@ -29,6 +29,7 @@ class ServeArgumentError(VideoGemmaError):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from videogemma.inference.commands import add_on_device_arguments
     from videogemma.serve.limits import ServeLimits
 
     serve = subparsers.add_parser(
@@ -62,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     serve.add_argument("--device", default=None, help="e.g. cpu, cuda (default: where it loads)")
     serve.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_on_device_arguments(serve.add_argument_group("on device (every --model)"))
     add_dataclass_arguments(serve, ServeLimits, title="limits")
     serve.set_defaults(func=run_serve)
 
@@ -109,6 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from videogemma.inference.commands import on_device_options
     from videogemma.loading import load
     from videogemma.serve.app import create_app
     from videogemma.serve.batching import ServedModel
@@ -124,7 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     served = {}
     for name, source in models.items():
-        model, processor = load(source, dtype=args.dtype, device=args.device)
+        model, processor = load(source, dtype=args.dtype, device=args.device, **on_device_options(args))
         served[name] = ServedModel(name, model, processor)
     app = create_app(served, limits, media_root=args.media_root, api_key=args.api_key)
     print(
