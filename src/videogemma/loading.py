@@ -599,7 +599,8 @@ def quantize_for_inference(model: Any, method: str | None, lm_head: bool = False
 
 
 def on_device_summary(model: Any) -> dict[str, str | None]:
-    """What `load` says about a model beside its device and dtype: attention, quantisation, per-layer table."""
+    """What `load` says about a model beside its device and dtype: attention, quantisation, per-layer table,
+    compiled prefill."""
     from videogemma.modeling.compiled_prefill import is_prefill_compiled
     from videogemma.modeling.disk_embedding import PER_LAYER_EMBEDDING, DiskEmbedding
     from videogemma.modeling.quantization import quantized_method
