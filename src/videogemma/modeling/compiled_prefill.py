@@ -101,9 +101,8 @@ def compile_prefill(language_model: nn.Module) -> None:
                 module = getattr(attention, norm)
                 module.forward = PrefillCompiled(module, positions_dim=1)  # (batch, positions, heads, dim)
         layer.altup.predict = FusedAltUpPredict(layer.altup)
-        layer.forward = PrefillCompiled(
-            layer, positions_dim=-2
-        )  # AltUp's (streams, batch, positions, hidden)
+        # The layer's hidden states are AltUp's (streams, batch, positions, hidden).
+        layer.forward = PrefillCompiled(layer, positions_dim=-2)
 
 
 def is_prefill_compiled(language_model: nn.Module) -> bool:
