@@ -115,11 +115,11 @@ def build_model(preset: str, dtype: Any) -> Any:
 
 def load_saved(model_dir: Path, dtype: Any, per_layer_on_disk: bool, compile_prefill: bool = False) -> Any:
     """A model written by `write_checkpoint`, loaded as `videogemma.load` would (quantised ones as saved)."""
-    from videogemma.loading import ModelSource, build_model, quantize_for_inference
+    from videogemma.loading import ModelSource, build_model, prepare_decoder
     from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
 
     model = build_model(ModelSource(pretrained=str(model_dir)), 0, dtype, per_layer_on_disk=per_layer_on_disk)
-    quantize_for_inference(model, None)
+    prepare_decoder(model, None)
     if compile_prefill:
         compile_layers(model.language_model)
     return model.eval()

@@ -113,10 +113,10 @@ def tiny_quality(run_dir: Path, test_split: Path) -> list[dict[str, Any]]:
 @torch.inference_mode()
 def _log_probs(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     """Next-token log-probabilities (prompts, positions, vocab) of a model written by inference.py."""
-    from videogemma.loading import ModelSource, build_model, quantize_for_inference
+    from videogemma.loading import ModelSource, build_model, prepare_decoder
 
     model = build_model(ModelSource(pretrained=str(model_dir)), 0, torch.bfloat16, per_layer_on_disk=True)
-    quantize_for_inference(model, None)
+    prepare_decoder(model, None)
     model.eval()
     rows = [model(input_ids=prompt[None]).logits[0].float().log_softmax(-1) for prompt in ids]
     return torch.stack(rows)

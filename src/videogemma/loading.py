@@ -571,7 +571,7 @@ def load(
         processor = build_processor(source, model.config)
         model.freeze_encoders(clip=True, videomamba=True)
         model = _place(model.eval(), target_dtype, target_device)
-    quantize_for_inference(model, quantize, quantize_lm_head)
+    prepare_decoder(model, quantize, quantize_lm_head)
     if compile_prefill:
         from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
 
@@ -582,13 +582,15 @@ def load(
     return model, processor
 
 
-def quantize_for_inference(model: Any, method: str | None, lm_head: bool = False) -> None:
-    """Quantise the decoder (unless it already is: a saved quantised model) and pack it for the CPU kernels."""
+def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
+    """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
+    model), pack it for the CPU kernels, and give its plain linear layers the one-row product (decoding)."""
     from videogemma.modeling.quantization import (
         prepare_for_inference,
         quantize_language_model,
         quantized_method,
     )
+    from videogemma.modeling.row_products import use_row_vector_products
 
     current = quantized_method(model)
     if method is not None and current is None:
@@ -596,6 +598,7 @@ def quantize_for_inference(model: Any, method: str | None, lm_head: bool = False
     elif method is not None and method != current:
         raise ModelLoadError(f"the model was saved quantised to {current}; it cannot be loaded as {method}")
     prepare_for_inference(model)
+    use_row_vector_products(model.language_model)
 
 
 def on_device_summary(model: Any) -> dict[str, str | None]:

@@ -202,7 +202,7 @@ def test_console_shows_one_progress_bar_with_the_loss_and_a_line_per_evaluation(
 def test_export_quantize_writes_a_model_that_loads_without_requantising(tmp_path: Path, train_tiny) -> None:
     import videogemma
     from videogemma.cli import main
-    from videogemma.loading import load_run, quantize_for_inference
+    from videogemma.loading import load_run, prepare_decoder
     from videogemma.modeling.quantization import QUANTIZATION_FILE, QuantizedLinear
     from videogemma.precision import resolve_dtype
 
@@ -219,7 +219,7 @@ def test_export_quantize_writes_a_model_that_loads_without_requantising(tmp_path
     exported, _ = videogemma.load(out_dir, dtype=dtype, quiet=True)
     assert isinstance(exported.language_model.model.layers[0].mlp.up_proj, QuantizedLinear)
     in_memory, _ = load_run(run_dir, dtype=dtype)
-    quantize_for_inference(in_memory, "int8")
+    prepare_decoder(in_memory, "int8")
     ids = torch.tensor([[2, 5, 9, 300, 7]])
     with torch.no_grad():
         assert torch.equal(exported(input_ids=ids).logits, in_memory(input_ids=ids).logits)

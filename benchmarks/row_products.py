@@ -1,0 +1,192 @@
+"""One-row products (a decode step's) on the CPU: `F.linear` against `torch.mv` (`RowVectorProduct`), side by
+side in one run, beside the bandwidth of a 1 GiB copy measured in the same run.
+
+    python benchmarks/row_products.py                          # E2B decoder shapes, bf16 and fp32 (~1 min)
+    python benchmarks/row_products.py --e2b-dir /tmp/e2b/ck    # + whole decode steps of a saved E2B model
+
+1. Each shape of the E2B decoder's linear layers with random weights, enough copies of it (≥ 256 MiB) that
+   they are read from memory, not cache: GB/s of weights read by each product, and the ratio.
+2. With --e2b-dir (the bf16 folder `benchmarks/inference.py --quantize bfloat16 --checkpoint-dir DIR` writes
+   as DIR/bfloat16): one model, greedy decode steps timed with the library's product and with the row
+   product in alternation (same process, same prompt), medians, and the bandwidth bound of a step (bytes of
+   weights it reads ÷ the copy's GB/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videogemma.config import VideoGemmaConfig
+from videogemma.modeling.row_products import RowVectorProduct
+
+HERE = Path(__file__).resolve().parent
+READ_AT_LEAST = 256 * 2**20  # bytes of weights per timed pass: well past the caches
+
+
+def _inference_benchmark() -> Any:
+    spec = importlib.util.spec_from_file_location("inference_benchmark", HERE / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def median_seconds(work: Any, runs: int) -> float:
+    work()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def e2b_shapes() -> dict[str, tuple[int, int]]:
+    """(out, in) of the E2B decoder's linear layers, by role."""
+    text = VideoGemmaConfig.from_preset("e2b").text_config
+    hidden, heads, kv_heads, head_dim = (
+        text.hidden_size,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.head_dim,
+    )
+    intermediate = (
+        text.intermediate_size[0] if isinstance(text.intermediate_size, list) else text.intermediate_size
+    )
+    return {
+        "q / o proj": (heads * head_dim, hidden),
+        "k / v proj": (kv_heads * head_dim, hidden),
+        "gate / up proj": (intermediate, hidden),
+        "down proj": (hidden, intermediate),
+        "per-layer gate": (text.hidden_size_per_layer_input, hidden),
+        "per-layer proj": (hidden, text.hidden_size_per_layer_input),
+        "LM head": (text.vocab_size, hidden),
+    }
+
+
+def time_shape(
+    out_features: int, in_features: int, dtype: torch.dtype, runs: int
+) -> tuple[float, float, int]:
+    """Seconds for one row through F.linear and through the row product over enough copies of the layer to
+    read `READ_AT_LEAST` bytes, and those bytes."""
+    linear_bytes = out_features * in_features * dtype.itemsize
+    copies = max(1, READ_AT_LEAST // linear_bytes)
+    linears = [nn.Linear(in_features, out_features, bias=False).to(dtype) for _ in range(copies)]
+    products = [RowVectorProduct(linear) for linear in linears]
+    x = torch.randn(1, 1, in_features, dtype=dtype)
+    with torch.inference_mode():
+        library = median_seconds(lambda: [F.linear(x, m.weight) for m in linears], runs)
+        row = median_seconds(lambda: [p(x) for p in products], runs)
+    return library, row, copies * linear_bytes
+
+
+def shape_rows(dtype: torch.dtype, runs: int) -> list[dict[str, Any]]:
+    rows = []
+    for role, (out_features, in_features) in e2b_shapes().items():
+        library, row, total = time_shape(out_features, in_features, dtype, runs)
+        rows.append(
+            {
+                "dtype": str(dtype).removeprefix("torch."),
+                "role": role,
+                "shape": f"{out_features} × {in_features}",
+                "linear_gb_per_s": total / library / 1e9,
+                "mv_gb_per_s": total / row / 1e9,
+                "speedup": library / row,
+            }
+        )
+    return rows
+
+
+def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
+    """Median ms per greedy decode step of one E2B model, with F.linear and with the row product, alternating."""
+    bench = _inference_benchmark()
+    model = bench.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
+    linears = [m for m in model.language_model.modules() if isinstance(m.forward, RowVectorProduct)]
+    config = model.config
+    ids = bench.prompt_ids(config, 64)
+    visual = torch.randn(
+        1, 64, config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0)
+    )
+    prompt = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "visual_tokens": visual,
+        "do_sample": False,
+    }
+
+    def use(row_products: bool) -> None:
+        for module in linears:
+            module.forward = RowVectorProduct(module) if row_products else nn.Linear.forward.__get__(module)
+
+    def step_ms() -> float:
+        first = median_seconds(lambda: model.generate(**prompt, max_new_tokens=1, min_new_tokens=1), 1)
+        start = time.perf_counter()
+        model.generate(**prompt, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1)
+        return (time.perf_counter() - start - first) / new_tokens * 1e3
+
+    steps = {"linear": [], "mv": []}
+    with torch.inference_mode():
+        model.generate(**prompt, max_new_tokens=2, min_new_tokens=2)
+        for round_index in range(rounds):
+            order = ("linear", "mv") if round_index % 2 == 0 else ("mv", "linear")
+            for name in order:
+                use(name == "mv")
+                steps[name].append(step_ms())
+                print(f"  {name:<6} {steps[name][-1]:6.1f} ms a step", flush=True)
+    return {
+        "decode_bytes_per_step": bench.decode_bytes_per_step(model),
+        "linear_ms": statistics.median(steps["linear"]),
+        "mv_ms": statistics.median(steps["mv"]),
+    }
+
+
+def copy_gb_per_s() -> float:
+    source = torch.ones(2**30, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    return 2 * source.nbytes / median_seconds(lambda: target.copy_(source), 5) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--e2b-dir", type=Path, help="folder holding bfloat16/ (benchmarks/inference.py's)")
+    parser.add_argument("--runs", type=int, default=5, help="timed passes per shape (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating rounds of decode steps (--e2b-dir)"
+    )
+    parser.add_argument("--new-tokens", type=int, default=24, help="decode steps timed per round")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bandwidth = copy_gb_per_s()
+    print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
+    print(f"{'dtype':<9}{'layer':<16}{'shape':>16}{'F.linear GB/s':>15}{'mv GB/s':>9}{'speed-up':>10}")
+    for dtype in (torch.bfloat16, torch.float32):
+        for row in shape_rows(dtype, args.runs):
+            print(
+                f"{row['dtype']:<9}{row['role']:<16}{row['shape']:>16}{row['linear_gb_per_s']:>15.1f}"
+                f"{row['mv_gb_per_s']:>9.1f}{row['speedup']:>9.2f}×"
+            )
+    if args.e2b_dir:
+        result = decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens)
+        bound_ms = result["decode_bytes_per_step"] / (bandwidth * 1e9) * 1e3
+        print(
+            f"E2B bf16 decode step: F.linear {result['linear_ms']:.1f} ms, mv {result['mv_ms']:.1f} ms "
+            f"({result['linear_ms'] / result['mv_ms']:.2f}×); bandwidth bound {bound_ms:.1f} ms "
+            f"({result['decode_bytes_per_step'] / 1e9:.2f} GB a step): F.linear {result['linear_ms'] / bound_ms:.2f}×, "
+            f"mv {result['mv_ms'] / bound_ms:.2f}× the bound"
+        )
+
+
+if __name__ == "__main__":
+    main()

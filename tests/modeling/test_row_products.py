@@ -1,0 +1,69 @@
+"""The decoder's one-row products through `torch.mv`: what `F.linear` computes, used for a decode step's single
+row only, on every plain linear layer of an inference-loaded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import videogemma
+from videogemma.modeling.row_products import RowVectorProduct, uses_row_vector_products
+
+IDS = torch.tensor([[2, 105, 7, 7, 300, 1000, 5, 106, 9, 1031, 0, 42, 17, 23, 400, 106]])
+
+
+def _counting_mv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = []
+    library = torch.mv
+
+    def mv(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return library(matrix, vector)
+
+    monkeypatch.setattr(torch, "mv", mv)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
+    dtype: torch.dtype, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48, bias=bias).to(dtype)  # not square: a transposed weight would fail
+    product = RowVectorProduct(linear)
+    calls = _counting_mv(monkeypatch)
+    tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
+    with torch.inference_mode():
+        for shape in ((64,), (1, 64), (1, 1, 64)):  # a decode step's row, whatever its leading dims
+            x = torch.randn(shape, dtype=dtype)
+            got = product(x)
+            assert got.shape == (*shape[:-1], 48) and got.dtype == dtype
+            torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), **tolerance)
+        assert len(calls) == 3
+        many = torch.randn(2, 5, 64, dtype=dtype)
+        assert torch.equal(product(many), F.linear(many, linear.weight, linear.bias))
+    # With gradients (training), the library's product even for one row.
+    row = torch.randn(1, 64, dtype=dtype)
+    assert torch.equal(product(row), F.linear(row, linear.weight, linear.bias)) and len(calls) == 3
+
+
+def test_an_inference_model_decodes_its_one_row_products_with_mv(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = videogemma.load("tiny", dtype="float32", device="cpu", quiet=True)
+    language_model = model.language_model
+    linears = [m for m in language_model.modules() if type(m) is nn.Linear]
+    assert linears and all(isinstance(m.forward, RowVectorProduct) for m in linears)
+    assert isinstance(language_model.lm_head.forward, RowVectorProduct)
+    calls = _counting_mv(monkeypatch)
+    greedy = {"max_new_tokens": 5, "do_sample": False}
+    with torch.inference_mode():
+        model(input_ids=IDS)  # a prompt: many rows, no mv
+        assert calls == []
+        answer = model.generate(input_ids=IDS, **greedy)
+        assert len(calls) > 0  # the decode steps (and the last prompt row's LM head)
+        for module in linears:  # back to the library's forward: the same answer
+            del module.forward
+        assert not uses_row_vector_products(language_model)
+        assert torch.equal(model.generate(input_ids=IDS, **greedy), answer)
