@@ -575,11 +575,15 @@ def load(
     if compile_prefill:
         from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
 
-        compile_layers(model.language_model)
+        compile_layers(model.language_model, notice=None if quiet else _say)
     if not quiet:
         picked = dtype in (None, AUTO)
         print(describe(target_device, target_dtype, picked, **on_device_summary(model)), file=sys.stderr)
     return model, processor
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 import videogemma
 from videogemma.errors import ModelLoadError
 from videogemma.modeling import compiled_prefill
-from videogemma.modeling.compiled_prefill import compile_prefill, is_prefill_compiled
+from videogemma.modeling.compiled_prefill import FIRST_PROMPT_NOTICE, compile_prefill, is_prefill_compiled
 from videogemma.modeling.quantization import QuantizedLinear
 
 IDS = torch.tensor([[2, 105, 7, 7, 300, 1000, 5, 106, 9, 1031, 0, 42, 17, 23, 400, 106]])
@@ -108,6 +108,7 @@ def test_infer_command_compiles_the_prefill_when_asked(real_clip: Path, capsys) 
     assert cli.main([*argv, "--compile-prefill"]) == 0
     compiled = capsys.readouterr()
     assert "prefill compiled" in compiled.err
+    assert compiled.err.count(FIRST_PROMPT_NOTICE) == 1  # said before the first prompt's wait, once
     assert cli.main(argv) == 0
     eager = capsys.readouterr()
     assert "prefill compiled" not in eager.err

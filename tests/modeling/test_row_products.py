@@ -7,9 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._dynamo.utils import counters
 
 import videogemma
-from videogemma.modeling.row_products import RowVectorProduct, uses_row_vector_products
+from videogemma.modeling.row_products import (
+    RowVectorLinear,
+    use_row_vector_products,
+    uses_row_vector_products,
+)
 
 IDS = torch.tensor([[2, 105, 7, 7, 300, 1000, 5, 106, 9, 1031, 0, 42, 17, 23, 400, 106]])
 
@@ -33,7 +38,10 @@ def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
 ) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(64, 48, bias=bias).to(dtype)  # not square: a transposed weight would fail
-    product = RowVectorProduct(linear)
+    product = nn.Linear(64, 48, bias=bias).to(dtype)
+    product.load_state_dict(linear.state_dict())
+    use_row_vector_products(product)
+    assert type(product) is RowVectorLinear and product.state_dict().keys() == linear.state_dict().keys()
     calls = _counting_mv(monkeypatch)
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
     with torch.inference_mode():
@@ -53,9 +61,9 @@ def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
 def test_an_inference_model_decodes_its_one_row_products_with_mv(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = videogemma.load("tiny", dtype="float32", device="cpu", quiet=True)
     language_model = model.language_model
-    linears = [m for m in language_model.modules() if type(m) is nn.Linear]
-    assert linears and all(isinstance(m.forward, RowVectorProduct) for m in linears)
-    assert isinstance(language_model.lm_head.forward, RowVectorProduct)
+    linears = [m for m in language_model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is RowVectorLinear for m in linears)
+    assert type(language_model.lm_head) is RowVectorLinear
     calls = _counting_mv(monkeypatch)
     greedy = {"max_new_tokens": 5, "do_sample": False}
     with torch.inference_mode():
@@ -64,6 +72,23 @@ def test_an_inference_model_decodes_its_one_row_products_with_mv(monkeypatch: py
         answer = model.generate(input_ids=IDS, **greedy)
         assert len(calls) > 0  # the decode steps (and the last prompt row's LM head)
         for module in linears:  # back to the library's forward: the same answer
-            del module.forward
+            module.__class__ = nn.Linear
         assert not uses_row_vector_products(language_model)
         assert torch.equal(model.generate(input_ids=IDS, **greedy), answer)
+
+
+def test_traced_layers_of_one_shape_share_one_graph() -> None:
+    """A compiled prefill traces through every layer's linears: one graph for them all, not one per layer
+    (a forward bound to each instance made dynamo guard on it and recompile per layer)."""
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)) for _ in range(3)]
+    for layer in layers:
+        use_row_vector_products(layer)
+    compiled = torch.compile(lambda layer, x: layer(x), dynamic=True)
+    x = torch.randn(5, 32)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        for layer in layers:
+            torch.testing.assert_close(compiled(layer, x), layer(x))
+    assert counters["stats"]["unique_graphs"] == before + 1
