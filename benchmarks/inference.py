@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -316,11 +317,20 @@ def prefill_flops(model: Any, tokens: int) -> float:
     return 2.0 * (weights * tokens + head)
 
 
+def median_seconds(work: Any, runs: int) -> float:
+    """The median wall time of `runs` calls of `work`, after one warm-up call."""
+    work()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
     """This CPU's bf16 GEMM throughput at the decoder's MLP shape (tokens × 2048 → 8192) and the bandwidth
     of a 1 GiB copy (bytes read + written per second), medians of a few runs."""
-    import statistics
-
     import torch
     import torch.nn.functional as F
 
@@ -332,15 +342,6 @@ def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
     intermediate = (
         text.intermediate_size[0] if isinstance(text.intermediate_size, list) else text.intermediate_size
     )
-
-    def median_seconds(work: Any, runs: int) -> float:
-        work()  # warm-up
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
 
     with torch.inference_mode():
         x = torch.randn(tokens, hidden, dtype=torch.bfloat16)

@@ -33,20 +33,15 @@ READ_AT_LEAST = 256 * 2**20  # bytes of weights per timed pass: well past the ca
 
 
 def _inference_benchmark() -> Any:
+    """benchmarks/inference.py (its timing, bounds, saved-model loading and prompt), imported by path."""
     spec = importlib.util.spec_from_file_location("inference_benchmark", HERE / "inference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def median_seconds(work: Any, runs: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+BENCH = _inference_benchmark()
+median_seconds = BENCH.median_seconds
 
 
 def e2b_shapes() -> dict[str, tuple[int, int]]:
@@ -107,7 +102,7 @@ def shape_rows(dtype: torch.dtype, runs: int) -> list[dict[str, Any]]:
 
 def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
     """Median ms per greedy decode step of one E2B model, with F.linear and with the row product, alternating."""
-    bench = _inference_benchmark()
+    bench = BENCH
     model = bench.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
     linears = [m for m in model.language_model.modules() if isinstance(m, RowVectorLinear)]
     config = model.config
@@ -148,12 +143,6 @@ def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any
     }
 
 
-def copy_gb_per_s() -> float:
-    source = torch.ones(2**30, dtype=torch.uint8)
-    target = torch.empty_like(source)
-    return 2 * source.nbytes / median_seconds(lambda: target.copy_(source), 5) / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bandwidth = copy_gb_per_s()
+    bandwidth = BENCH.measure_bounds(tokens=2443, threads=args.threads)["copy_gb_per_s"]
     print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
     print(f"{'dtype':<9}{'layer':<16}{'shape':>16}{'F.linear GB/s':>15}{'mv GB/s':>9}{'speed-up':>10}")
     for dtype in (torch.bfloat16, torch.float32):
