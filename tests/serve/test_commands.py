@@ -42,6 +42,16 @@ def test_bad_options_are_one_line_and_exit_2_before_loading(no_loading, capsys, 
     assert error.startswith("videogemma serve: error: ") and message in error and error.count("\n") == 1
 
 
+def test_a_model_that_cannot_be_compiled_is_one_line_and_exit_2(monkeypatch, capsys):
+    from videogemma.modeling import compiled_prefill
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compiled_prefill.shutil, "which", lambda name: None)
+    assert main(["serve", "--model", "tiny", "--compile-prefill"]) == 2
+    error = capsys.readouterr().err.splitlines()
+    assert error[-1].startswith("videogemma serve: error: ") and "needs a C++ compiler" in error[-1]
+
+
 def test_serve_loads_its_models_with_the_on_device_options(monkeypatch, live_server, real_clip, data_url):
     import httpx
     import uvicorn
