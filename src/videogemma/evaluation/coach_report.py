@@ -96,38 +96,50 @@ def _label(axis: Any, time: float, y: float, text: str) -> None:
 
 
 def render_report(evaluation: CoachEvaluation, timelines: dict[str, Path], title: str) -> str:
-    from videogemma.evaluation.report_html import REPORT_STYLE, embedded_image, escape, html_table
+    from videogemma.evaluation.report_html import REPORT_STYLE, escape
+
+    sections = [
+        f"<h1>{escape(title)}</h1>",
+        *_overall_section(evaluation),
+        *_run_section(evaluation),
+        *_episodes_section(evaluation),
+        *_workout_sections(evaluation, timelines),
+    ]
+    body = "\n".join(sections)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _metric_names(evaluation: CoachEvaluation) -> list[str]:
+    return [TEXT_METRICS[m] for m in evaluation.metrics]
+
+
+def _overall_section(evaluation: CoachEvaluation) -> list[str]:
+    from videogemma.evaluation.report_html import html_table
 
     overall = evaluation.overall()
-    metric_names = [TEXT_METRICS[m] for m in evaluation.metrics]
-    sections = [f"<h1>{escape(title)}</h1>"]
-    sections += [
-        "<h2>Overall</h2>",
-        html_table(
-            [
-                "T-F score",
-                "Precision",
-                "Recall",
-                "Ground truth",
-                "Said",
-                "Matched ground truth",
-                "Matched said",
-                *metric_names,
-            ],
-            [
-                [
-                    overall["t_f_score"],
-                    overall["precision"],
-                    overall["recall"],
-                    overall["ground_truth"],
-                    overall["predictions"],
-                    overall["matched_ground_truth"],
-                    overall["matched_predictions"],
-                    *(overall[m] for m in evaluation.metrics),
-                ]
-            ],
-        ),
+    header = [
+        "T-F score",
+        "Precision",
+        "Recall",
+        "Ground truth",
+        "Said",
+        "Matched ground truth",
+        "Matched said",
     ]
+    keys = ["t_f_score", "precision", "recall", "ground_truth", "predictions", "matched_ground_truth"]
+    keys += ["matched_predictions", *evaluation.metrics]
+    return [
+        "<h2>Overall</h2>",
+        html_table([*header, *_metric_names(evaluation)], [[overall[k] for k in keys]]),
+    ]
+
+
+def _run_section(evaluation: CoachEvaluation) -> list[str]:
+    from videogemma.evaluation.report_html import html_table
+
     notes = [
         ["Tolerance", f"{evaluation.tolerance:g} s (a match lies within ±{evaluation.tolerance / 2:g} s)"],
         ["Episodes", evaluation.mode],
@@ -135,40 +147,31 @@ def render_report(evaluation: CoachEvaluation, timelines: dict[str, Path], title
     ]
     if evaluation.missing_predictions:
         notes.append(["Workouts without predictions", ", ".join(evaluation.missing_predictions)])
-    sections += ["<h2>Run</h2>", html_table(["Item", "Value"], notes)]
-    rows = [evaluation.episode_row(e) for e in evaluation.episodes]
-    sections += [
-        "<h2>Episodes</h2>",
-        html_table(
-            [
-                "Episode",
-                "Exercise",
-                "Start",
-                "End",
-                "Ground truth",
-                "Said",
-                "T-F",
-                "Precision",
-                "Recall",
-                *metric_names,
-            ],
-            [
-                [
-                    r["episode"],
-                    r["exercise"] or "(whole workout)",
-                    r["start"],
-                    r["end"],
-                    r["ground_truth"],
-                    r["predictions"],
-                    r["t_f_score"],
-                    r["precision"],
-                    r["recall"],
-                    *(r[m] for m in evaluation.metrics),
-                ]
-                for r in rows
-            ],
-        ),
+    return ["<h2>Run</h2>", html_table(["Item", "Value"], notes)]
+
+
+def _episodes_section(evaluation: CoachEvaluation) -> list[str]:
+    from videogemma.evaluation.report_html import html_table
+
+    header = ["Episode", "Exercise", "Start", "End", "Ground truth", "Said", "T-F", "Precision", "Recall"]
+    keys = ("start", "end", "ground_truth", "predictions", "t_f_score", "precision", "recall")
+    rows = [
+        [
+            row["episode"],
+            row["exercise"] or "(whole workout)",
+            *(row[k] for k in keys),
+            *(row[m] for m in evaluation.metrics),
+        ]
+        for row in (evaluation.episode_row(e) for e in evaluation.episodes)
     ]
+    return ["<h2>Episodes</h2>", html_table([*header, *_metric_names(evaluation)], rows)]
+
+
+def _workout_sections(evaluation: CoachEvaluation, timelines: dict[str, Path]) -> list[str]:
+    """Per workout: its timeline plot and its matched (ground truth, said) pairs with their scores."""
+    from videogemma.evaluation.report_html import embedded_image, escape, html_table
+
+    sections = []
     for workout in evaluation.workouts:
         sections.append(f"<h2>Workout {escape(workout.name)}</h2>")
         if workout.name in timelines:
@@ -187,14 +190,9 @@ def render_report(evaluation: CoachEvaluation, timelines: dict[str, Path], title
             for (i, j), s in zip(e.matches, e.pair_scores)
         ]
         if pairs:
-            sections.append(
-                html_table(["Episode", "Truth at", "Said at", "Ground truth", "Said", *metric_names], pairs)
-            )
-    body = "\n".join(sections)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+            header = ["Episode", "Truth at", "Said at", "Ground truth", "Said", *_metric_names(evaluation)]
+            sections.append(html_table(header, pairs))
+    return sections
 
 
 def write_coach_report(evaluation: CoachEvaluation, out_dir: Path, title: str) -> dict[str, Path]:
