@@ -1,11 +1,13 @@
-"""One-row products (a decode step's) on the CPU: `F.linear` against `torch.mv` (`RowVectorLinear`), side by
-side in one run, beside the bandwidth of a 1 GiB copy measured in the same run.
+"""One-row products (a decode step's) on the CPU, side by side in one run, beside the bandwidth of a 1 GiB
+copy measured in the same run: `F.linear` against `torch.mv` (`RowVectorLinear`) in bf16 and fp32, and torch's
+int8 weight-only kernel on the weight as it is against the paired view (`int8_one_row_product`).
 
     python benchmarks/row_products.py                          # E2B decoder shapes, bf16 and fp32 (~1 min)
     python benchmarks/row_products.py --e2b-dir /tmp/e2b/ck    # + whole decode steps of a saved E2B model
 
 1. Each shape of the E2B decoder's linear layers with random weights, enough copies of it (≥ 256 MiB) that
-   they are read from memory, not cache: GB/s of weights read by each product, and the ratio.
+   they are read from memory, not cache: GB/s of weights read by each product, and the ratio (int8: bytes of
+   the int8 weight).
 2. With --e2b-dir (the bf16 folder `benchmarks/inference.py --quantize bfloat16 --checkpoint-dir DIR` writes
    as DIR/bfloat16): one model, greedy decode steps timed with the library's product and with the row
    product in alternation (same process, same prompt), medians, and the bandwidth bound of a step (bytes of
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videogemma.config import VideoGemmaConfig
+from videogemma.modeling.quantization import QuantizedLinear, int8_one_row_product
 from videogemma.modeling.row_products import RowVectorLinear, use_row_vector_products
 
 HERE = Path(__file__).resolve().parent
@@ -83,17 +86,40 @@ def time_shape(
     return library, row, copies * linear_bytes
 
 
-def shape_rows(dtype: torch.dtype, runs: int) -> list[dict[str, Any]]:
+def time_int8_shape(out_features: int, in_features: int, runs: int) -> tuple[float, float, int]:
+    """Seconds for one bf16 row through torch's int8 kernel and through the paired view, over enough int8
+    copies of the layer to read `READ_AT_LEAST` bytes, and those bytes."""
+    linear_bytes = out_features * in_features
+    copies = max(1, READ_AT_LEAST // linear_bytes)
+    layers = [
+        QuantizedLinear.from_linear(nn.Linear(in_features, out_features, bias=False), 8)
+        for _ in range(copies)
+    ]
+    x = torch.randn(1, in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        kernel = median_seconds(
+            lambda: [torch._weight_int8pack_mm(x, m.qweight, m.scales.to(x.dtype)) for m in layers], runs
+        )
+        paired = median_seconds(lambda: [int8_one_row_product(x, m.qweight, m.scales) for m in layers], runs)
+    return kernel, paired, copies * linear_bytes
+
+
+def shape_rows(dtype: torch.dtype | str, runs: int) -> list[dict[str, Any]]:
+    """One row per E2B shape: `dtype` through F.linear and the row product, or "int8" through the kernel and
+    the paired view."""
     rows = []
     for role, (out_features, in_features) in e2b_shapes().items():
-        library, row, total = time_shape(out_features, in_features, dtype, runs)
+        if dtype == "int8":
+            library, row, total = time_int8_shape(out_features, in_features, runs)
+        else:
+            library, row, total = time_shape(out_features, in_features, dtype, runs)
         rows.append(
             {
                 "dtype": str(dtype).removeprefix("torch."),
                 "role": role,
                 "shape": f"{out_features} × {in_features}",
-                "linear_gb_per_s": total / library / 1e9,
-                "mv_gb_per_s": total / row / 1e9,
+                "library_gb_per_s": total / library / 1e9,
+                "row_gb_per_s": total / row / 1e9,
                 "speedup": library / row,
             }
         )
@@ -159,12 +185,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     bandwidth = BENCH.measure_bounds(tokens=2443, threads=args.threads)["copy_gb_per_s"]
     print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
-    print(f"{'dtype':<9}{'layer':<16}{'shape':>16}{'F.linear GB/s':>15}{'mv GB/s':>9}{'speed-up':>10}")
-    for dtype in (torch.bfloat16, torch.float32):
+    print(
+        "library: F.linear (bf16, fp32), torch._weight_int8pack_mm (int8); row: torch.mv, the paired int8 view"
+    )
+    print(f"{'dtype':<9}{'layer':<16}{'shape':>16}{'library GB/s':>14}{'row GB/s':>10}{'speed-up':>10}")
+    for dtype in (torch.bfloat16, torch.float32, "int8"):
         for row in shape_rows(dtype, args.runs):
             print(
-                f"{row['dtype']:<9}{row['role']:<16}{row['shape']:>16}{row['linear_gb_per_s']:>15.1f}"
-                f"{row['mv_gb_per_s']:>9.1f}{row['speedup']:>9.2f}×"
+                f"{row['dtype']:<9}{row['role']:<16}{row['shape']:>16}{row['library_gb_per_s']:>14.1f}"
+                f"{row['row_gb_per_s']:>10.1f}{row['speedup']:>9.2f}×"
             )
     if args.e2b_dir:
         result = decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens)

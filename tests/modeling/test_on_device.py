@@ -110,6 +110,38 @@ def test_quantised_linear_kernels_match_the_dequantised_weight(bits: int, tolera
     torch.testing.assert_close(out.float(), reference.float(), atol=0.06, rtol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 2048), (1, 1, 2048)])
+def test_one_int8_row_through_the_paired_view_equals_the_kernel(dtype: torch.dtype, shape: tuple) -> None:
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(2048, 96, bias=True), 8).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    kernel = torch._weight_int8pack_mm(x.reshape(1, -1), layer.qweight, layer.scales.to(dtype)) + layer.bias
+    calls = []
+    original = torch._weight_int8pack_mm
+
+    def spy(a, w, s):
+        calls.append(tuple(w.shape))
+        return original(a, w, s)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "_weight_int8pack_mm", spy)
+        out = layer(x)
+    assert calls == [(48, 4096)]  # two rows side by side: the paired view, not the plain weight
+    assert out.shape == (*shape[:-1], 96)
+    # bf16: one rounding more than the kernel's (its product before the scales).
+    tolerance = {"atol": 0.05, "rtol": 0.02} if dtype == torch.bfloat16 else {"atol": 1e-4, "rtol": 1e-5}
+    torch.testing.assert_close(out.reshape(1, -1), kernel, **tolerance)
+
+
+@pytest.mark.parametrize(("in_features", "out_features", "rows"), [(256, 96, 1), (2048, 96, 3)])
+def test_narrow_int8_rows_and_several_rows_take_the_plain_kernel(in_features, out_features, rows) -> None:
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(in_features, out_features), 8)
+    x = torch.randn(rows, in_features)
+    kernel = torch._weight_int8pack_mm(x, layer.qweight, layer.scales) + layer.bias
+    assert torch.equal(layer(x), kernel)
+
+
 # Whole kernel blocks, a part block after, only a part; more rows than are packed at a time (INT4_PACK_ROWS).
 @pytest.mark.parametrize("rows", [64, 80, 16, 144, 4096 + 80])
 def test_int4_layer_in_kernel_order_dequantises_and_saves_as_before(rows: int) -> None:
