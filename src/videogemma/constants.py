@@ -54,7 +54,6 @@ COACH_MAX_NEW_TOKENS = 48
 FRAME_SAMPLINGS = ("segment_centers", "fps")
 # How the video ETP merges a chunk's keyframes (the config's `video_keyframe_merge`, ARCHITECTURE §5).
 FRAME_MERGES = ("mean", "grid")
-# Gemma-3n's attention implementations (its config's `_attn_implementation`; unset: transformers' default, sdpa).
 # The two ETPs, by their module names in the model.
 PROJECTOR_NAMES = ("image_projector", "video_projector")
 # The key of `projectors.safetensors` metadata naming the projectors a run (and its base) trained.
@@ -63,6 +62,9 @@ TRAINED_PROJECTORS_KEY = "trained_projectors"
 # The model presets (`config.PRESETS`): known here so that the command line checks a name without transformers.
 PRESET_NAMES = ("e2b", "tiny")
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# Gemma-3n's attention implementations (its config's `_attn_implementation`). Unset: WINDOWED_ATTENTION, SDPA
+# that gives a long prompt's local layers only their windows' keys (modeling.windowed_attention).
+WINDOWED_ATTENTION = "sdpa_windowed"
+ATTN_IMPLEMENTATIONS = (WINDOWED_ATTENTION, "sdpa", "eager", "flash_attention_2")
 # Weight-only quantisation of the text decoder for inference (`--quantize`, modeling.quantization).
 QUANTIZE_CHOICES = ("int8", "int4")

@@ -32,11 +32,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from videogemma import auto_classes
 from videogemma.config import VideoGemmaConfig
-from videogemma.constants import IGNORE_INDEX, PROJECTOR_NAMES, VIDEO_INPUT_NAMES
+from videogemma.constants import IGNORE_INDEX, PROJECTOR_NAMES, VIDEO_INPUT_NAMES, WINDOWED_ATTENTION
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
 from videogemma.modeling.videomamba import KEEP_IN_FP32, VideoMamba
+from videogemma.modeling.windowed_attention import register_windowed_attention
 
 # The keyword arguments that carry a video; `generate` passes them at prefill only.
 
@@ -146,7 +147,11 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             pool_first=True,
             frame_merge=config.video_keyframe_merge,
         )
+        attention_requested = config.text_config._attn_implementation_internal is not None
         self.language_model = Gemma3nForCausalLM(config.text_config)
+        if not attention_requested:
+            register_windowed_attention()
+            self.language_model.set_attn_implementation(WINDOWED_ATTENTION)
         # Gemma-3n's `embed_vision` vector for each id of its vision vocabulary block (<end_of_image>, ...),
         # read once from the checkpoint (`from_components`), saved with the model; not trained. None: the
         # text embedding rows (see `VideoGemmaConfig.vision_vocab_offset`).
