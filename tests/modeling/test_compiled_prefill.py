@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 
 import videogemma
 from videogemma.errors import ModelLoadError
-from videogemma.modeling import compiled_prefill
+from videogemma.modeling import compiled_prefill, quantized_rows
 from videogemma.modeling.compiled_prefill import FIRST_PROMPT_NOTICE, compile_prefill, is_prefill_compiled
 from videogemma.modeling.quantization import QuantizedLinear
 
@@ -68,11 +68,17 @@ def _counting(function, calls: dict[str, int], kind: str):
     return counted
 
 
+@pytest.mark.parametrize("order", ["row", "torch's kernel"])  # as our row kernels read it, or torch's
 @pytest.mark.parametrize("rows", [128, 144])  # whole kernel blocks, and a part block after them
-def test_a_compiled_int4_layer_computes_what_the_eager_one_does(rows: int) -> None:
+def test_a_compiled_int4_layer_computes_what_the_eager_one_does(
+    rows: int, order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if order != "row":
+        monkeypatch.setattr(quantized_rows, "kernels", lambda: None)
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(256, rows).to(torch.bfloat16), 4)
     layer.prepare()
+    assert (layer._scales_and_zeros is None) == (order == "row")
     x = torch.randn(40, 256, dtype=torch.bfloat16)  # a prefill's many rows: dequantised, then the GEMM
     with torch.inference_mode():
         expected = layer(x)

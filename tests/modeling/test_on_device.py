@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 import videogemma
 from videogemma.errors import ModelLoadError
+from videogemma.modeling import quantized_rows
 from videogemma.modeling.disk_embedding import DiskEmbedding
 from videogemma.modeling.integrity import ModelWeightsError
 from videogemma.modeling.quantization import (
@@ -44,6 +45,12 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 IDS = torch.tensor([[2, 105, 7, 7, 300, 1000, 5, 106, 9, 1031, 0, 42]])
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding through torch's weight-only kernels, as where our row kernels cannot run."""
+    monkeypatch.setattr(quantized_rows, "kernels", lambda: None)
 
 
 def test_per_layer_table_on_disk_gives_exactly_the_loaded_models_logits(saved_tiny: Path) -> None:
@@ -93,8 +100,13 @@ def test_int4_values_pack_two_per_byte_and_back() -> None:
     assert packed.shape == (32, 128) and torch.equal(unpack_int4(packed), values)
 
 
+@pytest.mark.parametrize("kernels", ["ours", "torch's"])
 @pytest.mark.parametrize(("bits", "tolerance"), [(8, 0.01), (4, 0.15)])
-def test_quantised_linear_kernels_match_the_dequantised_weight(bits: int, tolerance: float) -> None:
+def test_quantised_linear_kernels_match_the_dequantised_weight(
+    bits: int, tolerance: float, kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kernels == "torch's":
+        monkeypatch.setattr(quantized_rows, "kernels", lambda: None)
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 64, bias=True).to(torch.bfloat16)
     x = torch.randn(3, 5, 256, dtype=torch.bfloat16)
@@ -112,7 +124,9 @@ def test_quantised_linear_kernels_match_the_dequantised_weight(bits: int, tolera
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(1, 2048), (1, 1, 2048)])
-def test_one_int8_row_through_the_paired_view_equals_the_kernel(dtype: torch.dtype, shape: tuple) -> None:
+def test_one_int8_row_through_the_paired_view_equals_the_kernel(
+    dtype: torch.dtype, shape: tuple, torch_kernels: None
+) -> None:
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(2048, 96, bias=True), 8).to(dtype)
     x = torch.randn(shape, dtype=dtype)
@@ -135,7 +149,9 @@ def test_one_int8_row_through_the_paired_view_equals_the_kernel(dtype: torch.dty
 
 
 @pytest.mark.parametrize(("in_features", "out_features", "rows"), [(256, 96, 1), (2048, 96, 3)])
-def test_narrow_int8_rows_and_several_rows_take_the_plain_kernel(in_features, out_features, rows) -> None:
+def test_narrow_int8_rows_and_several_rows_take_the_plain_kernel(
+    in_features, out_features, rows, torch_kernels: None
+) -> None:
     layer = QuantizedLinear.from_linear(torch.nn.Linear(in_features, out_features), 8)
     x = torch.randn(rows, in_features)
     kernel = torch._weight_int8pack_mm(x, layer.qweight, layer.scales) + layer.bias
@@ -144,7 +160,7 @@ def test_narrow_int8_rows_and_several_rows_take_the_plain_kernel(in_features, ou
 
 # Whole kernel blocks, a part block after, only a part; more rows than are packed at a time (INT4_PACK_ROWS).
 @pytest.mark.parametrize("rows", [64, 80, 16, 144, 4096 + 80])
-def test_int4_layer_in_kernel_order_dequantises_and_saves_as_before(rows: int) -> None:
+def test_int4_layer_in_kernel_order_dequantises_and_saves_as_before(rows: int, torch_kernels: None) -> None:
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(256, rows), 4)
     plain_state = {k: v.clone() for k, v in layer.state_dict().items()}

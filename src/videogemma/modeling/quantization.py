@@ -37,6 +37,7 @@ from torch import nn
 
 from videogemma.constants import QUANTIZE_CHOICES
 from videogemma.errors import ModelLoadError
+from videogemma.modeling import quantized_rows
 
 INT4_GROUP_SIZE = 128
 # The CPU int4 kernel packs output rows in tiles of 16.
@@ -139,9 +140,12 @@ class QuantizedLinear(nn.Module):
         return self._scales_and_zeros[..., 0].t(), self._scales_and_zeros[..., 1].t()
 
     def prepare(self) -> None:
-        """On the CPU, put an int4 layer's values in the order its kernel reads (in place: the same bytes;
-        saving converts them back). Elsewhere, and for int8, nothing to do."""
+        """On the CPU, put an int4 layer's values in the order torch's kernel reads (in place: the same bytes;
+        saving converts them back), unless our row kernels decode (they read the saved row order). Elsewhere,
+        and for int8, nothing to do."""
         if self.bits != 4 or self.qweight.device.type != "cpu" or self._scales_and_zeros is not None:
+            return
+        if quantized_rows.kernels() is not None:
             return
         row_order = self.qweight
         self.qweight = torch.cat(
@@ -169,19 +173,28 @@ class QuantizedLinear(nn.Module):
             # A prefill: the weight dequantised once and the dtype's own GEMM (AVX512-BF16, AMX) is several
             # times faster than the weight-only kernels, which are made for few rows (decoding).
             out = F.linear(flat, self.dequantized().to(flat.dtype))
-        elif self._scales_and_zeros is not None:
-            out = torch._weight_int4pack_mm_for_cpu(
-                flat, self.qweight, self.group_size, self._scales_and_zeros.to(flat.dtype)
-            )
-        elif self.bits == 8 and flat.shape[0] == 1 and self._pairs_rows:
-            out = int8_one_row_product(flat, self.qweight, self.scales)
-        elif self.bits == 8:
-            out = torch._weight_int8pack_mm(flat, self.qweight, self.scales.to(flat.dtype))
         else:
-            out = F.linear(flat, self.dequantized().to(flat.dtype))
+            out = self._few_rows(flat)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*shape[:-1], self.out_features)
+
+    def _few_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """A decode step's product on the CPU: our row kernels where they run, else torch's kernels."""
+        if self._scales_and_zeros is not None:  # int4 in torch's kernel order
+            return torch._weight_int4pack_mm_for_cpu(
+                flat, self.qweight, self.group_size, self._scales_and_zeros.to(flat.dtype)
+            )
+        if quantized_rows.kernels() is not None and flat.dtype in (torch.bfloat16, torch.float32):
+            flat = flat.contiguous()
+            if self.bits == 8:
+                return quantized_rows.int8_rows(flat, self.qweight, self.scales)
+            return quantized_rows.int4_rows(flat, self.qweight, self.scales, self.zeros)
+        if self.bits == 8 and flat.shape[0] == 1 and self._pairs_rows:
+            return int8_one_row_product(flat, self.qweight, self.scales)
+        if self.bits == 8:
+            return torch._weight_int8pack_mm(flat, self.qweight, self.scales.to(flat.dtype))
+        return F.linear(flat, self.dequantized().to(flat.dtype))
 
     @property
     def _pairs_rows(self) -> bool:

@@ -1,0 +1,197 @@
+"""A decode step's few rows times an int8 or int4 weight on x86 CPUs with AVX-512: C kernels of our own
+(`quantized_rows.c`), compiled with the system's C compiler at first use and loaded through ctypes.
+
+Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
+weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
+2,048-wide weights at 13-15 GB/s on this CPU, which reads at ~28; torchao's x86 CPU kernels are not in its
+wheel, and inductor's code for the same product ran at 1-9 GB/s (docs/ONDEVICE.md). The kernels here stream
+each weight row once with software prefetch (measured: 28 GB/s int8), sum in fp32 and read the scales in the
+model's dtype, so a layer keeps its weights as saved (int4: in row order, not the torch kernel's).
+
+Where they cannot run (not x86-64 with AVX-512, no C compiler, a failed build, `VIDEOGEMMA_ROW_KERNELS=0`),
+`kernels()` is None and the layers use torch's kernels. The build (~0.3 s) is cached per source, compiler and
+CPU under `$XDG_CACHE_HOME/videogemma` (or ~/.cache/videogemma).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_suffix(".c")
+C_COMPILERS = ("cc", "gcc", "clang")
+# -march=native: the host's own instruction set (the build is cached per CPU); OpenMP: the same libgomp as
+# torch's (already loaded by then), so one thread pool.
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+ROW_KERNELS_ENV = "VIDEOGEMMA_ROW_KERNELS"
+
+
+logger = logging.getLogger(__name__)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videogemma"
+
+
+def _cpu_description() -> str:
+    """What the build depends on besides its source: the CPU's flags (Linux) or its name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    """The shared library for this source, compiler and CPU: built once (atomically), then reused."""
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), compiler, *COMPILE_FLAGS, _cpu_description()]).encode()
+    ).hexdigest()[:16]
+    library = _cache_dir() / f"quantized_rows-{key}.so"
+    if library.is_file():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        subprocess.run(
+            [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(built)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(built, library)
+    for stale in library.parent.glob("quantized_rows-*.so"):  # earlier sources' builds
+        if stale != library:
+            stale.unlink(missing_ok=True)
+    return library
+
+
+def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    library.int8_rows.argtypes = [pointer, pointer, flag, pointer, flag, pointer, size, size, size, flag]
+    library.int4_rows.argtypes = [
+        pointer,
+        pointer,
+        pointer,
+        flag,
+        pointer,
+        flag,
+        pointer,
+        size,
+        size,
+        size,
+        flag,
+    ]
+    library.int8_rows.restype = library.int4_rows.restype = ctypes.c_int
+    return library
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they cannot run here (the reason is logged once)."""
+    if os.environ.get(ROW_KERNELS_ENV, "1").strip() == "0":
+        return None
+    if (
+        platform.machine().lower() not in ("x86_64", "amd64")
+        or torch.backends.cpu.get_cpu_capability() != "AVX512"
+    ):
+        logger.info("int8 / int4 row kernels: no AVX-512 here; torch's kernels decode")
+        return None
+    compiler = os.environ.get("CC") or next((c for c in C_COMPILERS if shutil.which(c)), None)
+    if compiler is None:
+        logger.info("int8 / int4 row kernels: no C compiler (cc, gcc, clang or $CC); torch's kernels decode")
+        return None
+    try:
+        return _bind(ctypes.CDLL(str(_build(compiler))))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or error
+        logger.warning("int8 / int4 row kernels did not build (%s); torch's kernels decode", detail)
+        return None
+
+
+def _bf16_flag(tensor: torch.Tensor, what: str) -> int:
+    """1 for bf16, 0 for fp32: the two dtypes the kernels read (contiguous)."""
+    if tensor.dtype not in (torch.bfloat16, torch.float32) or not tensor.is_contiguous():
+        raise ValueError(f"the row kernels read contiguous bf16 or fp32 {what}, not {tensor.dtype}")
+    return int(tensor.dtype == torch.bfloat16)
+
+
+def _check_weight(qweight: torch.Tensor, dtype: torch.dtype, in_features: int) -> None:
+    """What the kernels assume of a weight (they read raw memory): its dtype, one block, whole 128-wide steps."""
+    if qweight.dtype != dtype or not qweight.is_contiguous() or in_features % 128:
+        raise ValueError(
+            f"the row kernels read a contiguous {dtype} weight over a multiple of 128 inputs, not "
+            f"{qweight.dtype} {tuple(qweight.shape)}"
+        )
+
+
+def _checked(status: int) -> None:
+    if status != 0:
+        raise MemoryError("the row kernels could not allocate their copy of the input rows")
+
+
+def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (rows, in) · dequantised(qweight)ᵀ, summed in fp32, in x's dtype (bf16 or fp32), for an int8
+    (out, in) weight with one scale a row."""
+    rows, (out_features, in_features) = x.shape[0], qweight.shape
+    _check_weight(qweight, torch.int8, in_features)
+    x_flag = _bf16_flag(x, "input rows")
+    out = torch.empty(rows, out_features, dtype=x.dtype)
+    _checked(
+        kernels().int8_rows(
+            qweight.data_ptr(),
+            scales.data_ptr(),
+            _bf16_flag(scales, "scales"),
+            x.data_ptr(),
+            x_flag,
+            out.data_ptr(),
+            rows,
+            out_features,
+            in_features,
+            torch.get_num_threads(),
+        )
+    )
+    return out
+
+
+def int4_rows(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> torch.Tensor:
+    """x (rows, in) · dequantised(qweight)ᵀ, summed in fp32, in x's dtype (bf16 or fp32), for an int4 weight
+    in row order (uint8 (out, in / 2), the even input in the low nibble) with (out, in / 128) scales and zeros
+    of one dtype: w = (q - 8) · scale + zero."""
+    rows, (out_features, row_bytes) = x.shape[0], qweight.shape
+    _check_weight(qweight, torch.uint8, 2 * row_bytes)
+    scales_flag = _bf16_flag(scales, "scales")
+    if _bf16_flag(zeros, "zeros") != scales_flag:
+        raise ValueError("int4 scales and zeros must share a dtype")
+    x_flag = _bf16_flag(x, "input rows")
+    out = torch.empty(rows, out_features, dtype=x.dtype)
+    _checked(
+        kernels().int4_rows(
+            qweight.data_ptr(),
+            scales.data_ptr(),
+            zeros.data_ptr(),
+            scales_flag,
+            x.data_ptr(),
+            x_flag,
+            out.data_ptr(),
+            rows,
+            out_features,
+            2 * row_bytes,
+            torch.get_num_threads(),
+        )
+    )
+    return out

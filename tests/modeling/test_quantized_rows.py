@@ -1,0 +1,121 @@
+"""Our int8 / int4 row kernels (C, compiled at first use): the products of the dequantised weights in fp32 for
+one and several rows, bf16 and fp32; what a quantised layer decodes with; bad arguments refused before any
+memory is read; the build cached; torch's kernels where ours cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videogemma.modeling import quantized_rows
+from videogemma.modeling.quantization import INT4_OFFSET, QuantizedLinear, unpack_int4
+
+pytestmark = pytest.mark.skipif(
+    quantized_rows.kernels() is None, reason="no AVX-512 or no C compiler here: torch's kernels decode"
+)
+
+
+def _layer(bits: int, in_features: int, out_features: int, dtype: torch.dtype) -> QuantizedLinear:
+    torch.manual_seed(bits + in_features)
+    return QuantizedLinear.from_linear(torch.nn.Linear(in_features, out_features).to(dtype), bits)
+
+
+def _exact_weight(layer: QuantizedLinear) -> torch.Tensor:
+    """The dequantised weight computed in fp32 from the stored values (the kernels' arithmetic)."""
+    if layer.bits == 8:
+        return layer.qweight.float() * layer.scales.float()[:, None]
+    values = unpack_int4(layer.qweight).float() - INT4_OFFSET
+    grouped = values.reshape(layer.out_features, -1, layer.group_size)
+    return (grouped * layer.scales.float()[..., None] + layer.zeros.float()[..., None]).reshape_as(values)
+
+
+def _product(layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+    if layer.bits == 8:
+        return quantized_rows.int8_rows(x, layer.qweight, layer.scales)
+    return quantized_rows.int4_rows(x, layer.qweight, layer.scales, layer.zeros)
+
+
+def _arguments(layer: QuantizedLinear) -> tuple:
+    return (layer.qweight, layer.scales) if layer.bits == 8 else (layer.qweight, layer.scales, layer.zeros)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rows_times_the_weight_equal_the_fp32_product(bits: int, dtype: torch.dtype, rows: int) -> None:
+    layer = _layer(bits, 384, 80, dtype)
+    x = torch.randn(rows, 384, dtype=dtype)
+    expected = x.float() @ _exact_weight(layer).t()
+    out = _product(layer, x)
+    assert out.dtype == dtype and out.shape == (rows, 80)
+    # fp32: the order of the sums; bf16: one rounding of the result.
+    tolerance = {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 4e-3}
+    torch.testing.assert_close(out.float(), expected, **tolerance)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantised_layer_decodes_with_them_and_prefills_without(bits: int, monkeypatch) -> None:
+    layer = _layer(bits, 256, 64, torch.bfloat16)
+    layer.prepare()
+    assert layer._scales_and_zeros is None  # int4 stays in the saved row order
+    calls = []
+    kernel = quantized_rows.int8_rows if bits == 8 else quantized_rows.int4_rows
+    name = kernel.__name__
+
+    def spy(x, *args):
+        calls.append(tuple(x.shape))
+        return kernel(x, *args)
+
+    monkeypatch.setattr(quantized_rows, name, spy)
+    step = torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    out = layer(step)
+    assert calls == [(1, 256)] and out.shape == (1, 1, 64)
+    torch.testing.assert_close(out[0], kernel(step[0], *_arguments(layer)) + layer.bias)
+    layer(torch.randn(40, 256, dtype=torch.bfloat16))  # a prefill: dequantised, the dtype's GEMM
+    assert calls == [(1, 256)]
+
+
+def test_arguments_the_kernels_cannot_read_are_refused() -> None:
+    layer = _layer(8, 256, 32, torch.float32)
+    x = torch.randn(2, 256)
+    with pytest.raises(ValueError, match="contiguous bf16 or fp32 input rows"):
+        quantized_rows.int8_rows(x.half(), layer.qweight, layer.scales)
+    with pytest.raises(ValueError, match="contiguous bf16 or fp32 input rows"):
+        quantized_rows.int8_rows(torch.randn(256, 2).t(), layer.qweight, layer.scales)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        quantized_rows.int8_rows(torch.randn(1, 200), torch.zeros(32, 200, dtype=torch.int8), layer.scales)
+    with pytest.raises(ValueError, match=r"torch\.uint8"):
+        quantized_rows.int4_rows(x, layer.qweight, layer.scales[:, None], layer.scales[:, None])
+    int4 = _layer(4, 256, 32, torch.bfloat16)
+    with pytest.raises(ValueError, match="share a dtype"):
+        quantized_rows.int4_rows(x.bfloat16(), int4.qweight, int4.scales, int4.zeros.float())
+
+
+def test_the_build_is_made_once_and_reused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    compiler = next(c for c in quantized_rows.C_COMPILERS if quantized_rows.shutil.which(c))
+    library = quantized_rows._build(compiler)
+    assert library.parent == tmp_path / "videogemma" and library.is_file()
+    built_at = library.stat().st_mtime_ns
+    assert quantized_rows._build(compiler) == library and library.stat().st_mtime_ns == built_at
+    assert [p.name for p in library.parent.iterdir()] == [library.name]  # no scratch left behind
+
+
+def test_turned_off_or_without_a_compiler_torch_decodes(monkeypatch) -> None:
+    quantized_rows.kernels.cache_clear()
+    try:
+        monkeypatch.setenv(quantized_rows.ROW_KERNELS_ENV, "0")
+        assert quantized_rows.kernels() is None
+        quantized_rows.kernels.cache_clear()
+        monkeypatch.delenv(quantized_rows.ROW_KERNELS_ENV)
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setattr(quantized_rows.shutil, "which", lambda name: None)
+        assert quantized_rows.kernels() is None
+        layer = _layer(4, 256, 64, torch.bfloat16)
+        layer.prepare()
+        assert layer._scales_and_zeros is not None  # torch's kernel order
+        x = torch.randn(1, 256, dtype=torch.bfloat16)
+        expected = x.float() @ layer.dequantized().float().t() + layer.bias.float()
+        torch.testing.assert_close(layer(x).float(), expected, atol=0.02, rtol=0.02)
+    finally:
+        quantized_rows.kernels.cache_clear()
