@@ -213,7 +213,8 @@ def measure(
             for k in ("decode", "preprocess", "clip", "keyframes", "videomamba", "projectors", "prefill")
         )
         runs.append(timings)
-    # The last run: earlier ones warm up (numba compiles the scan kernel, allocators settle).
+    # Each stage's median over the runs: on a shared host one run's stages vary by tens of percent, and the
+    # median also leaves out a first run's warm-up (numba compiling the scan kernel, allocators settling).
     result: dict[str, Any] = {
         "preset": preset,
         "dtype": str(dtype).removeprefix("torch."),
@@ -229,7 +230,8 @@ def measure(
         "new_tokens": new_tokens,
         "build_seconds": build_seconds,
         "rss_after_build_gib": rss_after_build,
-        **runs[-1],
+        **{key: statistics.median(run[key] for run in runs) for key in runs[0]},
+        "runs": len(runs),
     }
     if compare_gemma_vision:
         result.update(compare_prefill(model, config, dtype))
@@ -411,6 +413,7 @@ def format_results(results: list[dict[str, Any]]) -> str:
     for stage in STAGES:
         row(f"{stage} (s)", stage, ".3f")
     row("new tokens", "new_tokens", "d")
+    row("runs (stage medians)", "runs", "d")
     row("decode tokens/s", "tokens_per_second", ".2f")
     row("time to first token (s)", "time_to_first_token", ".3f")
     row("first prefill, compile (s)", "first_prefill_seconds", ".3f")
@@ -510,6 +513,7 @@ def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
     methods = [m.strip() for m in args.quantize.split(",") if m.strip()]
     root = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="videogemma_e2b_"))
     common = ["--video", str(args.video), "--new-tokens", str(args.new_tokens), "--no-compare"]
+    common += ["--repeats", str(args.e2b_repeats)]
     common += ["--threads", str(args.threads)] if args.threads else []
     results = []
     for method in methods:
@@ -576,7 +580,12 @@ def main() -> None:
         "--checkpoint-dir", type=Path, default=None, help="where --quantize writes (and reuses) the models"
     )
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer")
-    parser.add_argument("--tiny-repeats", type=int, default=3, help="tiny runs (the last is reported)")
+    parser.add_argument(
+        "--tiny-repeats", type=int, default=3, help="tiny runs (each stage's median reported)"
+    )
+    parser.add_argument(
+        "--e2b-repeats", type=int, default=1, help="runs per E2B configuration (each stage's median reported)"
+    )
     parser.add_argument("--no-compare", action="store_true", help="skip the Gemma-vision prefill comparison")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: tiny 1, e2b all cores)"
@@ -617,8 +626,10 @@ def main() -> None:
         return
 
     results = []
-    # E2B runs once: a warm-up would double minutes of prefill; its first-call overheads are small next to it.
-    jobs = [("tiny", args.tiny_repeats)] + ([("e2b", 1)] if args.e2b and not args.quantize else [])
+    # E2B runs once unless asked: a run is minutes of prefill; its first-call overheads are small next to it.
+    jobs = [("tiny", args.tiny_repeats)] + (
+        [("e2b", args.e2b_repeats)] if args.e2b and not args.quantize else []
+    )
     for preset, repeats in jobs:
         print(f"measuring {preset} ...", file=sys.stderr, flush=True)
         command = ["--worker", preset, "--video", str(args.video), "--new-tokens", str(args.new_tokens),

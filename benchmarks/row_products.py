@@ -1,13 +1,14 @@
 """One-row products (a decode step's) on the CPU, side by side in one run, beside the bandwidth of a 1 GiB
-copy measured in the same run: `F.linear` against `torch.mv` (`RowVectorLinear`) in bf16 and fp32, and torch's
-int8 weight-only kernel on the weight as it is against the paired view (`int8_one_row_product`).
+copy measured in the same run: `F.linear` against `torch.mv` (`RowVectorLinear`) in bf16 and fp32; torch's
+int8 / int4 weight-only kernels against our row kernels (`modeling/quantized_rows.c`), and for int8 the paired
+view torch's kernel decodes with where ours cannot run (`int8_one_row_product`).
 
     python benchmarks/row_products.py                          # E2B decoder shapes, bf16 and fp32 (~1 min)
     python benchmarks/row_products.py --e2b-dir /tmp/e2b/ck    # + whole decode steps of a saved E2B model
 
 1. Each shape of the E2B decoder's linear layers with random weights, enough copies of it (≥ 256 MiB) that
-   they are read from memory, not cache: GB/s of weights read by each product, and the ratio (int8: bytes of
-   the int8 weight).
+   they are read from memory, not cache: GB/s of weights read by each product (int8 / int4: bytes of the
+   quantised weight), and the ratio.
 2. With --e2b-dir (the bf16 folder `benchmarks/inference.py --quantize bfloat16 --checkpoint-dir DIR` writes
    as DIR/bfloat16): one model, greedy decode steps timed with the library's product and with the row
    product in alternation (same process, same prompt), medians, and the bandwidth bound of a step (bytes of
@@ -20,6 +21,8 @@ import argparse
 import importlib.util
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videogemma.config import VideoGemmaConfig
+from videogemma.modeling import quantized_rows
 from videogemma.modeling.quantization import QuantizedLinear, int8_one_row_product
 from videogemma.modeling.row_products import RowVectorLinear, use_row_vector_products
 
@@ -86,41 +90,63 @@ def time_shape(
     return library, row, copies * linear_bytes
 
 
-def time_int8_shape(out_features: int, in_features: int, runs: int) -> tuple[float, float, int]:
-    """Seconds for one bf16 row through torch's int8 kernel and through the paired view, over enough int8
-    copies of the layer to read `READ_AT_LEAST` bytes, and those bytes."""
-    linear_bytes = out_features * in_features
+@contextmanager
+def torch_kernels_only() -> Iterator[None]:
+    """Quantised layers built and run inside decode through torch's kernels, as where ours cannot run."""
+    ours = quantized_rows.kernels
+    quantized_rows.kernels = lambda: None
+    try:
+        yield
+    finally:
+        quantized_rows.kernels = ours
+
+
+def time_quantized_shape(out_features: int, in_features: int, bits: int, runs: int) -> dict[str, float]:
+    """Seconds for one bf16 row through a quantised layer of this shape, over enough copies to read
+    `READ_AT_LEAST` bytes: torch's kernel called directly ("library"), the layer on our row kernels ("row"), and
+    for int8 the layer on torch's kernel over the paired view ("paired"); and the bytes read."""
+    linear_bytes = out_features * in_features * bits // 8
     copies = max(1, READ_AT_LEAST // linear_bytes)
-    layers = [
-        QuantizedLinear.from_linear(nn.Linear(in_features, out_features, bias=False), 8)
-        for _ in range(copies)
-    ]
+    dense = nn.Linear(in_features, out_features, bias=False).to(torch.bfloat16)
+    layers = [QuantizedLinear.from_linear(dense, bits) for _ in range(copies)]
     x = torch.randn(1, in_features, dtype=torch.bfloat16)
+    times = {"bytes": copies * linear_bytes}
     with torch.inference_mode():
-        kernel = median_seconds(
-            lambda: [torch._weight_int8pack_mm(x, m.qweight, m.scales.to(x.dtype)) for m in layers], runs
-        )
-        paired = median_seconds(lambda: [int8_one_row_product(x, m.qweight, m.scales) for m in layers], runs)
-    return kernel, paired, copies * linear_bytes
+        if quantized_rows.kernels() is not None:
+            times["row"] = median_seconds(lambda: [m(x) for m in layers], runs)
+        with torch_kernels_only():
+            if bits == 8:
+                times["paired"] = median_seconds(
+                    lambda: [int8_one_row_product(x, m.qweight, m.scales) for m in layers], runs
+                )
+                times["library"] = median_seconds(
+                    lambda: [torch._weight_int8pack_mm(x, m.qweight, m.scales) for m in layers], runs
+                )
+            else:
+                for m in layers:
+                    m.prepare()  # torch's kernel order
+                times["library"] = median_seconds(lambda: [m(x) for m in layers], runs)
+    return times
 
 
 def shape_rows(dtype: torch.dtype | str, runs: int) -> list[dict[str, Any]]:
-    """One row per E2B shape: `dtype` through F.linear and the row product, or "int8" through the kernel and
-    the paired view."""
+    """One row per E2B shape: `dtype` through F.linear and `torch.mv`, or "int8" / "int4" through torch's
+    kernel and ours (and int8's paired view)."""
     rows = []
     for role, (out_features, in_features) in e2b_shapes().items():
-        if dtype == "int8":
-            library, row, total = time_int8_shape(out_features, in_features, runs)
+        if dtype in ("int8", "int4"):
+            times = time_quantized_shape(out_features, in_features, int(dtype[3:]), runs)
         else:
             library, row, total = time_shape(out_features, in_features, dtype, runs)
+            times = {"library": library, "row": row, "bytes": total}
+        gb_per_s = {k: times["bytes"] / v / 1e9 for k, v in times.items() if k != "bytes"}
         rows.append(
             {
                 "dtype": str(dtype).removeprefix("torch."),
                 "role": role,
                 "shape": f"{out_features} × {in_features}",
-                "library_gb_per_s": total / library / 1e9,
-                "row_gb_per_s": total / row / 1e9,
-                "speedup": library / row,
+                **{f"{k}_gb_per_s": v for k, v in gb_per_s.items()},
+                "speedup": times["library"] / times["row"] if "row" in times else None,
             }
         )
     return rows
@@ -169,6 +195,10 @@ def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any
     }
 
 
+def _cell(value: float | None, spec: str, width: int) -> str:
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,14 +216,19 @@ def main() -> None:
     bandwidth = BENCH.measure_bounds(tokens=2443, threads=args.threads)["copy_gb_per_s"]
     print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
     print(
-        "library: F.linear (bf16, fp32), torch._weight_int8pack_mm (int8); row: torch.mv, the paired int8 view"
+        "library: F.linear (bf16, fp32), torch's int8 / int4 kernel; row: torch.mv, our row kernels (a layer's"
     )
-    print(f"{'dtype':<9}{'layer':<16}{'shape':>16}{'library GB/s':>14}{'row GB/s':>10}{'speed-up':>10}")
-    for dtype in (torch.bfloat16, torch.float32, "int8"):
+    print("forward); paired: torch's int8 kernel over the paired view (the layer's fallback without ours)")
+    print(
+        f"{'dtype':<9}{'layer':<16}{'shape':>16}{'library GB/s':>14}{'row GB/s':>10}{'speed-up':>10}"
+        f"{'paired GB/s':>13}"
+    )
+    for dtype in (torch.bfloat16, torch.float32, "int8", "int4"):
         for row in shape_rows(dtype, args.runs):
             print(
                 f"{row['dtype']:<9}{row['role']:<16}{row['shape']:>16}{row['library_gb_per_s']:>14.1f}"
-                f"{row['row_gb_per_s']:>10.1f}{row['speedup']:>9.2f}×"
+                f"{_cell(row.get('row_gb_per_s'), '.1f', 10)}{_cell(row['speedup'], '.2f', 9)}"
+                f"{'×' if row['speedup'] else ' '}{_cell(row.get('paired_gb_per_s'), '.1f', 13)}"
             )
     if args.e2b_dir:
         result = decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens)

@@ -85,3 +85,16 @@ def test_generation_after_a_long_prompt_is_the_same(model: torch.nn.Module) -> N
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
             )
     assert torch.equal(answers["sdpa"], answers[WINDOWED_ATTENTION])
+
+
+def test_training_through_the_blocks_gives_the_same_gradients(model: torch.nn.Module) -> None:
+    ids = _prompt(4 * model.config.text_config.sliding_window + 9, seed=4)
+    layer = model.language_model.model.layers[0].self_attn.q_proj  # a local layer's
+    gradients = {}
+    for implementation in ("sdpa", WINDOWED_ATTENTION):
+        model.language_model.set_attn_implementation(implementation)
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        gradients[implementation] = layer.weight.grad.clone()
+    model.zero_grad()
+    torch.testing.assert_close(gradients[WINDOWED_ATTENTION], gradients["sdpa"], atol=1e-6, rtol=1e-4)
