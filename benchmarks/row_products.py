@@ -1,18 +1,19 @@
 """One-row products (a decode step's) on the CPU, side by side in one run, beside the bandwidth of a 1 GiB
-copy measured in the same run: `F.linear` against `torch.mv` (`RowVectorLinear`) in bf16 and fp32; torch's
-int8 / int4 weight-only kernels against our row kernels (`modeling/quantized_rows.c`), and for int8 the paired
-view torch's kernel decodes with where ours cannot run (`int8_one_row_product`).
+copy measured in the same run: `F.linear` against a `RowVectorLinear` (our bf16 row kernel,
+`modeling/quantized_rows.c`, and `torch.mv`, which it uses where ours cannot run) in bf16 and fp32; torch's
+int8 / int4 weight-only kernels against our row kernels, and for int8 the paired view torch's kernel decodes
+with where ours cannot run (`int8_one_row_product`).
 
-    python benchmarks/row_products.py                          # E2B decoder shapes, bf16 and fp32 (~1 min)
+    python benchmarks/row_products.py                          # E2B decoder shapes, 4 dtypes (~3 min)
     python benchmarks/row_products.py --e2b-dir /tmp/e2b/ck    # + whole decode steps of a saved E2B model
 
 1. Each shape of the E2B decoder's linear layers with random weights, enough copies of it (≥ 256 MiB) that
    they are read from memory, not cache: GB/s of weights read by each product (int8 / int4: bytes of the
    quantised weight), and the ratio.
 2. With --e2b-dir (the bf16 folder `benchmarks/inference.py --quantize bfloat16 --checkpoint-dir DIR` writes
-   as DIR/bfloat16): one model, greedy decode steps timed with the library's product and with the row
-   product in alternation (same process, same prompt), medians, and the bandwidth bound of a step (bytes of
-   weights it reads ÷ the copy's GB/s).
+   as DIR/bfloat16): one model, greedy decode steps timed with F.linear, torch.mv and our bf16 row kernel in
+   rotating order (same process, same prompt), medians, and the bandwidth bound of a step (bytes of weights
+   it reads ÷ the copy's GB/s).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import importlib.util
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +75,29 @@ def e2b_shapes() -> dict[str, tuple[int, int]]:
     }
 
 
-def time_shape(
-    out_features: int, in_features: int, dtype: torch.dtype, runs: int
-) -> tuple[float, float, int]:
-    """Seconds for one row through F.linear and through the row product over enough copies of the layer to
-    read `READ_AT_LEAST` bytes, and those bytes."""
+def time_shape(out_features: int, in_features: int, dtype: torch.dtype, runs: int) -> dict[str, float]:
+    """Seconds for one row through F.linear ("library"), a `RowVectorLinear` ("row": our bf16 kernel where it
+    runs, else torch.mv) and, for bf16 with our kernel, torch.mv ("fallback"), over enough copies of the layer
+    to read `READ_AT_LEAST` bytes; and those bytes."""
     linear_bytes = out_features * in_features * dtype.itemsize
     copies = max(1, READ_AT_LEAST // linear_bytes)
     linears = [nn.Linear(in_features, out_features, bias=False).to(dtype) for _ in range(copies)]
     x = torch.randn(1, 1, in_features, dtype=dtype)
+    times = {"bytes": copies * linear_bytes}
     with torch.inference_mode():
-        library = median_seconds(lambda: [F.linear(x, m.weight) for m in linears], runs)
-        use_row_vector_products(nn.ModuleList(linears))  # the same weights, now through torch.mv
-        row = median_seconds(lambda: [m(x) for m in linears], runs)
-    return library, row, copies * linear_bytes
+        times["library"] = median_seconds(lambda: [F.linear(x, m.weight) for m in linears], runs)
+        use_row_vector_products(nn.ModuleList(linears))  # the same weights, now one-row products
+        times["row"] = median_seconds(lambda: [m(x) for m in linears], runs)
+        if dtype == torch.bfloat16 and quantized_rows.kernels() is not None:
+            with torch_kernels_only():
+                times["fallback"] = median_seconds(lambda: [m(x) for m in linears], runs)
+    return times
 
 
 @contextmanager
 def torch_kernels_only() -> Iterator[None]:
-    """Quantised layers built and run inside decode through torch's kernels, as where ours cannot run."""
+    """Layers built and run inside through torch's kernels (int8 / int4) and torch.mv (bf16), as where our
+    row kernels cannot run."""
     ours = quantized_rows.kernels
     quantized_rows.kernels = lambda: None
     try:
@@ -104,7 +109,7 @@ def torch_kernels_only() -> Iterator[None]:
 def time_quantized_shape(out_features: int, in_features: int, bits: int, runs: int) -> dict[str, float]:
     """Seconds for one bf16 row through a quantised layer of this shape, over enough copies to read
     `READ_AT_LEAST` bytes: torch's kernel called directly ("library"), the layer on our row kernels ("row"), and
-    for int8 the layer on torch's kernel over the paired view ("paired"); and the bytes read."""
+    for int8 torch's kernel over the paired view ("fallback", the layer's without ours); and the bytes read."""
     linear_bytes = out_features * in_features * bits // 8
     copies = max(1, READ_AT_LEAST // linear_bytes)
     dense = nn.Linear(in_features, out_features, bias=False).to(torch.bfloat16)
@@ -116,7 +121,7 @@ def time_quantized_shape(out_features: int, in_features: int, bits: int, runs: i
             times["row"] = median_seconds(lambda: [m(x) for m in layers], runs)
         with torch_kernels_only():
             if bits == 8:
-                times["paired"] = median_seconds(
+                times["fallback"] = median_seconds(
                     lambda: [int8_one_row_product(x, m.qweight, m.scales) for m in layers], runs
                 )
                 times["library"] = median_seconds(
@@ -137,8 +142,7 @@ def shape_rows(dtype: torch.dtype | str, runs: int) -> list[dict[str, Any]]:
         if dtype in ("int8", "int4"):
             times = time_quantized_shape(out_features, in_features, int(dtype[3:]), runs)
         else:
-            library, row, total = time_shape(out_features, in_features, dtype, runs)
-            times = {"library": library, "row": row, "bytes": total}
+            times = time_shape(out_features, in_features, dtype, runs)
         gb_per_s = {k: times["bytes"] / v / 1e9 for k, v in times.items() if k != "bytes"}
         rows.append(
             {
@@ -153,7 +157,8 @@ def shape_rows(dtype: torch.dtype | str, runs: int) -> list[dict[str, Any]]:
 
 
 def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
-    """Median ms per greedy decode step of one E2B model, with F.linear and with the row product, alternating."""
+    """Median ms per greedy decode step of one E2B bf16 model through F.linear, torch.mv and (where it runs)
+    our bf16 row kernel, in rotating order."""
     bench = BENCH
     model = bench.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
     linears = [m for m in model.language_model.modules() if isinstance(m, RowVectorLinear)]
@@ -169,29 +174,26 @@ def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any
         "do_sample": False,
     }
 
-    def use(row_products: bool) -> None:
+    def step_ms(product: str) -> float:
         for module in linears:
-            module.__class__ = RowVectorLinear if row_products else nn.Linear
+            module.__class__ = nn.Linear if product == "F.linear" else RowVectorLinear
+        with torch_kernels_only() if product == "torch.mv" else nullcontext():
+            first = median_seconds(lambda: model.generate(**prompt, max_new_tokens=1, min_new_tokens=1), 1)
+            start = time.perf_counter()
+            model.generate(**prompt, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1)
+            return (time.perf_counter() - start - first) / new_tokens * 1e3
 
-    def step_ms() -> float:
-        first = median_seconds(lambda: model.generate(**prompt, max_new_tokens=1, min_new_tokens=1), 1)
-        start = time.perf_counter()
-        model.generate(**prompt, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1)
-        return (time.perf_counter() - start - first) / new_tokens * 1e3
-
-    steps = {"linear": [], "mv": []}
+    products = ["F.linear", "torch.mv"] + (["ours"] if quantized_rows.kernels() is not None else [])
+    steps = {name: [] for name in products}
     with torch.inference_mode():
         model.generate(**prompt, max_new_tokens=2, min_new_tokens=2)
         for round_index in range(rounds):
-            order = ("linear", "mv") if round_index % 2 == 0 else ("mv", "linear")
-            for name in order:
-                use(name == "mv")
-                steps[name].append(step_ms())
-                print(f"  {name:<6} {steps[name][-1]:6.1f} ms a step", flush=True)
+            for name in products[round_index % len(products) :] + products[: round_index % len(products)]:
+                steps[name].append(step_ms(name))
+                print(f"  {name:<9} {steps[name][-1]:6.1f} ms a step", flush=True)
     return {
         "decode_bytes_per_step": bench.decode_bytes_per_step(model),
-        "linear_ms": statistics.median(steps["linear"]),
-        "mv_ms": statistics.median(steps["mv"]),
+        **{f"{name}_ms": statistics.median(times) for name, times in steps.items()},
     }
 
 
@@ -216,29 +218,31 @@ def main() -> None:
     bandwidth = BENCH.measure_bounds(tokens=2443, threads=args.threads)["copy_gb_per_s"]
     print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
     print(
-        "library: F.linear (bf16, fp32), torch's int8 / int4 kernel; row: torch.mv, our row kernels (a layer's"
+        "library: F.linear (bf16, fp32), torch's int8 / int4 kernel; row: a layer's decode forward (our row"
     )
-    print("forward); paired: torch's int8 kernel over the paired view (the layer's fallback without ours)")
+    print("kernels for bf16 / int8 / int4, torch.mv for fp32); fallback: that forward without our kernels")
+    print("(bf16: torch.mv; int8: torch's kernel over the paired view)")
     print(
         f"{'dtype':<9}{'layer':<16}{'shape':>16}{'library GB/s':>14}{'row GB/s':>10}{'speed-up':>10}"
-        f"{'paired GB/s':>13}"
+        f"{'fallback GB/s':>15}"
     )
     for dtype in (torch.bfloat16, torch.float32, "int8", "int4"):
         for row in shape_rows(dtype, args.runs):
             print(
                 f"{row['dtype']:<9}{row['role']:<16}{row['shape']:>16}{row['library_gb_per_s']:>14.1f}"
                 f"{_cell(row.get('row_gb_per_s'), '.1f', 10)}{_cell(row['speedup'], '.2f', 9)}"
-                f"{'×' if row['speedup'] else ' '}{_cell(row.get('paired_gb_per_s'), '.1f', 13)}"
+                f"{'×' if row['speedup'] else ' '}{_cell(row.get('fallback_gb_per_s'), '.1f', 15)}"
             )
     if args.e2b_dir:
         result = decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens)
         bound_ms = result["decode_bytes_per_step"] / (bandwidth * 1e9) * 1e3
         print(
-            f"E2B bf16 decode step: F.linear {result['linear_ms']:.1f} ms, mv {result['mv_ms']:.1f} ms "
-            f"({result['linear_ms'] / result['mv_ms']:.2f}×); bandwidth bound {bound_ms:.1f} ms "
-            f"({result['decode_bytes_per_step'] / 1e9:.2f} GB a step): F.linear {result['linear_ms'] / bound_ms:.2f}×, "
-            f"mv {result['mv_ms'] / bound_ms:.2f}× the bound"
+            f"E2B bf16 decode step, bandwidth bound {bound_ms:.1f} ms "
+            f"({result['decode_bytes_per_step'] / 1e9:.2f} GB a step):"
         )
+        for key, ms in result.items():
+            if key.endswith("_ms"):
+                print(f"  {key.removesuffix('_ms'):<9} {ms:6.1f} ms ({ms / bound_ms:.2f}× the bound)")
 
 
 if __name__ == "__main__":

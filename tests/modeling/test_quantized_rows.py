@@ -119,3 +119,20 @@ def test_turned_off_or_without_a_compiler_torch_decodes(monkeypatch) -> None:
         torch.testing.assert_close(layer(x).float(), expected, atol=0.02, rtol=0.02)
     finally:
         quantized_rows.kernels.cache_clear()
+
+
+@pytest.mark.parametrize("in_features", [256, 288])  # whole 128-wide steps; and 32 left over after them
+def test_a_bf16_row_equals_the_fp32_product(in_features: int) -> None:
+    torch.manual_seed(in_features)
+    weight = torch.randn(72, in_features, dtype=torch.bfloat16)
+    x = torch.randn(1, in_features, dtype=torch.bfloat16)
+    out = quantized_rows.bf16_row(x, weight)
+    assert out.dtype == torch.bfloat16 and out.shape == (72,)
+    expected = weight.float() @ x.float()[0]
+    torch.testing.assert_close(out.float(), expected, atol=1e-3, rtol=4e-3)
+    with pytest.raises(ValueError, match="a row of 288"):
+        quantized_rows.bf16_row(
+            torch.randn(288, dtype=torch.bfloat16), torch.zeros(8, 256, dtype=torch.bfloat16)
+        )
+    with pytest.raises(ValueError, match="contiguous bf16 weight"):
+        quantized_rows.bf16_row(x, weight.float())

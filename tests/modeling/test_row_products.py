@@ -10,6 +10,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import videogemma
+from videogemma.modeling import quantized_rows
 from videogemma.modeling.row_products import (
     RowVectorLinear,
     use_row_vector_products,
@@ -31,18 +32,36 @@ def _counting_mv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _counting_bf16_kernel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = []
+    kernel = quantized_rows.bf16_row
+
+    def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return kernel(x, weight)
+
+    monkeypatch.setattr(quantized_rows, "bf16_row", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kernels", ["ours", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
-    dtype: torch.dtype, bias: bool, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, bias: bool, kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if kernels == "none":
+        monkeypatch.setattr(quantized_rows, "kernels", lambda: None)
+    # bf16 weights go through our row kernel where it runs, the rest through torch.mv.
+    ours = dtype == torch.bfloat16 and quantized_rows.kernels() is not None
     torch.manual_seed(0)
     linear = nn.Linear(64, 48, bias=bias).to(dtype)  # not square: a transposed weight would fail
     product = nn.Linear(64, 48, bias=bias).to(dtype)
     product.load_state_dict(linear.state_dict())
     use_row_vector_products(product)
     assert type(product) is RowVectorLinear and product.state_dict().keys() == linear.state_dict().keys()
-    calls = _counting_mv(monkeypatch)
+    mv_calls, kernel_calls = _counting_mv(monkeypatch), _counting_bf16_kernel(monkeypatch)
+    calls = kernel_calls if ours else mv_calls
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
     with torch.inference_mode():
         for shape in ((64,), (1, 64), (1, 1, 64)):  # a decode step's row, whatever its leading dims
@@ -50,7 +69,7 @@ def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
             got = product(x)
             assert got.shape == (*shape[:-1], 48) and got.dtype == dtype
             torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), **tolerance)
-        assert len(calls) == 3
+        assert len(calls) == 3 and len(mv_calls) + len(kernel_calls) == 3
         many = torch.randn(2, 5, 64, dtype=dtype)
         assert torch.equal(product(many), F.linear(many, linear.weight, linear.bias))
     # With gradients (training), the library's product even for one row.

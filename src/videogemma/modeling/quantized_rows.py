@@ -94,7 +94,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         size,
         flag,
     ]
-    library.int8_rows.restype = library.int4_rows.restype = ctypes.c_int
+    library.bf16_row.argtypes = [pointer, pointer, pointer, size, size, flag]
+    library.int8_rows.restype = library.int4_rows.restype = library.bf16_row.restype = ctypes.c_int
     return library
 
 
@@ -191,6 +192,28 @@ def int4_rows(
             rows,
             out_features,
             2 * row_bytes,
+            torch.get_num_threads(),
+        )
+    )
+    return out
+
+
+def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One bf16 row (in,) · weightᵀ for a bf16 (out, in) weight, in % 32 == 0: (out,) in bf16, summed in fp32."""
+    (out_features, in_features), x = weight.shape, x.reshape(-1)
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or not weight.is_contiguous():
+        raise ValueError(f"bf16_row reads a contiguous bf16 weight and row, not {weight.dtype}, {x.dtype}")
+    if x.numel() != in_features or in_features % 32:
+        raise ValueError(f"bf16_row: a row of {x.numel()} against a ({out_features}, {in_features}) weight")
+    x = x.contiguous()
+    out = torch.empty(out_features, dtype=torch.bfloat16)
+    _checked(
+        kernels().bf16_row(
+            weight.data_ptr(),
+            x.data_ptr(),
+            out.data_ptr(),
+            out_features,
+            in_features,
             torch.get_num_threads(),
         )
     )
