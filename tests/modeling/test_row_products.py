@@ -20,28 +20,21 @@ from videogemma.modeling.row_products import (
 IDS = torch.tensor([[2, 105, 7, 7, 300, 1000, 5, 106, 9, 1031, 0, 42, 17, 23, 400, 106]])
 
 
+def _counting(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """A list that grows by one at each call of `owner.name` (patched for the test)."""
+    calls = []
+    function = getattr(owner, name)
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return function(*args)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 def _counting_mv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls = []
-    library = torch.mv
-
-    def mv(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return library(matrix, vector)
-
-    monkeypatch.setattr(torch, "mv", mv)
-    return calls
-
-
-def _counting_bf16_kernel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls = []
-    kernel = quantized_rows.bf16_row
-
-    def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return kernel(x, weight)
-
-    monkeypatch.setattr(quantized_rows, "bf16_row", counted)
-    return calls
+    return _counting(monkeypatch, torch, "mv")
 
 
 @pytest.mark.parametrize("kernels", ["ours", "none"])
@@ -60,7 +53,7 @@ def test_one_row_is_the_linear_product_and_many_rows_are_the_library(
     product.load_state_dict(linear.state_dict())
     use_row_vector_products(product)
     assert type(product) is RowVectorLinear and product.state_dict().keys() == linear.state_dict().keys()
-    mv_calls, kernel_calls = _counting_mv(monkeypatch), _counting_bf16_kernel(monkeypatch)
+    mv_calls, kernel_calls = _counting_mv(monkeypatch), _counting(monkeypatch, quantized_rows, "bf16_row")
     calls = kernel_calls if ours else mv_calls
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
     with torch.inference_mode():
