@@ -136,3 +136,26 @@ def test_a_bf16_row_equals_the_fp32_product(in_features: int) -> None:
         )
     with pytest.raises(ValueError, match="contiguous bf16 weight"):
         quantized_rows.bf16_row(x, weight.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_an_int4_weight_dequantises_in_c_to_the_rounded_fp32_weight(dtype: torch.dtype, monkeypatch) -> None:
+    layer = _layer(4, 384, 80, dtype)
+    exact = _exact_weight(layer)
+    calls = []
+    kernel = quantized_rows.int4_dequantize
+    monkeypatch.setattr(quantized_rows, "int4_dequantize", lambda *a: calls.append(1) or kernel(*a))
+    weight = layer.dequantized()  # eager: one C pass
+    assert calls == [1] and weight.dtype == dtype and weight.shape == (80, 384)
+    if dtype == torch.bfloat16:
+        assert torch.equal(weight, exact.to(dtype))  # rounded once
+    else:
+        torch.testing.assert_close(weight, exact, atol=1e-7, rtol=1e-6)
+    x = torch.randn(40, 384, dtype=dtype)  # a prefill
+    torch.testing.assert_close(
+        layer(x).float(), x.float() @ exact.t() + layer.bias.float(), atol=0.05, rtol=0.02
+    )
+    with pytest.raises(ValueError, match="scales of shape"):
+        quantized_rows.int4_dequantize(
+            layer.qweight, layer.scales[:, :2].contiguous(), layer.zeros[:, :2].contiguous()
+        )

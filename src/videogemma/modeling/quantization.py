@@ -127,11 +127,24 @@ class QuantizedLinear(nn.Module):
         # The same bits as the step-by-step form.
         if self.bits == 8:
             return torch.mul(self.qweight, self.scales[:, None])
+        if self._dequantizes_in_c():
+            return quantized_rows.int4_dequantize(self.qweight, self.scales, self.zeros)
         scales, zeros = self._group_scales_and_zeros()
         values = self.plain_values().to(scales.dtype).sub_(INT4_OFFSET)
         grouped = values.reshape(self.out_features, -1, self.group_size)
         grouped.mul_(scales[..., None]).add_(zeros[..., None])
         return values
+
+    def _dequantizes_in_c(self) -> bool:
+        """Eager on the CPU with our kernels, an int4 weight in row order dequantises in one C pass (traced code
+        keeps the torch form, which inductor fuses)."""
+        return (
+            self._scales_and_zeros is None
+            and self.qweight.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and self.scales.dtype in (torch.bfloat16, torch.float32)
+            and quantized_rows.kernels() is not None
+        )
 
     def _group_scales_and_zeros(self) -> tuple[torch.Tensor, torch.Tensor]:
         """int4's (out, groups) scales and zeros: once packed, views of the kernel's own copy (`prepare`)."""

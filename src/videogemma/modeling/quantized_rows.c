@@ -214,3 +214,46 @@ int bf16_row(const uint16_t *weight, const uint16_t *x, uint16_t *out, int64_t o
     }
     return 0;
 }
+
+/* A prefill's int4 weight dequantised whole (then the dtype's GEMM): out[n, k] = (q − 8) · scale + zero, summed
+ * in fp32 and rounded once to out's dtype, rows in parallel. Same layout as int4_rows. */
+int int4_dequantize(const uint8_t *weight, const void *scales, const void *zeros, int scales_bf16, void *out,
+                    int out_bf16, int64_t out_features, int64_t in_features, int threads) {
+    const int64_t groups = in_features / INT4_GROUP, half = in_features / 2;
+    const __m512i nibble = _mm512_set1_epi32(0x0F);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < out_features; n++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const float scale = load_value(scales, n * groups + g, scales_bf16);
+            const __m512 step = _mm512_set1_ps(scale);
+            const __m512 offset = _mm512_set1_ps(load_value(zeros, n * groups + g, scales_bf16) - INT4_OFFSET * scale);
+            const uint8_t *group = weight + n * half + g * (INT4_GROUP / 2);
+            for (int c = 0; c < 4; c++) { /* 16 bytes: 32 values */
+                __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(group + 16 * c)));
+                /* a byte's two values side by side as 16-bit lanes: the even input, then the odd */
+                __m512i pairs = _mm512_or_si512(_mm512_and_si512(bytes, nibble),
+                                                _mm512_slli_epi32(_mm512_srli_epi32(bytes, 4), 16));
+                __m512 first = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(pairs)));
+                __m512 second = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(pairs, 1)));
+                first = _mm512_fmadd_ps(first, step, offset);
+                second = _mm512_fmadd_ps(second, step, offset);
+                const int64_t at = n * in_features + g * INT4_GROUP + 32 * c;
+                if (!out_bf16) {
+                    _mm512_storeu_ps((float *)out + at, first);
+                    _mm512_storeu_ps((float *)out + at + 16, second);
+                    continue;
+                }
+#ifdef __AVX512BF16__
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), (__m256i)_mm512_cvtneps_pbh(first));
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + at + 16), (__m256i)_mm512_cvtneps_pbh(second));
+#else
+                float values[32];
+                _mm512_storeu_ps(values, first);
+                _mm512_storeu_ps(values + 16, second);
+                for (int i = 0; i < 32; i++) ((uint16_t *)out)[at + i] = float_to_bf16(values[i]);
+#endif
+            }
+        }
+    }
+    return 0;
+}

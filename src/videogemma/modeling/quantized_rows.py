@@ -95,7 +95,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         flag,
     ]
     library.bf16_row.argtypes = [pointer, pointer, pointer, size, size, flag]
-    library.int8_rows.restype = library.int4_rows.restype = library.bf16_row.restype = ctypes.c_int
+    library.int4_dequantize.argtypes = [pointer, pointer, pointer, flag, pointer, flag, size, size, flag]
+    for function in (library.int8_rows, library.int4_rows, library.bf16_row, library.int4_dequantize):
+        function.restype = ctypes.c_int
     return library
 
 
@@ -214,6 +216,33 @@ def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             out.data_ptr(),
             out_features,
             in_features,
+            torch.get_num_threads(),
+        )
+    )
+    return out
+
+
+def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """The weight an int4 layer in row order stands for, (out, in) in the scales' dtype: (q − 8) · scale + zero
+    in fp32, rounded once (a prefill's dequantisation, all cores)."""
+    out_features, row_bytes = qweight.shape
+    _check_weight(qweight, torch.uint8, 2 * row_bytes)
+    flag = _bf16_flag(scales, "scales")
+    if _bf16_flag(zeros, "zeros") != flag or scales.shape != zeros.shape:
+        raise ValueError("int4 scales and zeros must share a dtype and a shape")
+    if scales.shape != (out_features, 2 * row_bytes // 128):
+        raise ValueError(f"int4 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
+    out = torch.empty(out_features, 2 * row_bytes, dtype=scales.dtype)
+    _checked(
+        kernels().int4_dequantize(
+            qweight.data_ptr(),
+            scales.data_ptr(),
+            zeros.data_ptr(),
+            flag,
+            out.data_ptr(),
+            flag,
+            out_features,
+            2 * row_bytes,
             torch.get_num_threads(),
         )
     )
