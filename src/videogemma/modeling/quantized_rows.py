@@ -1,5 +1,6 @@
-"""A decode step's few rows times an int8 or int4 weight on x86 CPUs with AVX-512: C kernels of our own
-(`quantized_rows.c`), compiled with the system's C compiler at first use and loaded through ctypes.
+"""A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
+CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
+and loaded through ctypes.
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -9,7 +10,7 @@ each weight row once with software prefetch (measured: 28 GB/s int8), sum in fp3
 model's dtype, so a layer keeps its weights as saved (int4: in row order, not the torch kernel's).
 
 Where they cannot run (not x86-64 with AVX-512, no C compiler, a failed build, `VIDEOGEMMA_ROW_KERNELS=0`),
-`kernels()` is None and the layers use torch's kernels. The build (~0.3 s) is cached per source, compiler and
+`kernels()` is None and the layers use torch's kernels (and `torch.mv`). The build (~1 s) is cached per source, compiler and
 CPU under `$XDG_CACHE_HOME/videogemma` (or ~/.cache/videogemma).
 """
 
@@ -34,7 +35,6 @@ C_COMPILERS = ("cc", "gcc", "clang")
 # torch's (already loaded by then), so one thread pool.
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 ROW_KERNELS_ENV = "VIDEOGEMMA_ROW_KERNELS"
-
 
 logger = logging.getLogger(__name__)
 
