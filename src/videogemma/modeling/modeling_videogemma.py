@@ -147,10 +147,10 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
             pool_first=True,
             frame_merge=config.video_keyframe_merge,
         )
+        register_windowed_attention()  # before the LM checks its config's implementation name
         attention_requested = config.text_config._attn_implementation_internal is not None
         self.language_model = Gemma3nForCausalLM(config.text_config)
         if not attention_requested:
-            register_windowed_attention()
             self.language_model.set_attn_implementation(WINDOWED_ATTENTION)
         # Gemma-3n's `embed_vision` vector for each id of its vision vocabulary block (<end_of_image>, ...),
         # read once from the checkpoint (`from_components`), saved with the model; not trained. None: the

@@ -182,7 +182,7 @@ int int4_rows(const uint8_t *weight, const void *scales, const void *zeros, int 
 
 /* One row times a bf16 (out, in) weight, in % 32 == 0 (the plain linear layers' decode step: the bf16 LM head
  * and, in a bf16 decoder, every layer). With AVX512-BF16, vdpbf16ps multiplies 32 bf16 pairs an instruction;
- * without, each weight widens to fp32 (a shift) for an FMA. Returns 0, or -1 when out of memory. */
+ * without, each weight widens to fp32 (a shift) for an FMA. Returns 0, or -1 for a width it cannot take. */
 int bf16_row(const uint16_t *weight, const uint16_t *x, uint16_t *out, int64_t out_features, int64_t in_features,
              int threads) {
     if (in_features % 32) return -1;

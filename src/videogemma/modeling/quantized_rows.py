@@ -10,8 +10,8 @@ each weight row once with software prefetch (measured: 28 GB/s int8), sum in fp3
 model's dtype, so a layer keeps its weights as saved (int4: in row order, not the torch kernel's).
 
 Where they cannot run (not x86-64 with AVX-512, no C compiler, a failed build, `VIDEOGEMMA_ROW_KERNELS=0`),
-`kernels()` is None and the layers use torch's kernels (and `torch.mv`). The build (~1 s) is cached per source, compiler and
-CPU under `$XDG_CACHE_HOME/videogemma` (or ~/.cache/videogemma).
+`kernels()` is None and the layers use torch's kernels (and `torch.mv`). The build (~1 s) is cached per source,
+compiler and CPU under `$XDG_CACHE_HOME/videogemma` (or ~/.cache/videogemma).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ C_COMPILERS = ("cc", "gcc", "clang")
 # torch's (already loaded by then), so one thread pool.
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 ROW_KERNELS_ENV = "VIDEOGEMMA_ROW_KERNELS"
+# The kernels' step along the input: int8 rows go 128 values at a time, int4 groups are 128 values (the C file's
+# INT4_GROUP).
+INPUT_STEP = 128
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +113,17 @@ def kernels() -> ctypes.CDLL | None:
         platform.machine().lower() not in ("x86_64", "amd64")
         or torch.backends.cpu.get_cpu_capability() != "AVX512"
     ):
-        logger.info("int8 / int4 row kernels: no AVX-512 here; torch's kernels decode")
+        logger.info("row kernels: no AVX-512 here; torch's kernels decode")
         return None
     compiler = os.environ.get("CC") or next((c for c in C_COMPILERS if shutil.which(c)), None)
     if compiler is None:
-        logger.info("int8 / int4 row kernels: no C compiler (cc, gcc, clang or $CC); torch's kernels decode")
+        logger.info("row kernels: no C compiler (cc, gcc, clang or $CC); torch's kernels decode")
         return None
     try:
         return _bind(ctypes.CDLL(str(_build(compiler))))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or error
-        logger.warning("int8 / int4 row kernels did not build (%s); torch's kernels decode", detail)
+        logger.warning("row kernels did not build (%s); torch's kernels decode", detail)
         return None
 
 
@@ -133,16 +136,35 @@ def _bf16_flag(tensor: torch.Tensor, what: str) -> int:
 
 def _check_weight(qweight: torch.Tensor, dtype: torch.dtype, in_features: int) -> None:
     """What the kernels assume of a weight (they read raw memory): its dtype, one block, whole 128-wide steps."""
-    if qweight.dtype != dtype or not qweight.is_contiguous() or in_features % 128:
+    if qweight.dtype != dtype or not qweight.is_contiguous() or in_features % INPUT_STEP:
         raise ValueError(
-            f"the row kernels read a contiguous {dtype} weight over a multiple of 128 inputs, not "
+            f"the row kernels read a contiguous {dtype} weight over a multiple of {INPUT_STEP} inputs, not "
             f"{qweight.dtype} {tuple(qweight.shape)}"
         )
 
 
-def _checked(status: int) -> None:
-    if status != 0:
-        raise MemoryError("the row kernels could not allocate their copy of the input rows")
+def _rows_flag(x: torch.Tensor, in_features: int) -> int:
+    """`_bf16_flag` of the input rows, checked to be (rows, in_features)."""
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise ValueError(f"the row kernels take (rows, {in_features}) input rows, not {tuple(x.shape)}")
+    return _bf16_flag(x, "input rows")
+
+
+def _int4_scales_flag(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> int:
+    """`_bf16_flag` of an int4 layer's scales, checked against its zeros and its weight's groups."""
+    flag = _bf16_flag(scales, "scales")
+    if _bf16_flag(zeros, "zeros") != flag:
+        raise ValueError("int4 scales and zeros must share a dtype")
+    groups = (qweight.shape[0], 2 * qweight.shape[1] // INPUT_STEP)
+    if scales.shape != groups or zeros.shape != groups:
+        raise ValueError(f"int4 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
+    return flag
+
+
+def _run(kernel: str, *arguments: int) -> None:
+    """One of the kernels on these arguments (pointers, flags, sizes) and torch's thread count."""
+    if getattr(kernels(), kernel)(*arguments, torch.get_num_threads()) != 0:
+        raise MemoryError(f"the row kernel {kernel} could not allocate its copy of the input rows")
 
 
 def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -150,22 +172,13 @@ def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     (out, in) weight with one scale a row."""
     rows, (out_features, in_features) = x.shape[0], qweight.shape
     _check_weight(qweight, torch.int8, in_features)
-    x_flag = _bf16_flag(x, "input rows")
+    if scales.shape != (out_features,):
+        raise ValueError(f"int8 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
     out = torch.empty(rows, out_features, dtype=x.dtype)
-    _checked(
-        kernels().int8_rows(
-            qweight.data_ptr(),
-            scales.data_ptr(),
-            _bf16_flag(scales, "scales"),
-            x.data_ptr(),
-            x_flag,
-            out.data_ptr(),
-            rows,
-            out_features,
-            in_features,
-            torch.get_num_threads(),
-        )
-    )
+    _run(
+        "int8_rows", qweight.data_ptr(), scales.data_ptr(), _bf16_flag(scales, "scales"), x.data_ptr(),
+        _rows_flag(x, in_features), out.data_ptr(), rows, out_features, in_features,
+    )  # fmt: skip
     return out
 
 
@@ -177,26 +190,12 @@ def int4_rows(
     of one dtype: w = (q - 8) · scale + zero."""
     rows, (out_features, row_bytes) = x.shape[0], qweight.shape
     _check_weight(qweight, torch.uint8, 2 * row_bytes)
-    scales_flag = _bf16_flag(scales, "scales")
-    if _bf16_flag(zeros, "zeros") != scales_flag:
-        raise ValueError("int4 scales and zeros must share a dtype")
-    x_flag = _bf16_flag(x, "input rows")
+    scales_flag = _int4_scales_flag(qweight, scales, zeros)
     out = torch.empty(rows, out_features, dtype=x.dtype)
-    _checked(
-        kernels().int4_rows(
-            qweight.data_ptr(),
-            scales.data_ptr(),
-            zeros.data_ptr(),
-            scales_flag,
-            x.data_ptr(),
-            x_flag,
-            out.data_ptr(),
-            rows,
-            out_features,
-            2 * row_bytes,
-            torch.get_num_threads(),
-        )
-    )
+    _run(
+        "int4_rows", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), scales_flag, x.data_ptr(),
+        _rows_flag(x, 2 * row_bytes), out.data_ptr(), rows, out_features, 2 * row_bytes,
+    )  # fmt: skip
     return out
 
 
@@ -209,16 +208,7 @@ def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bf16_row: a row of {x.numel()} against a ({out_features}, {in_features}) weight")
     x = x.contiguous()
     out = torch.empty(out_features, dtype=torch.bfloat16)
-    _checked(
-        kernels().bf16_row(
-            weight.data_ptr(),
-            x.data_ptr(),
-            out.data_ptr(),
-            out_features,
-            in_features,
-            torch.get_num_threads(),
-        )
-    )
+    _run("bf16_row", weight.data_ptr(), x.data_ptr(), out.data_ptr(), out_features, in_features)
     return out
 
 
@@ -227,23 +217,10 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     in fp32, rounded once (a prefill's dequantisation, all cores)."""
     out_features, row_bytes = qweight.shape
     _check_weight(qweight, torch.uint8, 2 * row_bytes)
-    flag = _bf16_flag(scales, "scales")
-    if _bf16_flag(zeros, "zeros") != flag or scales.shape != zeros.shape:
-        raise ValueError("int4 scales and zeros must share a dtype and a shape")
-    if scales.shape != (out_features, 2 * row_bytes // 128):
-        raise ValueError(f"int4 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
+    flag = _int4_scales_flag(qweight, scales, zeros)
     out = torch.empty(out_features, 2 * row_bytes, dtype=scales.dtype)
-    _checked(
-        kernels().int4_dequantize(
-            qweight.data_ptr(),
-            scales.data_ptr(),
-            zeros.data_ptr(),
-            flag,
-            out.data_ptr(),
-            flag,
-            out_features,
-            2 * row_bytes,
-            torch.get_num_threads(),
-        )
-    )
+    _run(
+        "int4_dequantize", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), flag, out.data_ptr(), flag,
+        out_features, 2 * row_bytes,
+    )  # fmt: skip
     return out
