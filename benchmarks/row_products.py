@@ -6,6 +6,7 @@ with where ours cannot run (`int8_one_row_product`).
 
     python benchmarks/row_products.py                          # E2B decoder shapes, 4 dtypes (~3 min)
     python benchmarks/row_products.py --e2b-dir /tmp/e2b/ck    # + whole decode steps of a saved E2B model
+    python benchmarks/row_products.py --pages --e2b-dir /tmp/e2b/ck   # only: 4 KiB against 2 MiB pages
 
 1. Each shape of the E2B decoder's linear layers with random weights, enough copies of it (≥ 256 MiB) that
    they are read from memory, not cache: GB/s of weights read by each product (int8 / int4: bytes of the
@@ -14,6 +15,9 @@ with where ours cannot run (`int8_one_row_product`).
    as DIR/bfloat16): one model, greedy decode steps timed with F.linear, torch.mv and our bf16 row kernel in
    rotating order (same process, same prompt), medians, and the bandwidth bound of a step (bytes of weights
    it reads ÷ the copy's GB/s).
+3. With --pages (and --e2b-dir): for each of DIR/bfloat16, int8, int4 that exists, one model, greedy decode
+   steps with the linear layers' weights on 4 KiB pages (a copy from the allocator) and on the 2 MiB pages
+   loading puts them on (`modeling/memory_pages.py`), alternating rounds, medians, and the bandwidth bound.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from videogemma.config import VideoGemmaConfig
 from videogemma.modeling import quantized_rows
+from videogemma.modeling.memory_pages import huge_pages_available, layer_tensors
 from videogemma.modeling.quantization import QuantizedLinear, int8_one_row_product
 from videogemma.modeling.row_products import RowVectorLinear, use_row_vector_products
 
@@ -156,45 +161,82 @@ def shape_rows(dtype: torch.dtype | str, runs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
-    """Median ms per greedy decode step of one E2B bf16 model through F.linear, torch.mv and (where it runs)
-    our bf16 row kernel, in rotating order."""
-    bench = BENCH
-    model = bench.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
-    linears = [m for m in model.language_model.modules() if isinstance(m, RowVectorLinear)]
-    config = model.config
-    ids = bench.prompt_ids(config, 64)
+def _decode_prompt(config: Any) -> dict[str, Any]:
+    ids = BENCH.prompt_ids(config, 64)
     visual = torch.randn(
         1, 64, config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0)
     )
-    prompt = {
+    return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
         "visual_tokens": visual,
         "do_sample": False,
     }
 
-    def step_ms(product: str) -> float:
-        for module in linears:
-            module.__class__ = nn.Linear if product == "F.linear" else RowVectorLinear
-        with torch_kernels_only() if product == "torch.mv" else nullcontext():
+
+def _rotating_steps(model: Any, variants: dict[str, Any], rounds: int, new_tokens: int) -> dict[str, float]:
+    """Median ms per greedy decode step of `model` under each variant (`name: callable that sets it up and
+    returns a context to run in`), the variants' order rotating each round."""
+    prompt = _decode_prompt(model.config)
+
+    def step_ms(name: str) -> float:
+        with variants[name]():
             first = median_seconds(lambda: model.generate(**prompt, max_new_tokens=1, min_new_tokens=1), 1)
             start = time.perf_counter()
             model.generate(**prompt, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1)
             return (time.perf_counter() - start - first) / new_tokens * 1e3
 
-    products = ["F.linear", "torch.mv"] + (["ours"] if quantized_rows.kernels() is not None else [])
-    steps = {name: [] for name in products}
+    names = list(variants)
+    steps: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         model.generate(**prompt, max_new_tokens=2, min_new_tokens=2)
         for round_index in range(rounds):
-            for name in products[round_index % len(products) :] + products[: round_index % len(products)]:
+            for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
                 steps[name].append(step_ms(name))
                 print(f"  {name:<9} {steps[name][-1]:6.1f} ms a step", flush=True)
-    return {
-        "decode_bytes_per_step": bench.decode_bytes_per_step(model),
-        **{f"{name}_ms": statistics.median(times) for name, times in steps.items()},
-    }
+    return {f"{name}_ms": statistics.median(times) for name, times in steps.items()}
+
+
+def decode_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
+    """Median ms per greedy decode step of one E2B bf16 model through F.linear, torch.mv and (where it runs)
+    our bf16 row kernel, in rotating order."""
+    model = BENCH.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
+    linears = [m for m in model.language_model.modules() if isinstance(m, RowVectorLinear)]
+
+    def through(product: str) -> Any:
+        def setup() -> Any:
+            for module in linears:
+                module.__class__ = nn.Linear if product == "F.linear" else RowVectorLinear
+            return torch_kernels_only() if product == "torch.mv" else nullcontext()
+
+        return setup
+
+    products = ["F.linear", "torch.mv"] + (["ours"] if quantized_rows.kernels() is not None else [])
+    steps = _rotating_steps(model, {name: through(name) for name in products}, rounds, new_tokens)
+    return {"decode_bytes_per_step": BENCH.decode_bytes_per_step(model), **steps}
+
+
+def page_steps(model_dir: Path, rounds: int, new_tokens: int) -> dict[str, Any]:
+    """Median ms per greedy decode step of one saved E2B model with its linear layers' weights on 4 KiB pages
+    (copies from torch's allocator) and on the 2 MiB pages loading put them on, alternating."""
+    model = BENCH.load_saved(model_dir, torch.bfloat16, per_layer_on_disk=True)
+    placed = layer_tensors(model.language_model, (nn.Linear, QuantizedLinear))
+    on_huge = [tensor.detach() for _, _, tensor in placed]
+    on_small = [tensor.clone() for tensor in on_huge]
+
+    def use(tensors: list[torch.Tensor]) -> Any:
+        def setup() -> Any:
+            for (owner, name, tensor), data in zip(placed, tensors, strict=True):
+                if isinstance(tensor, nn.Parameter):
+                    tensor.data = data
+                else:
+                    owner._buffers[name] = data
+            return nullcontext()
+
+        return setup
+
+    steps = _rotating_steps(model, {"4 KiB": use(on_small), "2 MiB": use(on_huge)}, rounds, new_tokens)
+    return {"decode_bytes_per_step": BENCH.decode_bytes_per_step(model), **steps}
 
 
 def _cell(value: float | None, spec: str, width: int) -> str:
@@ -212,11 +254,27 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=24, help="decode steps timed per round")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--pages", action="store_true", help="only decode steps on 4 KiB against 2 MiB pages (--e2b-dir)"
+    )
     args = parser.parse_args()
+    if args.pages and not args.e2b_dir:
+        parser.error("--pages needs --e2b-dir")
     if args.threads:
         torch.set_num_threads(args.threads)
     bandwidth = BENCH.measure_bounds(tokens=2443, threads=args.threads)["copy_gb_per_s"]
     print(f"threads {torch.get_num_threads()}; 1 GiB copy {bandwidth:.1f} GB/s (read + written)")
+    if args.pages:
+        if not huge_pages_available():
+            raise SystemExit("no 2 MiB pages here (not Linux, transparent huge pages off, or turned off)")
+        for precision in ("bfloat16", "int8", "int4"):
+            if (args.e2b_dir / precision).is_dir():
+                print_steps(
+                    f"E2B {precision}",
+                    page_steps(args.e2b_dir / precision, args.rounds, args.new_tokens),
+                    bandwidth,
+                )
+        return
     print(
         "library: F.linear (bf16, fp32), torch's int8 / int4 kernel; row: a layer's decode forward (our row"
     )
@@ -234,15 +292,20 @@ def main() -> None:
                 f"{'×' if row['speedup'] else ' '}{_cell(row.get('fallback_gb_per_s'), '.1f', 15)}"
             )
     if args.e2b_dir:
-        result = decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens)
-        bound_ms = result["decode_bytes_per_step"] / (bandwidth * 1e9) * 1e3
-        print(
-            f"E2B bf16 decode step, bandwidth bound {bound_ms:.1f} ms "
-            f"({result['decode_bytes_per_step'] / 1e9:.2f} GB a step):"
+        print_steps(
+            "E2B bf16", decode_steps(args.e2b_dir / "bfloat16", args.rounds, args.new_tokens), bandwidth
         )
-        for key, ms in result.items():
-            if key.endswith("_ms"):
-                print(f"  {key.removesuffix('_ms'):<9} {ms:6.1f} ms ({ms / bound_ms:.2f}× the bound)")
+
+
+def print_steps(what: str, result: dict[str, Any], bandwidth: float) -> None:
+    bound_ms = result["decode_bytes_per_step"] / (bandwidth * 1e9) * 1e3
+    print(
+        f"{what} decode step, bandwidth bound {bound_ms:.1f} ms "
+        f"({result['decode_bytes_per_step'] / 1e9:.2f} GB a step):"
+    )
+    for key, ms in result.items():
+        if key.endswith("_ms"):
+            print(f"  {key.removesuffix('_ms'):<9} {ms:6.1f} ms ({ms / bound_ms:.2f}× the bound)")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,10 @@ quantised models loading as they were saved)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 import videogemma
 from videogemma.errors import ModelLoadError
@@ -22,21 +19,10 @@ from videogemma.modeling.quantization import (
     QUANTIZATION_FILE,
     QuantizedLinear,
     pack_int4,
-    page_out,
     prepare_for_inference,
     quantize_language_model,
     unpack_int4,
 )
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset (bf16) saved with its processor, as `save_pretrained` writes it."""
-    model, processor = videogemma.load("tiny", dtype="bfloat16", device="cpu", quiet=True)
-    folder = tmp_path_factory.mktemp("tiny_saved")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -236,27 +222,3 @@ def test_infer_command_takes_the_on_device_options(saved_tiny: Path, real_clip: 
     assert "on disk" not in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own refusal of a choice
         cli.main([*argv, "--quantize", "int3"])
-
-
-def _resident_file_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no RssFile in /proc/self/status")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
-def test_page_out_hands_a_mapped_files_pages_back_and_keeps_their_contents(tmp_path: Path) -> None:
-    # An int4 layer read from a saved model leaves its row-order bytes resident as pages of the mapped file
-    # once it is packed for the kernel; page_out gives them back (the int4 model's peak memory).
-    expected = torch.arange(32 * 2**20, dtype=torch.int64).to(torch.uint8).reshape(-1, 4096)
-    save_file({"qweight": expected}, tmp_path / "model.safetensors")
-    with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
-        mapped = handle.get_tensor("qweight")
-    assert int(mapped.sum()) == int(expected.sum())  # every page read: resident
-    before = _resident_file_bytes()
-    if not page_out(mapped):
-        pytest.skip("this kernel does not take MADV_PAGEOUT")
-    assert before - _resident_file_bytes() >= 16 * 2**20
-    assert torch.equal(mapped, expected)  # read back from the file
-    assert not page_out(torch.zeros(4, 4)[:, ::2])  # not contiguous: left alone

@@ -8,7 +8,7 @@ into a few C++ loops per layer (E2B on 2 cores: bf16 1.7×, int8 2.3× faster pr
 - The attention module stays eager: its KV-cache update and the shared-KV dictionary are side effects that
   make dynamo specialise (and recompile) per layer index; its query / key / value norms are compiled on their
   own, and its matrix products are kernels already.
-- AltUp's prediction is traced in a form inductor fuses (`FusedAltUpPredict`).
+- AltUp's prediction is traced in a form inductor fuses (`altup_predict.FusedAltUpPredict`).
 - Decoding (one new position) runs eager: a compiled layer there was not faster on this CPU (its guards and
   graph breaks cost what the fused element-wise work saves).
 
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from videogemma.errors import ModelLoadError
+from videogemma.modeling.altup_predict import use_fused_altup_predict
 
 # What inductor builds its CPU kernels with (its own lookup order: $CXX, then these).
 CXX_COMPILERS = ("g++", "clang++", "c++")
@@ -63,29 +64,6 @@ class PrefillCompiled:
         return self.compiled(hidden_states.contiguous(), *args, **kwargs)
 
 
-class FusedAltUpPredict:
-    """AltUp's prediction (`Gemma3nTextAltUp.predict`) with its 4 × 4 mixing of the streams written as a
-    broadcast product and sum when traced, which inductor fuses into one pass over the streams. The library's
-    form is a batched matrix product of one (hidden × 4) by (4 × 4) product per position, with transposing
-    copies around it: 2-3 s of an E2B prefill on 2 cores. Eager (decoding, training) calls the library's."""
-
-    def __init__(self, altup: nn.Module) -> None:
-        self.altup = altup
-        self.library = altup.predict
-
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        altup = self.altup
-        if not torch.compiler.is_compiling() or altup.training:
-            return self.library(hidden_states)
-        config = altup.config
-        modalities = altup.compute_router_modalities(hidden_states[config.altup_active_idx])
-        n = config.altup_num_inputs
-        # coefs[j, i]: how much stream i adds to prediction j (the library's coefficients, transposed).
-        coefs = altup.prediction_coefs(modalities).reshape(*modalities.shape[:-1], n, n).permute(2, 3, 0, 1)
-        mixed = (hidden_states[None] * coefs[..., None]).sum(dim=1)
-        return (mixed + hidden_states).contiguous().type_as(hidden_states)
-
-
 def cxx_compiler() -> str | None:
     """The C++ compiler inductor would use, or None."""
     candidates = [os.environ["CXX"]] if os.environ.get("CXX") else list(CXX_COMPILERS)
@@ -103,6 +81,7 @@ def compile_prefill(language_model: nn.Module, notice: Callable[[str], None] | N
             "compiling the prefill needs a C++ compiler (g++ or clang++, or $CXX) for torch's inductor; "
             "install one or leave the option off"
         )
+    use_fused_altup_predict(language_model)
     for index, layer in enumerate(language_model.model.layers):
         if isinstance(layer.forward, PrefillCompiled):
             continue
@@ -113,7 +92,6 @@ def compile_prefill(language_model: nn.Module, notice: Callable[[str], None] | N
             if hasattr(attention, norm):  # a layer that reuses another's keys and values has no k / v norm
                 module = getattr(attention, norm)
                 module.forward = PrefillCompiled(module, positions_dim=1)  # (batch, positions, heads, dim)
-        layer.altup.predict = FusedAltUpPredict(layer.altup)
         # The layer's hidden states are AltUp's (streams, batch, positions, hidden).
         first_layer_notice = None if notice is None or index else lambda: notice(FIRST_PROMPT_NOTICE)
         layer.forward = PrefillCompiled(layer, positions_dim=-2, before_first=first_layer_notice)

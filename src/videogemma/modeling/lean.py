@@ -29,7 +29,8 @@ from videogemma.modeling.integrity import (
     check_tensors_match,
     safetensors_header,
 )
-from videogemma.modeling.quantization import LM_HEAD, QuantizationSettings, page_out, quantized_shells
+from videogemma.modeling.memory_pages import page_out
+from videogemma.modeling.quantization import LM_HEAD, QuantizationSettings, quantized_shells
 
 # The per-layer table's name in a saved VideoGemma's state dict.
 SAVED_PER_LAYER_KEY = f"language_model.model.{PER_LAYER_EMBEDDING}.weight"

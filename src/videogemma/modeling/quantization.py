@@ -23,11 +23,8 @@ file holds each layer's `qweight` / `scales` (/ `zeros`) as quantised, so loadin
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
-import mmap
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from torch import nn
 from videogemma.constants import QUANTIZE_CHOICES
 from videogemma.errors import ModelLoadError
 from videogemma.modeling import quantized_rows
+from videogemma.modeling.memory_pages import page_out
 
 INT4_GROUP_SIZE = 128
 # The CPU int4 kernel packs output rows in tiles of 16.
@@ -234,29 +232,6 @@ def int8_one_row_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.T
         paired, qweight.view(rows // 2, 2 * columns), ones
     )  # out[j, m]: row 2m + j
     return out.t().reshape(1, rows) * scales.to(x.dtype)
-
-
-_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages (file pages are dropped, anonymous ones kept or swapped)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def page_out(tensor: torch.Tensor) -> bool:
-    """Advise the kernel to reclaim the whole pages inside `tensor`'s bytes (Linux; elsewhere nothing). The
-    contents stay as they were (a later read faults them back in), so this is safe for any memory; it frees
-    resident memory only for pages of a mapped file, such as a safetensors file's tensors. Returns whether the
-    kernel took the advice."""
-    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not sys.platform.startswith("linux"):
-        return False
-    page = mmap.PAGESIZE
-    start = -(-tensor.data_ptr() // page) * page
-    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
-    if end <= start:
-        return False
-    return _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT) == 0
 
 
 @functools.cache

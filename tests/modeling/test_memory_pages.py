@@ -1,0 +1,144 @@
+"""The decoder's weights on 2 MiB pages, and a mapped file's pages handed back (`modeling/memory_pages.py`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import videogemma
+from videogemma.modeling.memory_pages import (
+    HUGE_PAGE,
+    HUGE_PAGES_ENV,
+    huge_pages_available,
+    page_out,
+    place_on_huge_pages,
+)
+from videogemma.modeling.quantization import QuantizedLinear
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
+needs_huge_pages = pytest.mark.skipif(not huge_pages_available(), reason="no transparent huge pages here")
+
+
+def _resident_file_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def _mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and ":" not in first:  # a mapping's header: start-end perms offset ...
+            start, end = (int(bound, 16) for bound in first.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@linux_only
+def test_page_out_hands_a_mapped_files_pages_back_and_keeps_their_contents(tmp_path: Path) -> None:
+    # An int4 layer read from a saved model leaves its row-order bytes resident as pages of the mapped file
+    # once it is packed for the kernel; page_out gives them back (the int4 model's peak memory).
+    expected = torch.arange(32 * 2**20, dtype=torch.int64).to(torch.uint8).reshape(-1, 4096)
+    save_file({"qweight": expected}, tmp_path / "model.safetensors")
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
+        mapped = handle.get_tensor("qweight")
+    assert int(mapped.sum()) == int(expected.sum())  # every page read: resident
+    before = _resident_file_bytes()
+    if not page_out(mapped):
+        pytest.skip("this kernel does not take MADV_PAGEOUT")
+    assert before - _resident_file_bytes() >= 16 * 2**20
+    assert torch.equal(mapped, expected)  # read back from the file
+    assert not page_out(torch.zeros(4, 4)[:, ::2])  # not contiguous: left alone
+
+
+class _Decoder(nn.Module):
+    """Linear layers as a decoder has them: a tied pair, a biased one, a quantised one, and a norm left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(512, 2048, bias=False)
+        self.head = nn.Linear(512, 2048, bias=False)
+        self.head.weight = self.embed.weight
+        self.up = nn.Linear(512, 1024)
+        self.norm = nn.LayerNorm(512)
+        self.quantized = QuantizedLinear.from_linear(nn.Linear(512, 1024), bits=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return torch.cat([self.head(x), self.up(x), self.quantized(x)], dim=-1)
+
+
+@linux_only
+@needs_huge_pages
+def test_linear_weights_move_onto_advised_huge_pages_with_values_and_ties_kept(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Decoder().eval()
+    state = {key: tensor for key, tensor in model.state_dict().items() if key != "head.weight"}
+    save_file(state, tmp_path / "model.safetensors")  # read back as a saved model's mapped pages
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
+        mapped = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    model.load_state_dict(mapped, assign=True, strict=False)
+    model.head.weight = model.embed.weight
+    norm_weight = model.norm.weight.data_ptr()
+    x = torch.randn(3, 512)
+    with torch.inference_mode():
+        expected = model(x)
+    before = _resident_file_bytes()
+
+    moved = place_on_huge_pages(model, (nn.Linear, QuantizedLinear))
+
+    placed = [
+        model.embed.weight,
+        model.up.weight,
+        model.up.bias,
+        model.quantized.qweight,
+        model.quantized.scales,
+    ]
+    assert moved >= sum(tensor.nbytes for tensor in placed)
+    assert model.head.weight is model.embed.weight  # still tied
+    assert model.embed.weight.data_ptr() % HUGE_PAGE == 0  # the arena starts on a 2 MiB page
+    assert all("hg" in _mapping_flags(tensor.data_ptr()) for tensor in placed)  # advised MADV_HUGEPAGE
+    assert model.norm.weight.data_ptr() == norm_weight  # not a linear layer: left where it was
+    assert before - _resident_file_bytes() >= 4 * 2**20  # the file's pages handed back as they moved
+    with torch.inference_mode():
+        assert torch.equal(model(x), expected)
+    assert isinstance(model.embed.weight, nn.Parameter) and model.embed.weight.requires_grad
+
+
+def test_turned_off_huge_pages_leave_the_weights_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(HUGE_PAGES_ENV, "0")
+    model = _Decoder()
+    weight = model.up.weight.data_ptr()
+    assert not huge_pages_available()
+    assert place_on_huge_pages(model, (nn.Linear, QuantizedLinear)) == 0
+    assert model.up.weight.data_ptr() == weight
+
+
+@linux_only
+@needs_huge_pages
+def test_a_loaded_models_decoder_weights_lie_on_huge_pages_and_answer_as_before(
+    saved_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = torch.tensor([[2, 10, 11, 12, 13]])
+    model, _ = videogemma.load(saved_tiny, dtype="float32", quiet=True, quantize="int8")
+    head = model.language_model.lm_head.weight
+    assert "hg" in _mapping_flags(head.data_ptr())
+    assert head is model.language_model.model.embed_tokens.weight
+    monkeypatch.setenv(HUGE_PAGES_ENV, "0")
+    plain, _ = videogemma.load(saved_tiny, dtype="float32", quiet=True, quantize="int8")
+    assert "hg" not in _mapping_flags(plain.language_model.lm_head.weight.data_ptr())
+    with torch.inference_mode():
+        assert torch.equal(
+            model.language_model(input_ids=ids).logits, plain.language_model(input_ids=ids).logits
+        )
