@@ -34,6 +34,7 @@ from videogemma import auto_classes
 from videogemma.config import VideoGemmaConfig
 from videogemma.constants import IGNORE_INDEX, PROJECTOR_NAMES, VIDEO_INPUT_NAMES, WINDOWED_ATTENTION
 from videogemma.modeling.clip_encoder import CLIPFrameEncoder
+from videogemma.modeling.growing_cache import GrowingCache
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
 from videogemma.modeling.videomamba import KEEP_IN_FP32, VideoMamba
@@ -556,8 +557,18 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         return model
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """`GenerationMixin.generate`, after warning (once per process) if a projector was never trained."""
+        """`GenerationMixin.generate`, after warning (once per process) if a projector was never trained; the
+        cache is a `GrowingCache` unless the caller gives one or asks for another kind (or none)."""
         warn_untrained_projectors(self.config)
+        settings = kwargs.get("generation_config") or self.generation_config
+        wants_default_cache = (
+            kwargs.get("cache") is None
+            and kwargs.get("past_key_values") is None
+            and kwargs.get("use_cache", settings.use_cache) is not False
+            and kwargs.get("cache_implementation", settings.cache_implementation) is None
+        )
+        if wants_default_cache:
+            kwargs["cache"] = GrowingCache(config=self.config.text_config)
         return super().generate(*args, **kwargs)
 
 
