@@ -362,6 +362,16 @@ def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
     }
 
 
+def best_bounds(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The highest GEMM and copy rates among bound samples (what the machine can do: noise only slows it)."""
+    return {
+        "gemm_shape": samples[0]["gemm_shape"],
+        "gemm_gflops": max(sample["gemm_gflops"] for sample in samples),
+        "copy_gb_per_s": max(sample["copy_gb_per_s"] for sample in samples),
+        "samples": samples,
+    }
+
+
 def write_checkpoint(folder: Path, method: str, lm_head: bool) -> None:
     """The random E2B model (seed 0, bf16 where native) saved to `folder`, its decoder quantised to `method`
     unless it is the dtype's name."""
@@ -525,8 +535,9 @@ def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"writing the random E2B model ({method}) to {folder} ...", file=sys.stderr, flush=True)
             extra = ["--quantize-lm-head"] if args.quantize_lm_head else []
             run_worker(["--write-checkpoint", str(folder), "--method", method, *extra], f"{method} writing")
-    prompt_tokens = None
     modes = ["eager", "compiled"] if args.compile_prefill else ["eager"]
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    samples = []
     for method in methods:
         for mode in modes:
             label = f"e2b {method}" + (" c" if mode == "compiled" else "")
@@ -538,16 +549,20 @@ def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
                 label,
             )  # fmt: skip
             result["label"] = label
-            prompt_tokens = result["prompt_tokens"]
             results.append(result)
-    threads = ["--threads", str(args.threads)] if args.threads else []
-    bounds = run_worker(["--bounds", str(prompt_tokens), *threads], "bounds")
+            # The bounds after each configuration, the best kept: on a shared host one sample can land in a
+            # slow minute (a GEMM bound 40 % low was seen), which would flatter every ratio.
+            samples.append(run_worker(["--bounds", str(result["prompt_tokens"]), *threads], "bounds"))
+    bounds = best_bounds(samples)
     for result in results:
         add_bounds(result, bounds)
         result["bounds"] = bounds
+    gemm, copy = ([sample[key] for sample in samples] for key in ("gemm_gflops", "copy_gb_per_s"))
     print(
-        f"bounds: bf16 GEMM {bounds['gemm_shape']} {bounds['gemm_gflops']:.0f} GFLOP/s, "
-        f"1 GiB copy {bounds['copy_gb_per_s']:.1f} GB/s (read + written); load {os.getloadavg()[0]:.2f}",
+        f"bounds, the best of {len(samples)} samples (one after each configuration): bf16 GEMM "
+        f"{bounds['gemm_shape']} {bounds['gemm_gflops']:.0f} GFLOP/s (samples {min(gemm):.0f}-{max(gemm):.0f}), "
+        f"1 GiB copy {bounds['copy_gb_per_s']:.1f} GB/s read + written (samples {min(copy):.1f}-{max(copy):.1f}); "
+        f"load {os.getloadavg()[0]:.2f}",
         file=sys.stderr,
     )
     return results
