@@ -32,8 +32,10 @@ def _states(batch: int, heads: int, kv_heads: int, length: int, dtype: torch.dty
         return (values / values.norm(dim=-1, keepdim=True) * shape[-1] ** 0.5).to(dtype)
 
     head_dim = 64
-    return draw(batch, heads, 1, head_dim), draw(batch, kv_heads, length, head_dim), draw(
-        batch, kv_heads, length, head_dim
+    return (
+        draw(batch, heads, 1, head_dim),
+        draw(batch, kv_heads, length, head_dim),
+        draw(batch, kv_heads, length, head_dim),
     )
 
 
