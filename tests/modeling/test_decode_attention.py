@@ -11,7 +11,19 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import videogemma
 from videogemma.constants import WINDOWED_ATTENTION
-from videogemma.modeling import decode_attention, windowed_attention
+from videogemma.modeling import decode_attention, quantized_rows, windowed_attention
+
+PATHS = ["C kernels", "torch"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch) -> str:
+    """Each test on both forms: our C halves (where they build) and torch's operations."""
+    if request.param == "torch":
+        monkeypatch.setattr(decode_attention, "_kernels_take", lambda *states: False)
+    elif quantized_rows.kernels() is None:
+        pytest.skip("no AVX-512 or no C compiler here: the torch form computes")
+    return request.param
 
 
 class _Attention(nn.Module):
@@ -48,7 +60,7 @@ def _both(query, key, value, mask, scaling):
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(8, 2), (4, 4), (2, 1)])
-def test_one_query_gives_sdpas_output_in_fp32(heads: int, kv_heads: int) -> None:
+def test_one_query_gives_sdpas_output_in_fp32(heads: int, kv_heads: int, path: str) -> None:
     query, key, value = _states(2, heads, kv_heads, 300, torch.float32)
     ours, reference = _both(query, key, value, None, 1.0)
     assert ours.shape == reference.shape == (2, 1, heads, 64)
@@ -57,7 +69,7 @@ def test_one_query_gives_sdpas_output_in_fp32(heads: int, kv_heads: int) -> None
     torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-5)
 
 
-def test_one_query_in_bf16_is_within_the_outputs_rounding() -> None:
+def test_one_query_in_bf16_is_within_the_outputs_rounding(path: str) -> None:
     query, key, value = _states(1, 8, 2, 2443, torch.bfloat16, seed=1)
     ours, reference = _both(query, key, value, None, 1.0)
     exact, _ = _both(query.float(), key.float(), value.float(), None, 1.0)
@@ -69,7 +81,7 @@ def test_one_query_in_bf16_is_within_the_outputs_rounding() -> None:
     assert (ours.float() - exact).abs().mean() <= (reference.float() - exact).abs().mean()
 
 
-def test_a_boolean_or_additive_mask_and_a_padded_batch_mask_the_same_keys() -> None:
+def test_a_boolean_or_additive_mask_and_a_padded_batch_mask_the_same_keys(path: str) -> None:
     query, key, value = _states(2, 8, 2, 40, torch.float32, seed=2)
     allowed = torch.ones(2, 1, 1, 40, dtype=torch.bool)
     allowed[1, ..., :13] = False  # the second row left-padded
@@ -88,6 +100,17 @@ def test_a_boolean_or_additive_mask_and_a_padded_batch_mask_the_same_keys() -> N
     again, _ = _both(query, key, changed, allowed, 1.0)
     first, _ = _both(query, key, value, allowed, 1.0)
     torch.testing.assert_close(again[1], first[1])
+
+
+def test_a_cache_longer_than_its_positions_is_read_where_it_lies(path: str) -> None:
+    """A growing cache's keys and values are views of a longer buffer (batch and head strides past the length)."""
+    query, key, value = _states(2, 8, 2, 700, torch.bfloat16, seed=6)
+    key_view, value_view = key[:, :, :517], value[:, :, :517]
+    assert not key_view.is_contiguous()
+    ours, _ = _both(query, key_view, value_view, None, 1.0)
+    copied, reference = _both(query, key_view.contiguous(), value_view.contiguous(), None, 1.0)
+    torch.testing.assert_close(ours, copied, atol=0, rtol=0)
+    torch.testing.assert_close(ours.float(), reference.float(), atol=2e-2, rtol=0)
 
 
 def test_only_a_cpu_decode_step_without_gradients_takes_the_products() -> None:

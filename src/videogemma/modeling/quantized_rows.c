@@ -9,6 +9,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #ifndef PREFETCH_AHEAD
@@ -255,5 +256,109 @@ int int4_dequantize(const uint8_t *weight, const void *scales, const void *zeros
             }
         }
     }
+    return 0;
+}
+
+/* A decode step's attention, one query position a row of the batch (decode_attention.py calls these two around a
+ * softmax). Keys and values are the cache's (batch, kv heads, positions, head_dim) views: rows contiguous, batch
+ * and head strides given (a growing cache's buffer is longer than its positions). Query head h reads KV head
+ * h / group. Everything is summed in fp32; bf16 values widen exactly. head_dim % 16 == 0. */
+
+/* 16 values of a bf16 or fp32 row from `index`, as fp32. */
+static inline __m512 load16(const void *values, int64_t index, int bf16) {
+    if (!bf16) return _mm512_loadu_ps((const float *)values + index);
+    __m256i bits = _mm256_loadu_si256((const __m256i *)((const uint16_t *)values + index));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+#define LOGIT_HEADS 8 /* query heads a pass over a key row: their sums in registers */
+
+/* logits[b, h, s] = scale · q[b, h] · k[b, h / group, s]: q (batch, heads, head_dim) contiguous. The positions are
+ * split between the threads. Returns 0, or -1 when out of memory. */
+int attention_logits(const void *q, const void *k, float *logits, int bf16, int64_t batch, int64_t heads,
+                     int64_t kv_heads, int64_t length, int64_t head_dim, int64_t k_batch_stride,
+                     int64_t k_head_stride, float scale, int threads) {
+    const int64_t group = heads / kv_heads, vectors = head_dim / 16;
+    float *q32 = malloc(sizeof(float) * batch * heads * head_dim);
+    if (!q32) return -1;
+    for (int64_t i = 0; i < batch * heads * head_dim; i++) q32[i] = load_value(q, i, bf16) * scale;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t s = 0; s < length; s++) {
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t kv = 0; kv < kv_heads; kv++) {
+                const int64_t at = b * k_batch_stride + kv * k_head_stride + s * head_dim;
+                if (bf16) prefetch_line((const uint16_t *)k + at + 4 * head_dim);
+                for (int64_t g0 = 0; g0 < group; g0 += LOGIT_HEADS) { /* each key vector widened once */
+                    const int64_t heads_here = group - g0 < LOGIT_HEADS ? group - g0 : LOGIT_HEADS;
+                    const float *query = q32 + (b * heads + kv * group + g0) * head_dim;
+                    __m512 acc[LOGIT_HEADS];
+                    for (int g = 0; g < LOGIT_HEADS; g++) acc[g] = _mm512_setzero_ps();
+                    for (int64_t j = 0; j < vectors; j++) {
+                        const __m512 keys = load16(k, at + 16 * j, bf16);
+                        for (int g = 0; g < heads_here; g++)
+                            acc[g] = _mm512_fmadd_ps(keys, _mm512_loadu_ps(query + g * head_dim + 16 * j), acc[g]);
+                    }
+                    for (int g = 0; g < heads_here; g++)
+                        logits[(b * heads + kv * group + g0 + g) * length + s] = _mm512_reduce_add_ps(acc[g]);
+                }
+            }
+    }
+    free(q32);
+    return 0;
+}
+
+#define VALUE_TILE 32 /* positions a pass over one block of head_dim: their rows stay in L1 between the blocks */
+#define VALUE_BLOCK 4 /* vectors of 16 values a pass: with up to 4 query heads a KV head, 16 sums in registers */
+
+/* out[b, h] = Σ_s weights[b, h, s] · v[b, h / group, s], weights fp32 (batch, heads, length); out (batch, heads,
+ * head_dim) in the values' dtype. The positions are split between the threads, each summing its share into its
+ * own fp32 rows, added together at the end; within a share, a tile of positions at a time, one block of head_dim
+ * at a time, the sums in registers. Returns 0, or -1 when out of memory. */
+int attention_values(const float *weights, const void *v, void *out, int bf16, int64_t batch, int64_t heads,
+                     int64_t kv_heads, int64_t length, int64_t head_dim, int64_t v_batch_stride,
+                     int64_t v_head_stride, int threads) {
+    const int64_t group = heads / kv_heads, vectors = head_dim / 16, width = batch * heads * head_dim;
+    float *partial = calloc((size_t)threads * width, sizeof(float));
+    if (!partial) return -1;
+#pragma omp parallel num_threads(threads)
+    {
+        const int thread = omp_get_thread_num(), count = omp_get_num_threads();
+        float *sums = partial + thread * width;
+        const int64_t first = length * thread / count, last = length * (thread + 1) / count;
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t kv = 0; kv < kv_heads; kv++)
+                for (int64_t tile = first; tile < last; tile += VALUE_TILE) {
+                    const int64_t end = tile + VALUE_TILE < last ? tile + VALUE_TILE : last;
+                    const float *w = weights + (b * heads + kv * group) * length;
+                    for (int64_t j0 = 0; j0 < vectors; j0 += VALUE_BLOCK)
+                        for (int64_t g0 = 0; g0 < group; g0 += 4) {
+                            const int64_t block = vectors - j0 < VALUE_BLOCK ? vectors - j0 : VALUE_BLOCK;
+                            const int64_t heads_here = group - g0 < 4 ? group - g0 : 4;
+                            __m512 acc[4][VALUE_BLOCK];
+                            for (int g = 0; g < 4; g++)
+                                for (int j = 0; j < VALUE_BLOCK; j++) acc[g][j] = _mm512_setzero_ps();
+                            for (int64_t s = tile; s < end; s++) {
+                                const int64_t at = b * v_batch_stride + kv * v_head_stride + s * head_dim + 16 * j0;
+                                for (int j = 0; j < block; j++) {
+                                    const __m512 values = load16(v, at + 16 * j, bf16);
+                                    for (int g = 0; g < heads_here; g++)
+                                        acc[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(w[(g0 + g) * length + s]), values,
+                                                                    acc[g][j]);
+                                }
+                            }
+                            for (int g = 0; g < heads_here; g++)
+                                for (int j = 0; j < block; j++) {
+                                    float *sum = sums + (b * heads + kv * group + g0 + g) * head_dim + 16 * (j0 + j);
+                                    _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), acc[g][j]));
+                                }
+                        }
+                }
+    }
+    for (int64_t i = 0; i < width; i++) {
+        float total = 0.0f;
+        for (int t = 0; t < threads; t++) total += partial[t * width + i];
+        store_value(out, i, total, bf16);
+    }
+    free(partial);
     return 0;
 }

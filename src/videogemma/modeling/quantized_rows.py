@@ -1,6 +1,7 @@
 """A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
 CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
-and loaded through ctypes.
+and loaded through ctypes. The same library holds the decode step's attention over the cache (its two halves,
+called from `decode_attention.py`, which says why).
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -99,8 +100,20 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     ]
     library.bf16_row.argtypes = [pointer, pointer, pointer, size, size, flag]
     library.int4_dequantize.argtypes = [pointer, pointer, pointer, flag, pointer, flag, size, size, flag]
-    for function in (library.int8_rows, library.int4_rows, library.bf16_row, library.int4_dequantize):
-        function.restype = ctypes.c_int
+    # The decode attention's two halves (decode_attention.py): pointers, dtype flag, 5 sizes, 2 strides, (scale).
+    shapes = [size] * 7
+    library.attention_logits.argtypes = [pointer, pointer, pointer, flag, *shapes, ctypes.c_float, flag]
+    library.attention_values.argtypes = [pointer, pointer, pointer, flag, *shapes, flag]
+    functions = (
+        "int8_rows",
+        "int4_rows",
+        "bf16_row",
+        "int4_dequantize",
+        "attention_logits",
+        "attention_values",
+    )
+    for name in functions:
+        getattr(library, name).restype = ctypes.c_int
     return library
 
 
@@ -161,10 +174,10 @@ def _int4_scales_flag(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.
     return flag
 
 
-def _run(kernel: str, *arguments: int) -> None:
+def run(kernel: str, *arguments: int | float) -> None:
     """One of the kernels on these arguments (pointers, flags, sizes) and torch's thread count."""
     if getattr(kernels(), kernel)(*arguments, torch.get_num_threads()) != 0:
-        raise MemoryError(f"the row kernel {kernel} could not allocate its copy of the input rows")
+        raise MemoryError(f"the kernel {kernel} could not allocate its working copy")
 
 
 def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -175,7 +188,7 @@ def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     if scales.shape != (out_features,):
         raise ValueError(f"int8 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
     out = torch.empty(rows, out_features, dtype=x.dtype)
-    _run(
+    run(
         "int8_rows", qweight.data_ptr(), scales.data_ptr(), _bf16_flag(scales, "scales"), x.data_ptr(),
         _rows_flag(x, in_features), out.data_ptr(), rows, out_features, in_features,
     )  # fmt: skip
@@ -192,7 +205,7 @@ def int4_rows(
     _check_weight(qweight, torch.uint8, 2 * row_bytes)
     scales_flag = _int4_scales_flag(qweight, scales, zeros)
     out = torch.empty(rows, out_features, dtype=x.dtype)
-    _run(
+    run(
         "int4_rows", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), scales_flag, x.data_ptr(),
         _rows_flag(x, 2 * row_bytes), out.data_ptr(), rows, out_features, 2 * row_bytes,
     )  # fmt: skip
@@ -208,7 +221,7 @@ def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bf16_row: a row of {x.numel()} against a ({out_features}, {in_features}) weight")
     x = x.contiguous()
     out = torch.empty(out_features, dtype=torch.bfloat16)
-    _run("bf16_row", weight.data_ptr(), x.data_ptr(), out.data_ptr(), out_features, in_features)
+    run("bf16_row", weight.data_ptr(), x.data_ptr(), out.data_ptr(), out_features, in_features)
     return out
 
 
@@ -219,7 +232,7 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     _check_weight(qweight, torch.uint8, 2 * row_bytes)
     flag = _int4_scales_flag(qweight, scales, zeros)
     out = torch.empty(out_features, 2 * row_bytes, dtype=scales.dtype)
-    _run(
+    run(
         "int4_dequantize", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), flag, out.data_ptr(), flag,
         out_features, 2 * row_bytes,
     )  # fmt: skip
