@@ -589,7 +589,8 @@ def _say(message: str) -> None:
 def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
-    prediction (decoding), and put the linear layers' weights on 2 MiB pages (a CPU reads them faster there)."""
+    prediction (decoding) and its norms the C pass, and put the linear layers' weights on 2 MiB pages (a CPU reads
+    them faster there)."""
     from torch import nn
 
     from videogemma.modeling.altup_predict import use_fused_altup_predict
@@ -600,6 +601,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
         quantize_language_model,
         quantized_method,
     )
+    from videogemma.modeling.row_norms import use_row_norms
     from videogemma.modeling.row_products import use_row_vector_products
 
     current = quantized_method(model)
@@ -610,6 +612,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     prepare_for_inference(model)
     use_row_vector_products(model.language_model)
     use_fused_altup_predict(model.language_model)
+    use_row_norms(model.language_model)
     place_on_huge_pages(model.language_model, (nn.Linear, QuantizedLinear))
 
 

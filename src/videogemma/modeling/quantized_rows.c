@@ -362,3 +362,34 @@ int attention_values(const float *weights, const void *v, void *out, int bf16, i
     free(partial);
     return 0;
 }
+
+/* Gemma-3n's RMSNorm over rows of `width` (width % 16 == 0), as its module computes it in fp32:
+ * out = x · (mean(x²) + eps)^-½ · weight, the two products rounded in fp32 one after the other (the module's
+ * order), then once to x's dtype; weight fp32 (width,) or NULL (no scale). Rows in parallel. */
+int rms_norm(const void *x, const float *weight, void *out, int bf16, int64_t rows, int64_t width, float eps,
+             int threads) {
+    const int64_t vectors = width / 16;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t at = r * width;
+        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t j = 0; j < vectors; j++) {
+            const __m512 v = load16(x, at + 16 * j, bf16);
+            acc[j & 1] = _mm512_fmadd_ps(v, v, acc[j & 1]);
+        }
+        const float inverse = 1.0f / __builtin_sqrtf(sum_lanes(acc, 2) / (float)width + eps);
+        const __m512 factor = _mm512_set1_ps(inverse);
+        for (int64_t j = 0; j < vectors; j++) {
+            __m512 v = _mm512_mul_ps(load16(x, at + 16 * j, bf16), factor);
+            if (weight) v = _mm512_mul_ps(v, _mm512_loadu_ps(weight + 16 * j));
+            if (!bf16) {
+                _mm512_storeu_ps((float *)out + at + 16 * j, v);
+                continue;
+            }
+            float values[16];
+            _mm512_storeu_ps(values, v);
+            for (int i = 0; i < 16; i++) ((uint16_t *)out)[at + 16 * j + i] = float_to_bf16(values[i]);
+        }
+    }
+    return 0;
+}

@@ -1,7 +1,7 @@
 """A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
 CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
 and loaded through ctypes. The same library holds the decode step's attention over the cache (its two halves,
-called from `decode_attention.py`, which says why).
+called from `decode_attention.py`, which says why) and Gemma-3n's RMSNorm (`row_norms.py`).
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -104,7 +104,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     shapes = [size] * 7
     library.attention_logits.argtypes = [pointer, pointer, pointer, flag, *shapes, ctypes.c_float, flag]
     library.attention_values.argtypes = [pointer, pointer, pointer, flag, *shapes, flag]
+    library.rms_norm.argtypes = [pointer, pointer, pointer, flag, size, size, ctypes.c_float, flag]
     functions = (
+        "rms_norm",
         "int8_rows",
         "int4_rows",
         "bf16_row",
