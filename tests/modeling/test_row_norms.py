@@ -52,7 +52,7 @@ def test_a_non_contiguous_input_is_read_as_its_values() -> None:
 
 
 def test_the_modules_forward_where_the_kernel_does_not_apply(monkeypatch) -> None:
-    library, ours = _pair(2048, torch.float32)
+    _, ours = _pair(2048, torch.float32)
     x = _rows(2, 2048, dtype=torch.float32).requires_grad_()
     calls = []
     monkeypatch.setattr(row_norms.quantized_rows, "run", lambda *arguments: calls.append(arguments))
