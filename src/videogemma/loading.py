@@ -589,7 +589,7 @@ def _say(message: str) -> None:
 def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
-    prediction (decoding) and its norms the C pass, and put the linear layers' weights on 2 MiB pages (a CPU reads
+    prediction (decoding), its norms the C pass and its sparse MLPs their cached quantile, and put the linear layers' weights on 2 MiB pages (a CPU reads
     them faster there)."""
     from torch import nn
 
@@ -603,6 +603,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     )
     from videogemma.modeling.row_norms import use_row_norms
     from videogemma.modeling.row_products import use_row_vector_products
+    from videogemma.modeling.sparse_activation import use_cached_sparsity
 
     current = quantized_method(model)
     if method is not None and current is None:
@@ -613,6 +614,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     use_row_vector_products(model.language_model)
     use_fused_altup_predict(model.language_model)
     use_row_norms(model.language_model)
+    use_cached_sparsity(model.language_model)
     place_on_huge_pages(model.language_model, (nn.Linear, QuantizedLinear))
 
 
