@@ -1,4 +1,5 @@
-"""AltUp's prediction in its fused forms (`modeling/altup_predict.py`)."""
+"""AltUp's prediction and correction in their fused forms (`modeling/altup_predict.py`): one C call for one
+position (where the kernels build), the broadcast form otherwise, the library's for prompts and training."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ import pytest
 import torch
 
 import videogemma
-from videogemma.modeling.altup_predict import FusedAltUpPredict, use_fused_altup_predict
+from videogemma.modeling import altup_predict, quantized_rows
+from videogemma.modeling.altup_predict import FusedAltUpCorrect, FusedAltUpPredict, use_fused_altup_predict
+
+FORMS = ["one C call", "broadcast"]
+
+
+@pytest.fixture(params=FORMS)
+def form(request, monkeypatch) -> str:
+    """Each test on both one-position forms: the C call (where the kernels build) and the broadcast one."""
+    if request.param == "broadcast":
+        monkeypatch.setattr(altup_predict, "_one_call_takes", lambda *arguments: False)
+    elif quantized_rows.kernels() is None:
+        pytest.skip("no AVX-512 or no C compiler here: the broadcast form computes")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +40,7 @@ def _streams(language_model: torch.nn.Module, positions: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def test_one_positions_prediction_equals_the_librarys_within_its_rounding(
-    language_model: torch.nn.Module,
+    language_model: torch.nn.Module, form: str
 ) -> None:
     altup = language_model.model.layers[0].altup
     assert isinstance(altup.predict, FusedAltUpPredict)  # loading gave every layer the fused form
@@ -55,7 +69,62 @@ def test_a_prompt_run_eager_takes_the_librarys_form(
     assert torch.equal(altup.predict(streams), altup.predict.library(streams))
 
 
+@torch.inference_mode()
+def test_one_positions_correction_equals_the_librarys_within_its_rounding(
+    language_model: torch.nn.Module, form: str
+) -> None:
+    altup = language_model.model.layers[1].altup
+    assert isinstance(altup.correct, FusedAltUpCorrect)
+    predictions = _streams(language_model, positions=1)
+    activated = torch.randn(predictions.shape[1:], generator=torch.Generator().manual_seed(9)).to(
+        torch.bfloat16
+    )
+    weight = altup.correction_coefs.weight
+    saved = weight.clone()
+    weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    try:
+        fused, library = altup.correct(predictions, activated), altup.correct.library(predictions, activated)
+    finally:
+        weight.copy_(saved)
+    assert fused.dtype == library.dtype == torch.bfloat16 and fused.shape == library.shape
+    # The library rounds the innovation (up to the streams' size), the product and the sum; the fused forms
+    # once: within two bf16 steps of the largest value.
+    scale = library.float().abs().max().item()
+    assert torch.allclose(fused.float(), library.float(), rtol=2**-6, atol=2**-6 * scale)
+    assert not torch.equal(fused, predictions)
+
+
+def test_in_fp32_both_steps_equal_the_librarys_and_greedy_tokens_do_not_change(form: str) -> None:
+    model, _ = videogemma.load("tiny", dtype="float32", device="cpu", quiet=True)
+    layer = model.language_model.model.layers[0]
+    config = model.language_model.config
+    generator = torch.Generator().manual_seed(3)
+    streams = torch.randn(config.altup_num_inputs, 2, 1, config.hidden_size, generator=generator)
+    activated = torch.randn(2, 1, config.hidden_size, generator=generator)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer.altup.predict(streams), layer.altup.predict.library(streams))
+        torch.testing.assert_close(
+            layer.altup.correct(streams, activated), layer.altup.correct.library(streams, activated)
+        )
+    ids = torch.randint(10, 1000, (1, 30), generator=generator)
+    wrappers = [
+        (each.altup, each.altup.predict, each.altup.correct) for each in model.language_model.model.layers
+    ]
+    answers = []
+    for fused in (True, False):
+        for altup, predict, correct in wrappers:
+            altup.predict = predict if fused else predict.library
+            altup.correct = correct if fused else correct.library
+        with torch.inference_mode():
+            answers.append(
+                model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False
+                )
+            )
+    assert torch.equal(answers[0], answers[1])
+
+
 def test_installing_twice_wraps_once(language_model: torch.nn.Module) -> None:
-    before = [layer.altup.predict for layer in language_model.model.layers]
+    before = [(layer.altup.predict, layer.altup.correct) for layer in language_model.model.layers]
     use_fused_altup_predict(language_model)
-    assert [layer.altup.predict for layer in language_model.model.layers] == before
+    assert [(layer.altup.predict, layer.altup.correct) for layer in language_model.model.layers] == before

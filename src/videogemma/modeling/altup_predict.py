@@ -1,12 +1,17 @@
-"""AltUp's prediction (`Gemma3nTextAltUp.predict`) in forms that run fast for inference.
+"""AltUp's prediction and correction (`Gemma3nTextAltUp.predict` / `.correct`) in forms that run fast for
+inference.
 
 The library mixes AltUp's four streams with a batched matrix product: one (hidden × 4) by (4 × 4) product per
 position, with transposing copies around it. Traced (a compiled prefill) that is 2-3 s of an E2B prefill on 2
 cores; eager for one position (a decode step) 88 µs a layer, 2.6 ms of an E2B step on this CPU, for 32,768
 multiply-adds. Written as a broadcast product and a sum instead, inductor fuses it into one pass over the
-streams, and eager for one position it is a few small element-wise operations (computed in fp32 and rounded
-once, where the library rounds the product and then the sum with the input). A prompt run eager and training
-call the library's form (the broadcast form's intermediate is 4 × 4 × positions × hidden).
+streams (`_mixed`). For one position, eager, each of the two steps is one C call (`quantized_rows.c`): the
+router (RMSNorm, the 2,048 → 4 product, tanh), the coefficients and the mixing, in fp32 and rounded once to
+the streams' dtype where the library rounds after each of its ~12 operations: 75-85 µs a layer for the
+prediction and 67 for the correction in the library's operations, a few µs each in C (tested against the
+library's forms: within its bf16 roundings, fp32 to 1e-5, a tiny model's greedy tokens). Where the C cannot run,
+the prediction's broadcast form in fp32 and the library's correction. A prompt run eager and training call the
+library's forms (the broadcast form's intermediate is 4 × 4 × positions × hidden).
 
     use_fused_altup_predict(language_model)    # in place, once; `loading.prepare_decoder` does it
 """
@@ -16,9 +21,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from videogemma.modeling import quantized_rows
+from videogemma.modeling.row_norms import fp32_weight
+
+ONE_CALL_STREAMS = 8  # the C file's ALTUP_STREAMS
+
+
+def _one_call_takes(altup: nn.Module, states: torch.Tensor) -> bool:
+    """A decode step the C calls compute: one position, no gradients, the streams' dtype throughout."""
+    weights = (altup.modality_router.weight, altup.prediction_coefs.weight, altup.correction_coefs.weight)
+    return (
+        states.shape[-2] == 1
+        and not altup.training
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and states.device.type == "cpu"
+        and states.dtype in (torch.bfloat16, torch.float32)
+        and all(weight.dtype == states.dtype and weight.is_contiguous() for weight in weights)
+        and getattr(altup.router_norm, "with_scale", False)
+        and states.shape[-1] % 16 == 0
+        and altup.config.altup_num_inputs <= ONE_CALL_STREAMS
+        and quantized_rows.kernels() is not None
+    )
+
+
+def _router_arguments(altup: nn.Module) -> tuple:
+    """What both C calls read of the router: its norm's weight in fp32, eps and input scale, its weight."""
+    norm = altup.router_norm
+    norm_weight = fp32_weight(norm)
+    scale = altup.config.hidden_size**-1.0  # the library's router_input_scale
+    return norm_weight, (
+        norm_weight.data_ptr(),
+        norm.variance_epsilon,
+        scale,
+        altup.modality_router.weight.data_ptr(),
+    )
+
 
 class FusedAltUpPredict:
-    """A layer's `altup.predict`: the broadcast form when traced or for one position, else the library's."""
+    """A layer's `altup.predict`: one C call for one position, the broadcast form when traced (or where the C
+    cannot run), else the library's."""
 
     def __init__(self, altup: nn.Module) -> None:
         self.altup = altup
@@ -30,9 +72,24 @@ class FusedAltUpPredict:
             return self.library(hidden_states)
         if torch.compiler.is_compiling():
             return self._mixed(hidden_states, hidden_states.dtype)
+        if _one_call_takes(altup, hidden_states):
+            return self._one_call(hidden_states)
         if hidden_states.shape[-2] == 1:  # (streams, batch, positions, hidden): a decode step
             return self._mixed(hidden_states, torch.float32)
         return self.library(hidden_states)
+
+    def _one_call(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        altup = self.altup
+        streams = hidden_states.contiguous()
+        out = torch.empty_like(streams)
+        flag = int(streams.dtype == torch.bfloat16)
+        n, width = streams.shape[0], streams.shape[-1]
+        _kept, router = _router_arguments(altup)
+        quantized_rows.run(
+            "altup_predict", streams.data_ptr(), altup.config.altup_active_idx, *router,
+            altup.prediction_coefs.weight.data_ptr(), out.data_ptr(), flag, n, streams.numel() // (n * width), width,
+        )  # fmt: skip
+        return out
 
     def _mixed(self, hidden_states: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
         altup = self.altup
@@ -46,8 +103,34 @@ class FusedAltUpPredict:
         return (mixed + streams).contiguous().type_as(hidden_states)
 
 
+class FusedAltUpCorrect:
+    """A layer's `altup.correct`: one C call for one position, else the library's."""
+
+    def __init__(self, altup: nn.Module) -> None:
+        self.altup = altup
+        self.library = altup.correct
+
+    def __call__(self, predictions: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+        altup = self.altup
+        if not (_one_call_takes(altup, predictions) and activated.dtype == predictions.dtype):
+            return self.library(predictions, activated)
+        predictions, activated = predictions.contiguous(), activated.contiguous()
+        out = torch.empty_like(predictions)
+        flag = int(predictions.dtype == torch.bfloat16)
+        n, width = predictions.shape[0], predictions.shape[-1]
+        _kept, router = _router_arguments(altup)
+        quantized_rows.run(
+            "altup_correct", predictions.data_ptr(), activated.data_ptr(), altup.config.altup_active_idx, *router,
+            altup.correction_coefs.weight.data_ptr(), out.data_ptr(), flag, n, activated.numel() // width, width,
+        )  # fmt: skip
+        return out
+
+
 def use_fused_altup_predict(language_model: nn.Module) -> None:
-    """Give every decoder layer of a Gemma-3n language model the fused prediction (in place; idempotent)."""
+    """Give every decoder layer of a Gemma-3n language model the fused prediction and correction (in place;
+    idempotent)."""
     for layer in language_model.model.layers:
         if not isinstance(layer.altup.predict, FusedAltUpPredict):
             layer.altup.predict = FusedAltUpPredict(layer.altup)
+        if not isinstance(layer.altup.correct, FusedAltUpCorrect):
+            layer.altup.correct = FusedAltUpCorrect(layer.altup)

@@ -8,6 +8,7 @@
  * this CPU reads at. Sums are fp32, kept in vector lanes and reduced once a weight row.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -273,6 +274,21 @@ static inline __m512 load16(const void *values, int64_t index, int bf16) {
 
 #define LOGIT_HEADS 8 /* query heads a pass over a key row: their sums in registers */
 
+/* 16 fp32 values stored from `index` of a bf16 (rounded to nearest, ties to even, NaN kept: float_to_bf16's
+ * rule, 16 at a time) or fp32 row. */
+static inline void store16(void *values, int64_t index, __m512 v, int bf16) {
+    if (!bf16) {
+        _mm512_storeu_ps((float *)values + index, v);
+        return;
+    }
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256((__m256i *)((uint16_t *)values + index), _mm512_cvtepi32_epi16(rounded));
+}
+
 /* logits[b, h, s] = scale · q[b, h] · k[b, h / group, s]: q (batch, heads, head_dim) contiguous. The positions are
  * split between the threads. Returns 0, or -1 when out of memory. */
 int attention_logits(const void *q, const void *k, float *logits, int bf16, int64_t batch, int64_t heads,
@@ -382,13 +398,90 @@ int rms_norm(const void *x, const float *weight, void *out, int bf16, int64_t ro
         for (int64_t j = 0; j < vectors; j++) {
             __m512 v = _mm512_mul_ps(load16(x, at + 16 * j, bf16), factor);
             if (weight) v = _mm512_mul_ps(v, _mm512_loadu_ps(weight + 16 * j));
-            if (!bf16) {
-                _mm512_storeu_ps((float *)out + at + 16 * j, v);
-                continue;
+            store16(out, at + 16 * j, v, bf16);
+        }
+    }
+    return 0;
+}
+
+/* AltUp for one position a row (a decode step; altup_predict.py calls these). streams: (n, rows, width), the
+ * n ≤ ALTUP_STREAMS streams of each row; the router reads one stream (or the layer's output) a row:
+ * modality k = tanh(router[k] · (rmsnorm(x) · norm_weight · input_scale)). All in fp32, rounded once at the end to
+ * the streams' dtype (the library rounds to it after each step). Rows in parallel. width % 16 == 0. */
+#define ALTUP_STREAMS 8
+
+static void altup_modalities(const void *x, int64_t at, const float *norm_weight, float eps, float input_scale,
+                             const void *router, int n, int64_t width, int bf16, float *modalities) {
+    const int64_t vectors = width / 16;
+    __m512 squares = _mm512_setzero_ps();
+    for (int64_t j = 0; j < vectors; j++) {
+        const __m512 v = load16(x, at + 16 * j, bf16);
+        squares = _mm512_fmadd_ps(v, v, squares);
+    }
+    const float factor = input_scale / __builtin_sqrtf(_mm512_reduce_add_ps(squares) / (float)width + eps);
+    __m512 sums[ALTUP_STREAMS];
+    for (int k = 0; k < n; k++) sums[k] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < vectors; j++) {
+        const __m512 normed = _mm512_mul_ps(load16(x, at + 16 * j, bf16), _mm512_loadu_ps(norm_weight + 16 * j));
+        for (int k = 0; k < n; k++) sums[k] = _mm512_fmadd_ps(normed, load16(router, k * width + 16 * j, bf16), sums[k]);
+    }
+    for (int k = 0; k < n; k++) modalities[k] = tanhf(_mm512_reduce_add_ps(sums[k]) * factor);
+}
+
+/* coefficients[j] = Σ_k weight[j, k] · modalities[k] (+ offset), weight (count, n) in the streams' dtype. */
+static void altup_coefficients(const void *weight, const float *modalities, int n, int count, float offset,
+                               int bf16, float *coefficients) {
+    for (int j = 0; j < count; j++) {
+        float sum = 0.0f;
+        for (int k = 0; k < n; k++) sum += load_value(weight, j * n + k, bf16) * modalities[k];
+        coefficients[j] = sum + offset;
+    }
+}
+
+/* The prediction: out[c] = streams[c] + Σ_a coefs[c · n + a] · streams[a], coefs from prediction_weight (n², n)
+ * over the modalities of stream `active`. Returns 0, or -1 for more streams than it takes. */
+int altup_predict(const void *streams, int active, const float *norm_weight, float eps, float input_scale,
+                  const void *router, const void *prediction_weight, void *out, int bf16, int n, int64_t rows,
+                  int64_t width, int threads) {
+    if (n > ALTUP_STREAMS) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float modalities[ALTUP_STREAMS], coefs[ALTUP_STREAMS * ALTUP_STREAMS];
+        altup_modalities(streams, (active * rows + r) * width, norm_weight, eps, input_scale, router, n, width, bf16,
+                         modalities);
+        altup_coefficients(prediction_weight, modalities, n, n * n, 0.0f, bf16, coefs);
+        for (int64_t h = 0; h < width; h += 16) {
+            __m512 values[ALTUP_STREAMS];
+            for (int a = 0; a < n; a++) values[a] = load16(streams, (a * rows + r) * width + h, bf16);
+            for (int c = 0; c < n; c++) {
+                __m512 mixed = values[c];
+                for (int a = 0; a < n; a++) mixed = _mm512_fmadd_ps(_mm512_set1_ps(coefs[c * n + a]), values[a], mixed);
+                store16(out, (c * rows + r) * width + h, mixed, bf16);
             }
-            float values[16];
-            _mm512_storeu_ps(values, v);
-            for (int i = 0; i < 16; i++) ((uint16_t *)out)[at + 16 * j + i] = float_to_bf16(values[i]);
+        }
+    }
+    return 0;
+}
+
+/* The correction: out[c] = predictions[c] + (1 + coefs[c]) · (activated − predictions[active]), coefs from
+ * correction_weight (n, n) over the modalities of `activated` (rows, width). Returns 0, or -1 for more streams
+ * than it takes. */
+int altup_correct(const void *predictions, const void *activated, int active, const float *norm_weight, float eps,
+                  float input_scale, const void *router, const void *correction_weight, void *out, int bf16, int n,
+                  int64_t rows, int64_t width, int threads) {
+    if (n > ALTUP_STREAMS) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float modalities[ALTUP_STREAMS], coefs[ALTUP_STREAMS];
+        altup_modalities(activated, r * width, norm_weight, eps, input_scale, router, n, width, bf16, modalities);
+        altup_coefficients(correction_weight, modalities, n, n, 1.0f, bf16, coefs);
+        for (int64_t h = 0; h < width; h += 16) {
+            const __m512 innovation = _mm512_sub_ps(load16(activated, r * width + h, bf16),
+                                                    load16(predictions, (active * rows + r) * width + h, bf16));
+            for (int c = 0; c < n; c++) {
+                const int64_t at = (c * rows + r) * width + h;
+                store16(out, at, _mm512_fmadd_ps(_mm512_set1_ps(coefs[c]), innovation, load16(predictions, at, bf16)), bf16);
+            }
         }
     }
     return 0;

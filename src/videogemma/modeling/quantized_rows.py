@@ -1,7 +1,7 @@
 """A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
 CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
 and loaded through ctypes. The same library holds the decode step's attention over the cache (its two halves,
-called from `decode_attention.py`, which says why) and Gemma-3n's RMSNorm (`row_norms.py`).
+called from `decode_attention.py`, which says why) Gemma-3n's RMSNorm (`row_norms.py`) and AltUp for one position (`altup_predict.py`).
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -35,6 +35,7 @@ C_COMPILERS = ("cc", "gcc", "clang")
 # -march=native: the host's own instruction set (the build is cached per CPU); OpenMP: the same libgomp as
 # torch's (already loaded by then), so one thread pool.
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+LINK_FLAGS = ("-lm",)  # tanhf (AltUp's router)
 ROW_KERNELS_ENV = "VIDEOGEMMA_ROW_KERNELS"
 # The kernels' step along the input: int8 rows go 128 values at a time, int4 groups are 128 values (the C file's
 # INT4_GROUP).
@@ -61,7 +62,7 @@ def _cpu_description() -> str:
 def _build(compiler: str) -> Path:
     """The shared library for this source, compiler and CPU: built once (atomically), then reused."""
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, *COMPILE_FLAGS, _cpu_description()]).encode()
+        "\0".join([SOURCE.read_text(), compiler, *COMPILE_FLAGS, *LINK_FLAGS, _cpu_description()]).encode()
     ).hexdigest()[:16]
     library = _cache_dir() / f"quantized_rows-{key}.so"
     if library.is_file():
@@ -70,7 +71,7 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = Path(scratch) / library.name
         subprocess.run(
-            [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(built)],
+            [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", str(built), *LINK_FLAGS],
             check=True,
             capture_output=True,
             text=True,
@@ -105,8 +106,16 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.attention_logits.argtypes = [pointer, pointer, pointer, flag, *shapes, ctypes.c_float, flag]
     library.attention_values.argtypes = [pointer, pointer, pointer, flag, *shapes, flag]
     library.rms_norm.argtypes = [pointer, pointer, pointer, flag, size, size, ctypes.c_float, flag]
+    # AltUp (altup_predict.py): two inputs, the active stream, norm weight, eps, input scale, router, coefficient
+    # weight, output, dtype flag, streams, rows, width.
+    real = ctypes.c_float
+    altup = [pointer, flag, pointer, real, real, pointer, pointer, pointer, flag, flag, size, size, flag]
+    library.altup_predict.argtypes = altup
+    library.altup_correct.argtypes = [pointer, *altup]
     functions = (
         "rms_norm",
+        "altup_predict",
+        "altup_correct",
         "int8_rows",
         "int4_rows",
         "bf16_row",

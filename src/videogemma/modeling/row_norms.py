@@ -34,7 +34,7 @@ class RowRMSNorm(Gemma3nRMSNorm):
         width = hidden_states.shape[-1]
         rows = hidden_states.contiguous()
         out = torch.empty_like(rows)
-        weight = self._fp32_weight()
+        weight = fp32_weight(self)
         quantized_rows.run(
             "rms_norm", rows.data_ptr(), 0 if weight is None else weight.data_ptr(), out.data_ptr(),
             int(rows.dtype == torch.bfloat16), rows.numel() // width, width, self.variance_epsilon,
@@ -52,22 +52,24 @@ class RowRMSNorm(Gemma3nRMSNorm):
             and quantized_rows.kernels() is not None
         )
 
-    def _fp32_weight(self) -> torch.Tensor | None:
-        """The scale in fp32 (the module's `weight.float()`), kept until the weight changes."""
-        if not self.with_scale:
-            return None
-        weight = self.weight
-        if weight.dtype == torch.float32 and weight.is_contiguous():
-            return weight
-        try:
-            key = (weight.data_ptr(), weight._version)
-        except RuntimeError:  # an inference-mode tensor keeps no version: no cache
-            return weight.detach().float()
-        cached = getattr(self, "_fp32_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, weight.detach().float().contiguous())
-            self._fp32_cache = cached
-        return cached[1]
+
+def fp32_weight(norm: Gemma3nRMSNorm) -> torch.Tensor | None:
+    """A norm's scale in fp32 (the module's `weight.float()`), kept on the module until the weight changes; None
+    for a norm without one."""
+    if not norm.with_scale:
+        return None
+    weight = norm.weight
+    if weight.dtype == torch.float32 and weight.is_contiguous():
+        return weight
+    try:
+        key = (weight.data_ptr(), weight._version)
+    except RuntimeError:  # an inference-mode tensor keeps no version: no cache
+        return weight.detach().float()
+    cached = getattr(norm, "_fp32_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().float().contiguous())
+        norm._fp32_cache = cached
+    return cached[1]
 
 
 def use_row_norms(language_model: nn.Module) -> None:
