@@ -61,6 +61,7 @@ def _kernels_take(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -
         and query.dtype in KERNEL_DTYPES
         and query.dtype == key.dtype == value.dtype
         and head_dim % 16 == 0
+        and key.shape[-1] == value.shape[-1] == head_dim
         and key.shape[0] == value.shape[0] == query.shape[0]
         and query.shape[1] % key.shape[1] == 0
         and all(states.stride(-1) == 1 and states.stride(2) == head_dim for states in (key, value))
@@ -113,8 +114,8 @@ def _through_torch(
     if mask is not None:
         logits = _masked(logits, _grouped_mask(mask, batch, heads, kv_heads, group))
     weights = torch.softmax(logits, dim=-1)
-    output = torch.matmul(weights, value.float())  # (B, kv heads, group, D)
-    return output.reshape(batch, 1, heads, head_dim).to(query.dtype)
+    output = torch.matmul(weights, value.float())  # (B, kv heads, group, value D)
+    return output.reshape(batch, 1, heads, value.shape[-1]).to(query.dtype)
 
 
 def _grouped_mask(mask: torch.Tensor, batch: int, heads: int, kv_heads: int, group: int) -> torch.Tensor:
