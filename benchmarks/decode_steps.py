@@ -18,7 +18,6 @@ DIR is the folder `benchmarks/inference.py --quantize ... --checkpoint-dir DIR` 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -28,21 +27,10 @@ from typing import Any
 import torch
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nRMSNorm
 
+# benchmarks/inference.py (its saved-model loading, prompt and bounds): run as a script, this folder is on sys.path.
+import inference as BENCH
 from videogemma.modeling import altup_predict, decode_attention
 from videogemma.modeling.row_norms import RowRMSNorm
-
-HERE = Path(__file__).resolve().parent
-
-
-def _inference_benchmark() -> Any:
-    """benchmarks/inference.py (its saved-model loading, prompt and bounds), imported by path."""
-    spec = importlib.util.spec_from_file_location("inference_benchmark", HERE / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _inference_benchmark()
 
 
 class StepClock:
