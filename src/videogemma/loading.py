@@ -589,8 +589,8 @@ def _say(message: str) -> None:
 def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
-    prediction (decoding), its norms the C pass and its sparse MLPs their cached quantile, and put the linear layers' weights on 2 MiB pages (a CPU reads
-    them faster there)."""
+    prediction and correction (decoding), its norms the C pass and its sparse MLPs their cached quantile, and put
+    the linear layers' weights on 2 MiB pages (a CPU reads them faster there)."""
     from torch import nn
 
     from videogemma.modeling.altup_predict import use_fused_altup_predict

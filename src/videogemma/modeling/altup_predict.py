@@ -36,7 +36,7 @@ def _one_call_takes(altup: nn.Module, states: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and states.device.type == "cpu"
-        and states.dtype in (torch.bfloat16, torch.float32)
+        and states.dtype in quantized_rows.KERNEL_DTYPES
         and all(weight.dtype == states.dtype and weight.is_contiguous() for weight in weights)
         and getattr(altup.router_norm, "with_scale", False)
         and states.shape[-1] % 16 == 0
@@ -45,17 +45,25 @@ def _one_call_takes(altup: nn.Module, states: torch.Tensor) -> bool:
     )
 
 
-def _router_arguments(altup: nn.Module) -> tuple:
-    """What both C calls read of the router: its norm's weight in fp32, eps and input scale, its weight."""
+def _one_call(
+    kernel: str, altup: nn.Module, inputs: tuple[torch.Tensor, ...], coefficients: nn.Linear
+) -> torch.Tensor:
+    """`altup_predict` (inputs: the streams) or `altup_correct` (the predictions, the layer's output) in C: the
+    router (its norm's weight in fp32, eps, the library's input scale 1 / hidden, its weight), the coefficients'
+    weight, an output shaped as the streams."""
+    inputs = tuple(tensor.contiguous() for tensor in inputs)
+    streams = inputs[0]
+    out = torch.empty_like(streams)
+    n, width = streams.shape[0], streams.shape[-1]
     norm = altup.router_norm
-    norm_weight = fp32_weight(norm)
-    scale = altup.config.hidden_size**-1.0  # the library's router_input_scale
-    return norm_weight, (
-        norm_weight.data_ptr(),
-        norm.variance_epsilon,
-        scale,
-        altup.modality_router.weight.data_ptr(),
-    )
+    norm_weight = fp32_weight(norm)  # held here until the call returns
+    quantized_rows.run(
+        kernel, *(tensor.data_ptr() for tensor in inputs), altup.config.altup_active_idx, norm_weight.data_ptr(),
+        norm.variance_epsilon, altup.config.hidden_size**-1.0, altup.modality_router.weight.data_ptr(),
+        coefficients.weight.data_ptr(), out.data_ptr(), int(streams.dtype == torch.bfloat16), n,
+        streams.numel() // (n * width), width,
+    )  # fmt: skip
+    return out
 
 
 class FusedAltUpPredict:
@@ -73,23 +81,10 @@ class FusedAltUpPredict:
         if torch.compiler.is_compiling():
             return self._mixed(hidden_states, hidden_states.dtype)
         if _one_call_takes(altup, hidden_states):
-            return self._one_call(hidden_states)
+            return _one_call("altup_predict", altup, (hidden_states,), altup.prediction_coefs)
         if hidden_states.shape[-2] == 1:  # (streams, batch, positions, hidden): a decode step
             return self._mixed(hidden_states, torch.float32)
         return self.library(hidden_states)
-
-    def _one_call(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        altup = self.altup
-        streams = hidden_states.contiguous()
-        out = torch.empty_like(streams)
-        flag = int(streams.dtype == torch.bfloat16)
-        n, width = streams.shape[0], streams.shape[-1]
-        _kept, router = _router_arguments(altup)
-        quantized_rows.run(
-            "altup_predict", streams.data_ptr(), altup.config.altup_active_idx, *router,
-            altup.prediction_coefs.weight.data_ptr(), out.data_ptr(), flag, n, streams.numel() // (n * width), width,
-        )  # fmt: skip
-        return out
 
     def _mixed(self, hidden_states: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
         altup = self.altup
@@ -114,16 +109,7 @@ class FusedAltUpCorrect:
         altup = self.altup
         if not (_one_call_takes(altup, predictions) and activated.dtype == predictions.dtype):
             return self.library(predictions, activated)
-        predictions, activated = predictions.contiguous(), activated.contiguous()
-        out = torch.empty_like(predictions)
-        flag = int(predictions.dtype == torch.bfloat16)
-        n, width = predictions.shape[0], predictions.shape[-1]
-        _kept, router = _router_arguments(altup)
-        quantized_rows.run(
-            "altup_correct", predictions.data_ptr(), activated.data_ptr(), altup.config.altup_active_idx, *router,
-            altup.correction_coefs.weight.data_ptr(), out.data_ptr(), flag, n, activated.numel() // width, width,
-        )  # fmt: skip
-        return out
+        return _one_call("altup_correct", altup, (predictions, activated), altup.correction_coefs)
 
 
 def use_fused_altup_predict(language_model: nn.Module) -> None:

@@ -22,8 +22,6 @@ import torch
 
 from videogemma.modeling import quantized_rows
 
-KERNEL_DTYPES = (torch.bfloat16, torch.float32)
-
 
 def takes(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
     """Whether this call is a CPU decode step that the two products compute as SDPA would."""
@@ -58,7 +56,7 @@ def _kernels_take(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -
     head_dim = query.shape[-1]
     return (
         quantized_rows.kernels() is not None
-        and query.dtype in KERNEL_DTYPES
+        and query.dtype in quantized_rows.KERNEL_DTYPES
         and query.dtype == key.dtype == value.dtype
         and head_dim % 16 == 0
         and key.shape[-1] == value.shape[-1] == head_dim

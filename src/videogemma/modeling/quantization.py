@@ -140,7 +140,7 @@ class QuantizedLinear(nn.Module):
             self._scales_and_zeros is None
             and self.qweight.device.type == "cpu"
             and not torch.compiler.is_compiling()
-            and self.scales.dtype in (torch.bfloat16, torch.float32)
+            and self.scales.dtype in quantized_rows.KERNEL_DTYPES
             and quantized_rows.kernels() is not None
         )
 
@@ -196,7 +196,7 @@ class QuantizedLinear(nn.Module):
             return torch._weight_int4pack_mm_for_cpu(
                 flat, self.qweight, self.group_size, self._scales_and_zeros.to(flat.dtype)
             )
-        if quantized_rows.kernels() is not None and flat.dtype in (torch.bfloat16, torch.float32):
+        if quantized_rows.kernels() is not None and flat.dtype in quantized_rows.KERNEL_DTYPES:
             flat = flat.contiguous()
             if self.bits == 8:
                 return quantized_rows.int8_rows(flat, self.qweight, self.scales)

@@ -1,7 +1,8 @@
 """A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
 CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
 and loaded through ctypes. The same library holds the decode step's attention over the cache (its two halves,
-called from `decode_attention.py`, which says why) Gemma-3n's RMSNorm (`row_norms.py`) and AltUp for one position (`altup_predict.py`).
+called from `decode_attention.py`, which says why), Gemma-3n's RMSNorm (`row_norms.py`) and AltUp for one
+position (`altup_predict.py`).
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -37,6 +38,8 @@ C_COMPILERS = ("cc", "gcc", "clang")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 LINK_FLAGS = ("-lm",)  # tanhf (AltUp's router)
 ROW_KERNELS_ENV = "VIDEOGEMMA_ROW_KERNELS"
+# The dtypes every kernel reads and writes (a flag picks bf16 or fp32).
+KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 # The kernels' step along the input: int8 rows go 128 values at a time, int4 groups are 128 values (the C file's
 # INT4_GROUP).
 INPUT_STEP = 128
@@ -153,7 +156,7 @@ def kernels() -> ctypes.CDLL | None:
 
 def _bf16_flag(tensor: torch.Tensor, what: str) -> int:
     """1 for bf16, 0 for fp32: the two dtypes the kernels read (contiguous)."""
-    if tensor.dtype not in (torch.bfloat16, torch.float32) or not tensor.is_contiguous():
+    if tensor.dtype not in KERNEL_DTYPES or not tensor.is_contiguous():
         raise ValueError(f"the row kernels read contiguous bf16 or fp32 {what}, not {tensor.dtype}")
     return int(tensor.dtype == torch.bfloat16)
 

@@ -46,7 +46,7 @@ class RowRMSNorm(Gemma3nRMSNorm):
             not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
             and hidden_states.device.type == "cpu"
-            and hidden_states.dtype in (torch.bfloat16, torch.float32)
+            and hidden_states.dtype in quantized_rows.KERNEL_DTYPES
             and hidden_states.shape[-1] % 16 == 0
             and hidden_states.numel() > 0
             and quantized_rows.kernels() is not None
