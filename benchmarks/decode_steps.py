@@ -117,11 +117,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="answers per variant, alternating")
     parser.add_argument("--new-tokens", type=int, default=16, help="decode steps per answer")
     args = parser.parse_args()
-    results = {}
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        folder = args.e2b_dir / method
-        if (folder / "config.json").is_file():
-            results[method] = alternate(folder, args.rounds, args.new_tokens)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    folders = {method: args.e2b_dir / method for method in methods}
+    present = {method: folder for method, folder in folders.items() if (folder / "config.json").is_file()}
+    if not present:
+        parser.error(f"{args.e2b_dir}: no saved model in {', '.join(methods)} (write them with inference.py)")
+    results = {method: alternate(folder, args.rounds, args.new_tokens) for method, folder in present.items()}
     copy = BENCH.measure_bounds(64, None)["copy_gb_per_s"]
     print(f"\n1 GiB copy {copy:.1f} GB/s (read + written), measured after the steps")
     print(
