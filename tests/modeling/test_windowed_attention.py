@@ -1,5 +1,6 @@
 """Sliding-window attention in blocks of queries: the same logits as transformers' SDPA over the whole mask, for
-a long prompt, a left-padded batch and a generation that goes on from the prompt; the blocks are really used."""
+a long prompt, a left-padded batch and a generation that goes on from the prompt; the blocks are really used
+(SDPA's blocks where the CPU block products do not run, those where they do)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 import videogemma
 from videogemma.constants import WINDOWED_ATTENTION
-from videogemma.modeling import windowed_attention
+from videogemma.modeling import prefill_attention, windowed_attention
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def test_a_long_prompt_gives_the_whole_mask_logits_through_blocks(
         return library(module, query, key, *args, **kwargs)
 
     monkeypatch.setattr(windowed_attention, "sdpa_attention_forward", spy)
+    # SDPA's blocks serve gradients and other devices; here the CPU's block products are turned away.
+    monkeypatch.setattr(prefill_attention, "takes", lambda *args: False)
     ours = _logits(model, WINDOWED_ATTENTION, ids, mask)
     torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-5)
     length = ids.shape[1]
@@ -60,6 +63,22 @@ def test_a_long_prompt_gives_the_whole_mask_logits_through_blocks(
     assert (window // 2, window // 2 + window - 1) in queries
     assert (length % (window // 2), length % (window // 2) + window - 1) in queries
     assert (length, length) in queries  # the global layers: one call over the whole prompt
+
+
+def test_a_cpu_prompt_goes_through_the_block_products(model: torch.nn.Module, monkeypatch) -> None:
+    ids = _prompt(3 * model.config.text_config.sliding_window)
+    reference = _logits(model, "sdpa", ids, torch.ones_like(ids))
+    calls = []
+    library = prefill_attention.block_attention
+
+    def spy(query, *args):
+        calls.append(query.shape[2])
+        return library(query, *args)
+
+    monkeypatch.setattr(prefill_attention, "block_attention", spy)
+    ours = _logits(model, WINDOWED_ATTENTION, ids, torch.ones_like(ids))
+    torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-5)
+    assert calls == [ids.shape[1]] * model.config.text_config.num_hidden_layers
 
 
 def test_a_left_padded_batch_gives_the_whole_mask_logits(model: torch.nn.Module) -> None:

@@ -7,8 +7,10 @@ every key and masks most of them away: at E2B (2,443 prompt tokens, window 512) 
 prefill). Here the queries go in blocks of half a window, each with the keys from `sliding_window - 1` before its
 first query to its last (every key its mask can let through), through the same SDPA call on the mask's matching
 slice: each query's softmax runs over the same keys, so the result equals the whole-mask call's up to the order
-of the kernel's sums. A CPU decode step (one query) goes to `decode_attention`'s two products; everything else
-(global layers, short prompts, a cache with earlier turns, other devices) to transformers' SDPA as it is.
+of the kernel's sums. On the CPU without gradients, a decode step (one query) goes to `decode_attention`'s two
+products and a prompt to `prefill_attention`'s block products (faster than these blocks there); the blocks here
+serve gradients (training on long prompts) and other devices; everything else (global layers, short prompts, a
+cache with earlier turns) goes to transformers' SDPA as it is.
 
     register_windowed_attention()      # once; then the implementation is Gemma-3n's `_attn_implementation`
 """
@@ -24,7 +26,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from videogemma.constants import WINDOWED_ATTENTION
-from videogemma.modeling import decode_attention
+from videogemma.modeling import decode_attention, prefill_attention
 
 # From this many windows of queries on, splitting into blocks pays (measured at E2B: 4.8 windows, 3.1× faster);
 # below it the few blocks' calls cost about what they save.
@@ -46,6 +48,11 @@ def windowed_sdpa_attention_forward(
     ((B, T, heads, D), None)."""
     if decode_attention.takes(query, dropout, kwargs):
         return decode_attention.one_query_attention(query, key, value, attention_mask, scaling), None
+    if prefill_attention.takes(query, dropout, kwargs):
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        output = prefill_attention.block_attention(query, key, value, attention_mask, scaling, is_causal)
+        return output, None
     kwargs.update(dropout=dropout, scaling=scaling)
     length = query.shape[2]
     splits = (
