@@ -85,6 +85,18 @@ def test_an_additive_mask_and_a_mask_per_head() -> None:
     _check(*states, per_head)
 
 
+def test_under_autocast_the_logits_stay_fp32() -> None:
+    length = QUERY_BLOCK + 40
+    query, key, value = _states(length, length, torch.bfloat16)
+    allowed = _causal(length, length, WINDOW)
+    additive = torch.zeros(allowed.shape, dtype=torch.bfloat16).masked_fill_(~allowed, -torch.inf)
+    with torch.inference_mode():
+        expected = block_attention(query, key, value, allowed, 1.0, False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an evaluation inside a bf16 training run
+            under_autocast = block_attention(query, key, value, additive, 1.0, False)
+    torch.testing.assert_close(under_autocast, expected, atol=0, rtol=0)
+
+
 def test_a_left_padded_batch_gives_the_real_rows() -> None:
     length, pad = 2 * QUERY_BLOCK + 3, QUERY_BLOCK + 7  # a whole block of padding, and part of the next
     states = _states(length, length, torch.float32, batch=2)
