@@ -66,6 +66,15 @@ def _detect_cpu_bf16() -> bool:
     return False
 
 
+@functools.cache
+def cpu_has_bf16_tiles() -> bool:
+    """Whether this CPU multiplies bf16 matrices on AMX tiles (torch's GEMM and flash-attention kernels use them)."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    return capabilities is not None and bool(capabilities().get("amx_bf16"))
+
+
 def default_device() -> torch.device:
     import torch
 

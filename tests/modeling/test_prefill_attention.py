@@ -132,3 +132,11 @@ def test_gradients_and_decode_steps_are_left_to_sdpa() -> None:
         assert not prefill_attention.takes(query, 0.1, {})  # dropout
         assert not prefill_attention.takes(query, 0.0, {"softcap": 30.0})
     assert not prefill_attention.takes(query, 0.0, {})  # gradients on
+
+
+def test_with_amx_bf16_stays_with_the_flash_kernel(monkeypatch) -> None:
+    query = torch.zeros(1, HEADS, 4, HEAD_DIM)
+    monkeypatch.setattr(prefill_attention, "cpu_has_bf16_tiles", lambda: True)
+    with torch.inference_mode():
+        assert not prefill_attention.takes(query.bfloat16(), 0.0, {})
+        assert prefill_attention.takes(query, 0.0, {})  # fp32: no tiles either way
