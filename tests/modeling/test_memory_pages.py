@@ -16,14 +16,20 @@ from videogemma.modeling import memory_pages
 from videogemma.modeling.memory_pages import (
     HUGE_PAGE,
     HUGE_PAGES_ENV,
+    MALLOC_REUSE_ENV,
     huge_pages_available,
     page_out,
     place_on_huge_pages,
+    reuse_freed_memory,
 )
 from videogemma.modeling.quantization import QuantizedLinear
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
 needs_huge_pages = pytest.mark.skipif(not huge_pages_available(), reason="no transparent huge pages here")
+
+
+def _minor_faults() -> int:
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def _resident_file_bytes() -> int:
@@ -150,3 +156,27 @@ def test_a_loaded_models_decoder_weights_lie_on_huge_pages_and_answer_as_before(
         assert torch.equal(
             model.language_model(input_ids=ids).logits, plain.language_model(input_ids=ids).logits
         )
+
+
+@linux_only
+def test_a_freed_large_block_is_reused_without_new_page_faults() -> None:
+    if not reuse_freed_memory():
+        pytest.skip("not glibc, or its variables set for this process")
+    size = (
+        48 << 20
+    )  # above glibc's own largest threshold (32 MiB): mapped afresh each time without the settings
+    first = torch.ones(size, dtype=torch.uint8)  # its pages faulted in once
+    del first
+    before = _minor_faults()
+    again = torch.ones(size, dtype=torch.uint8)
+    assert _minor_faults() - before < (size // 4096) // 10, "the freed block's pages were not reused"
+    assert int(again.sum()) == size
+
+
+def test_glibc_variables_or_the_switch_leave_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = reuse_freed_memory.__wrapped__  # (the cached call: once a process)
+    monkeypatch.setenv(MALLOC_REUSE_ENV, "0")
+    assert settings() is False
+    monkeypatch.delenv(MALLOC_REUSE_ENV)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")  # a user asking for the least memory
+    assert settings() is False
