@@ -57,7 +57,9 @@ def forms(layer: str, mask: torch.Tensor) -> dict[str, Callable]:
 
     def sdpa_blocks(q, k, v):
         with torch.enable_grad():  # gradients on: the windowed path's SDPA blocks, not our products
-            return windowed_sdpa_attention_forward(module, q, k, v, mask, sliding_window=WINDOW, scaling=1.0)[0]
+            return windowed_sdpa_attention_forward(module, q, k, v, mask, sliding_window=WINDOW, scaling=1.0)[
+                0
+            ]
 
     found = {"sdpa mask": lambda q, k, v: sdpa(q, k, v, attn_mask=mask)}
     if layer == "local":
@@ -96,7 +98,9 @@ def measure(length: int, dtype: torch.dtype, rounds: int) -> list[tuple[str, str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--length", type=int, default=2443, help="prompt positions (the benchmark's: 2,443)")
     parser.add_argument("--threads", type=int, default=None)

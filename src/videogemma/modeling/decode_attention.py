@@ -25,9 +25,14 @@ from videogemma.modeling import quantized_rows
 
 def takes(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
     """Whether this call is a CPU decode step that the two products compute as SDPA would."""
+    return query.shape[2] == 1 and cpu_inference_call(query, dropout, kwargs)
+
+
+def cpu_inference_call(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
+    """Whether an attention call is one our own forms compute as SDPA would (this one's and
+    `prefill_attention`'s): on the CPU, no gradients, not traced, nothing of SDPA's path beyond the mask."""
     return (
-        query.shape[2] == 1
-        and query.device.type == "cpu"
+        query.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and not dropout

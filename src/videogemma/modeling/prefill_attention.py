@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from videogemma.modeling.decode_attention import cpu_inference_call
 from videogemma.precision import cpu_has_bf16_tiles
 
 # Queries per product: smaller blocks skip more of the masked keys, larger ones run the products faster
@@ -35,12 +36,7 @@ def takes(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
     """Whether this call is a CPU prompt's attention (many queries, no gradients) the block products compute."""
     return (
         query.shape[2] > 1
-        and query.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not dropout
-        and kwargs.get("position_bias") is None
-        and kwargs.get("softcap") is None
+        and cpu_inference_call(query, dropout, kwargs)
         # With AMX, torch's flash kernel multiplies bf16 on tiles, faster than our fp32 logits can be (the
         # previous host, a Xeon: 12.6 ms a local layer in SDPA's blocks, 21 ms a causal global one).
         and not (query.dtype == torch.bfloat16 and cpu_has_bf16_tiles())
