@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import videogemma
+from videogemma.modeling import quantized_rows
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +20,18 @@ def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(params=["C kernels", "fallback"])
+def c_or_fallback(request, monkeypatch) -> Callable[[ModuleType, str], str]:
+    """Runs a test on both forms of an operator: our C kernels (skipped where they do not build) and what it falls
+    back to, which `use(module, switch)` forces by making `module.switch` (the predicate choosing C) say no."""
+
+    def use(module: ModuleType, switch: str) -> str:
+        if request.param == "fallback":
+            monkeypatch.setattr(module, switch, lambda *arguments: False)
+        elif quantized_rows.kernels() is None:
+            pytest.skip("no AVX-512 or no C compiler here: the fallback computes")
+        return request.param
+
+    return use

@@ -9,20 +9,14 @@ import pytest
 import torch
 
 import videogemma
-from videogemma.modeling import altup_predict, quantized_rows
+from videogemma.modeling import altup_predict
 from videogemma.modeling.altup_predict import FusedAltUpCorrect, FusedAltUpPredict, use_fused_altup_predict
 
-FORMS = ["one C call", "broadcast"]
 
-
-@pytest.fixture(params=FORMS)
-def form(request, monkeypatch) -> str:
+@pytest.fixture
+def form(c_or_fallback) -> str:
     """Each test on both one-position forms: the C call (where the kernels build) and the broadcast one."""
-    if request.param == "broadcast":
-        monkeypatch.setattr(altup_predict, "_one_call_takes", lambda *arguments: False)
-    elif quantized_rows.kernels() is None:
-        pytest.skip("no AVX-512 or no C compiler here: the broadcast form computes")
-    return request.param
+    return c_or_fallback(altup_predict, "_one_call_takes")
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import videogemma
 from videogemma.constants import WINDOWED_ATTENTION
-from videogemma.modeling import decode_attention, quantized_rows, windowed_attention
-
-PATHS = ["C kernels", "torch"]
+from videogemma.modeling import decode_attention, windowed_attention
 
 
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch) -> str:
+@pytest.fixture
+def path(c_or_fallback) -> str:
     """Each test on both forms: our C halves (where they build) and torch's operations."""
-    if request.param == "torch":
-        monkeypatch.setattr(decode_attention, "_kernels_take", lambda *states: False)
-    elif quantized_rows.kernels() is None:
-        pytest.skip("no AVX-512 or no C compiler here: the torch form computes")
-    return request.param
+    return c_or_fallback(decode_attention, "_kernels_take")
 
 
 class _Attention(nn.Module):
