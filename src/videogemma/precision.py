@@ -50,11 +50,8 @@ def cpu_has_native_bf16() -> bool:
 
 @functools.cache
 def _detect_cpu_bf16() -> bool:
-    import torch
-
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is not None:
-        found = capabilities()
+    found = _torch_cpu_capabilities()
+    if found is not None:
         return any(bool(found.get(feature)) for feature in NATIVE_BF16_CPU_FEATURES)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -69,10 +66,16 @@ def _detect_cpu_bf16() -> bool:
 @functools.cache
 def cpu_has_bf16_tiles() -> bool:
     """Whether this CPU multiplies bf16 matrices on AMX tiles (torch's GEMM and flash-attention kernels use them)."""
+    found = _torch_cpu_capabilities()
+    return found is not None and bool(found.get("amx_bf16"))
+
+
+def _torch_cpu_capabilities() -> dict | None:
+    """torch's CPU feature flags (`torch.cpu.get_capabilities`), or None where this torch has no such call."""
     import torch
 
     capabilities = getattr(torch.cpu, "get_capabilities", None)
-    return capabilities is not None and bool(capabilities().get("amx_bf16"))
+    return None if capabilities is None else capabilities()
 
 
 def default_device() -> torch.device:

@@ -43,6 +43,8 @@ def takes(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
     )
 
 
+# (Autocast off: an evaluation inside a bf16 training run would round the logits to bf16.)
+@torch.autocast("cpu", enabled=False)
 def block_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -54,24 +56,10 @@ def block_attention(
     """query (B, heads, T, D), key / value (B, kv heads, S, D) with the queries the last T positions, a boolean
     (True: attend) or additive mask broadcastable to (B, heads, T, S), or None (`is_causal` then says whether
     query i sees only keys 0..i, as in SDPA) -> (B, T, heads, D) in the query's dtype."""
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    with torch.autocast(
-        "cpu", enabled=False
-    ):  # (an evaluation under autocast would round the logits to bf16)
-        return _blocks(query, key, value, attention_mask, scale, is_causal)
-
-
-def _blocks(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scale: float,
-    is_causal: bool,
-) -> torch.Tensor:
     batch, heads, length, head_dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     groups = heads // kv_heads
+    scale = head_dim**-0.5 if scaling is None else scaling
     queries = query.float()  # (the fp32 logits: bf16 ones would round them to 3 digits)
     if scale != 1.0:  # (Gemma-3n's is 1: its query norm scales)
         queries = queries * scale
