@@ -1,8 +1,8 @@
 """A long prompt's attention at E2B shapes, torch's SDPA forms against our block products, side by side.
 
-One layer's attention over the benchmark's prompt (2,443 positions; 8 query heads, 2 KV heads of 256; bf16 and
-fp32; random states of unit scale as Gemma-3n's query and key norms leave them), for a local layer (window 512)
-and a global one, each form in turn, order rotated every round:
+One layer's attention over `benchmarks/inference.py`'s prompt (2,443 positions; the E2B preset's 8 query heads,
+2 KV heads of 256; bf16 and fp32; random states of unit scale as Gemma-3n's query and key norms leave them), for
+a local layer (its window, 512) and a global one, each form in turn, order rotated every round:
 
 - `sdpa mask`: transformers' SDPA path as it is, the whole (T × T) boolean mask;
 - `sdpa blocks`: the same SDPA call on blocks of half a window (`windowed_attention`, local layers only);
@@ -11,7 +11,7 @@ and a global one, each form in turn, order rotated every round:
 
 Each figure is the median of the rounds; beside it the largest error against the exact result (float64).
 
-    python benchmarks/prompt_attention.py [--rounds 7] [--length 2443]
+    python benchmarks/prompt_attention.py [--rounds 7] [--length N]
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+# benchmarks/inference.py (its prompt): run as a script, this folder is on sys.path.
+import inference as BENCH
+from videogemma.config import VideoGemmaConfig
 from videogemma.modeling.prefill_attention import block_attention
 from videogemma.modeling.windowed_attention import windowed_sdpa_attention_forward
 
-HEADS, KV_HEADS, HEAD_DIM, WINDOW = 8, 2, 256, 512
+E2B = VideoGemmaConfig.from_preset("e2b")
+HEADS, KV_HEADS = E2B.text_config.num_attention_heads, E2B.text_config.num_key_value_heads
+HEAD_DIM, WINDOW = E2B.text_config.head_dim, E2B.text_config.sliding_window
 
 
 class _Attention(torch.nn.Module):
@@ -102,10 +107,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--length", type=int, default=2443, help="prompt positions (the benchmark's: 2,443)")
+    parser.add_argument(
+        "--length", type=int, default=None, help="prompt positions (default: the E2B prompt's)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    args.length = args.length or int(BENCH.prompt_ids(E2B, E2B.num_visual_tokens).shape[1])
     print(f"{args.length} positions, {torch.get_num_threads()} threads, {args.rounds} rounds (medians)")
     print(f"{'dtype':<10}{'layer':<8}{'form':<13}{'ms':>9}{'× ours':>9}{'max |error|':>13}")
     for dtype in (torch.bfloat16, torch.float32):
