@@ -39,12 +39,16 @@ def _arguments(layer: QuantizedLinear) -> tuple:
     return (layer.qweight, layer.scales) if layer.bits == 8 else (layer.qweight, layer.scales, layer.zeros)
 
 
+# 384: three int4 groups (the kernel's one-group loop); 2432: 19 (sixteen at a time, then three).
+@pytest.mark.parametrize("in_features", [384, 2432])
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_rows_times_the_weight_equal_the_fp32_product(bits: int, dtype: torch.dtype, rows: int) -> None:
-    layer = _layer(bits, 384, 80, dtype)
-    x = torch.randn(rows, 384, dtype=dtype)
+def test_rows_times_the_weight_equal_the_fp32_product(
+    bits: int, dtype: torch.dtype, rows: int, in_features: int
+) -> None:
+    layer = _layer(bits, in_features, 80, dtype)
+    x = torch.randn(rows, in_features, dtype=dtype)
     expected = x.float() @ _exact_weight(layer).t()
     out = _product(layer, x)
     assert out.dtype == dtype and out.shape == (rows, 80)
