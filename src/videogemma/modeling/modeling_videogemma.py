@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Gemma3nForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.generation.logits_process import LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextAttention
@@ -37,6 +38,7 @@ from videogemma.modeling.clip_encoder import CLIPFrameEncoder
 from videogemma.modeling.growing_cache import GrowingCache
 from videogemma.modeling.keyframes import select_keyframes
 from videogemma.modeling.projector import EfficientTokenProjector
+from videogemma.modeling.suppressed_tokens import index_suppression
 from videogemma.modeling.videomamba import KEEP_IN_FP32, VideoMamba
 from videogemma.modeling.windowed_attention import register_windowed_attention
 
@@ -570,6 +572,10 @@ class VideoGemmaForConditionalGeneration(VideoGemmaPreTrainedModel, GenerationMi
         if wants_default_cache:
             kwargs["cache"] = GrowingCache(config=self.config.text_config)
         return super().generate(*args, **kwargs)
+
+    def _get_logits_processor(self, *args: Any, **kwargs: Any) -> LogitsProcessorList:
+        """The library's processors, its token suppression as one indexed write (`suppressed_tokens.py`)."""
+        return index_suppression(super()._get_logits_processor(*args, **kwargs))
 
 
 class UntrainedProjectorsWarning(UserWarning):
