@@ -136,6 +136,7 @@ def measure(
     model_dir: Path | None = None,
     per_layer_on_disk: bool = False,
     compile_prefill: bool = False,
+    paired_blocks: int = 0,
 ) -> dict[str, Any]:
     import torch
 
@@ -238,7 +239,14 @@ def measure(
     }
     if compare_gemma_vision:
         result.update(compare_prefill(model, config, dtype))
-    result["peak_rss_gib"] = peak_rss_gib()
+    result["peak_rss_gib"] = peak_rss_gib()  # before the paired measurement's copy buffers
+    if paired_blocks:
+        prompt = {"input_ids": input_ids, "attention_mask": attention_mask, "visual_tokens": visual_tokens}
+        paired = paired_decode(model, prompt, paired_blocks, new_tokens, result["decode_bytes_per_step"])
+        result["paired"] = paired
+        result["paired_tokens_per_second"] = paired["tokens_per_second"]
+        result["paired_copy_gb_per_s"] = paired["copy_gb_per_s"]
+        result["paired_vs_bound"] = paired["bound_over_measured"]
     return result
 
 
@@ -333,6 +341,64 @@ def median_seconds(work: Any, runs: int) -> float:
     return statistics.median(times)
 
 
+COPY_BYTES = 2**30  # the bandwidth bound's copy: 1 GiB, far beyond any cache
+
+
+class PairedClock:
+    """A generation streamer that times decode steps in blocks and measures the copy bandwidth between two steps
+    before and after each block: each block's median step beside what memory did in the same seconds (on a shared
+    host the bandwidth swings by 2× from one minute to the next, `measure_bounds`'s samples included)."""
+
+    def __init__(self, block_steps: int, copy_gb_per_s: Any) -> None:
+        self.block_steps, self.copy_gb_per_s = block_steps, copy_gb_per_s
+        self.calls, self.steps, self.blocks = 0, [], []
+        self.copy_before, self.last = 0.0, 0.0
+
+    def put(self, _: Any) -> None:
+        now = time.perf_counter()
+        self.calls += 1
+        if self.calls > 2:  # the prompt, then the first token (the prefill), then the decode steps
+            self.steps.append(now - self.last)
+        if self.calls == 2 or len(self.steps) == self.block_steps:
+            copy = self.copy_gb_per_s()
+            if self.steps:
+                step = statistics.median(self.steps)
+                self.blocks.append({"step_seconds": step, "copy_gb_per_s": max(self.copy_before, copy)})
+            self.copy_before, self.steps = copy, []
+        self.last = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def paired_decode(
+    model: Any, prompt: dict[str, Any], blocks: int, block_steps: int, bytes_per_step: int
+) -> dict:
+    """Decode steps and copy bandwidth measured in turn within one answer: per block of `block_steps` steps, the
+    measured step over the bound one (the bytes a step reads at the better of the two bracketing copies'
+    bandwidths), as `decode_vs_bound` (bound tokens/s over measured); the median over the blocks."""
+    import torch
+
+    source = torch.ones(COPY_BYTES, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    clock = PairedClock(
+        block_steps, lambda: 2 * COPY_BYTES / median_seconds(lambda: target.copy_(source), 2) / 1e9
+    )
+    with torch.inference_mode():
+        model.generate(**prompt, max_new_tokens=blocks * block_steps + 1, eos_token_id=None, do_sample=False,
+                       streamer=clock)  # fmt: skip
+    for block in clock.blocks:
+        block["bound_over_measured"] = block["step_seconds"] / (
+            bytes_per_step / (block["copy_gb_per_s"] * 1e9)
+        )
+    return {
+        "blocks": clock.blocks,
+        "bound_over_measured": statistics.median(block["bound_over_measured"] for block in clock.blocks),
+        "tokens_per_second": 1 / statistics.median(block["step_seconds"] for block in clock.blocks),
+        "copy_gb_per_s": statistics.median(block["copy_gb_per_s"] for block in clock.blocks),
+    }
+
+
 def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
     """This CPU's bf16 GEMM throughput at the decoder's MLP shape (tokens × 2048 → 8192) and the bandwidth
     of a 1 GiB copy (bytes read + written per second), medians of a few runs."""
@@ -352,7 +418,7 @@ def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
         x = torch.randn(tokens, hidden, dtype=torch.bfloat16)
         w = torch.randn(intermediate, hidden, dtype=torch.bfloat16)
         gemm = median_seconds(lambda: F.linear(x, w), 3)
-        source = torch.ones(2**30, dtype=torch.uint8)
+        source = torch.ones(COPY_BYTES, dtype=torch.uint8)
         target = torch.empty_like(source)
         copy = median_seconds(lambda: target.copy_(source), 5)
     return {
@@ -435,6 +501,9 @@ def format_results(results: list[dict[str, Any]]) -> str:
     row("weights read / step (GB)", "decode_gb_per_step", ".3f")
     row("decode bound (tokens/s)", "decode_bound_tokens_per_second", ".2f")
     row("  bound / measured", "decode_vs_bound", ".2f")
+    row("paired: decode tokens/s", "paired_tokens_per_second", ".2f")
+    row("  copy, same seconds (GB/s)", "paired_copy_gb_per_s", ".1f")
+    row("  bound / measured", "paired_vs_bound", ".2f")
     row("prefill bound (s)", "prefill_bound_seconds", ".3f")
     row("  measured / bound", "prefill_vs_bound", ".2f")
     row("prefill, ours (s)", "prefill_ours_seconds", ".3f")
@@ -526,7 +595,7 @@ def on_device_results(args: argparse.Namespace) -> list[dict[str, Any]]:
     methods = [m.strip() for m in args.quantize.split(",") if m.strip()]
     root = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="videogemma_e2b_"))
     common = ["--video", str(args.video), "--new-tokens", str(args.new_tokens), "--no-compare"]
-    common += ["--repeats", str(args.e2b_repeats)]
+    common += ["--repeats", str(args.e2b_repeats), "--paired-blocks", str(args.paired_blocks)]
     common += ["--threads", str(args.threads)] if args.threads else []
     results = []
     for method in methods:
@@ -597,6 +666,13 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, default=None, help="where --quantize writes (and reuses) the models"
     )
+    parser.add_argument(
+        "--paired-blocks",
+        type=int,
+        default=4,
+        help="with --quantize: after the runs, one more answer of this many blocks of --new-tokens steps, the copy "
+        "bandwidth measured between blocks: the decode bound from the same seconds (0: skip)",
+    )
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per answer")
     parser.add_argument(
         "--tiny-repeats", type=int, default=3, help="tiny runs (each stage's median reported)"
@@ -638,7 +714,7 @@ def main() -> None:
         result = measure(
             args.worker, args.video, args.new_tokens, args.repeats, not args.no_compare, threads=args.threads,
             model_dir=args.model_dir, per_layer_on_disk=args.per_layer_embeddings == "disk",
-            compile_prefill=args.compile_prefill,
+            compile_prefill=args.compile_prefill, paired_blocks=args.paired_blocks,
         )  # fmt: skip
         print("RESULT " + json.dumps(result))
         return
@@ -651,7 +727,7 @@ def main() -> None:
     for preset, repeats in jobs:
         print(f"measuring {preset} ...", file=sys.stderr, flush=True)
         command = ["--worker", preset, "--video", str(args.video), "--new-tokens", str(args.new_tokens),
-                   "--repeats", str(repeats), "--per-layer-embeddings", "memory"]  # fmt: skip
+                   "--repeats", str(repeats), "--per-layer-embeddings", "memory", "--paired-blocks", "0"]  # fmt: skip
         if args.no_compare:
             command.append("--no-compare")
         if args.threads:
