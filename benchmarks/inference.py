@@ -344,6 +344,11 @@ def median_seconds(work: Any, runs: int) -> float:
 COPY_BYTES = 2**30  # the bandwidth bound's copy: 1 GiB, far beyond any cache
 
 
+def copy_gb_per_s(source: Any, target: Any, runs: int) -> float:
+    """Bytes read + written per second by `target.copy_(source)`, the median of `runs` after a warm-up."""
+    return 2 * source.nbytes / median_seconds(lambda: target.copy_(source), runs) / 1e9
+
+
 class PairedClock:
     """A generation streamer that times decode steps in blocks and measures the copy bandwidth between two steps
     before and after each block: each block's median step beside what memory did in the same seconds (on a shared
@@ -381,9 +386,7 @@ def paired_decode(
 
     source = torch.ones(COPY_BYTES, dtype=torch.uint8)
     target = torch.empty_like(source)
-    clock = PairedClock(
-        block_steps, lambda: 2 * COPY_BYTES / median_seconds(lambda: target.copy_(source), 2) / 1e9
-    )
+    clock = PairedClock(block_steps, lambda: copy_gb_per_s(source, target, 2))
     with torch.inference_mode():
         model.generate(**prompt, max_new_tokens=blocks * block_steps + 1, eos_token_id=None, do_sample=False,
                        streamer=clock)  # fmt: skip
@@ -420,11 +423,11 @@ def measure_bounds(tokens: int, threads: int | None) -> dict[str, Any]:
         gemm = median_seconds(lambda: F.linear(x, w), 3)
         source = torch.ones(COPY_BYTES, dtype=torch.uint8)
         target = torch.empty_like(source)
-        copy = median_seconds(lambda: target.copy_(source), 5)
+        copy = copy_gb_per_s(source, target, 5)
     return {
         "gemm_shape": [tokens, hidden, intermediate],
         "gemm_gflops": 2 * tokens * hidden * intermediate / gemm / 1e9,
-        "copy_gb_per_s": 2 * source.nbytes / copy / 1e9,
+        "copy_gb_per_s": copy,
     }
 
 

@@ -232,6 +232,7 @@ int int4_rows(const uint8_t *weight, const void *scales, const void *zeros, int 
             ((float *)split)[rows * half + i] = load_value(x, 2 * i + 1, x_bf16);
         }
     const float stored_offset = use_bf16 ? INT4_OFFSET + 128 : INT4_OFFSET;
+    const size_t scale_bytes = scales_bf16 ? sizeof(uint16_t) : sizeof(float);
     for (int64_t i = 0; i < rows * groups; i++) {
         __m512 sum = _mm512_setzero_ps();
         for (int k = 0; k < INT4_GROUP; k += 16) sum = _mm512_add_ps(sum, load16(x, i * INT4_GROUP + k, x_bf16));
@@ -240,7 +241,6 @@ int int4_rows(const uint8_t *weight, const void *scales, const void *zeros, int 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < out_features; n++) {
         const uint8_t *w = weight + n * half;
-        const size_t scale_bytes = scales_bf16 ? sizeof(uint16_t) : sizeof(float);
         const void *row_scales = (const char *)scales + n * groups * scale_bytes;
         const void *row_zeros = (const char *)zeros + n * groups * scale_bytes;
         for (int64_t m = 0; m < rows; m++) {

@@ -1,7 +1,7 @@
 """Tokens a model never answers with (its placeholder for video features), suppressed as one indexed write.
 
 transformers' `SuppressTokensLogitsProcessor` builds a vocabulary-long `arange` and an `isin` over it at every
-step: for Gemma-3n's 262,400 tokens, 1.0-1.2 ms of an E2B decode step on a 2-core CPU (torch.profiler, int4),
+step: for Gemma-3n's 262,400 tokens, 0.7-1.0 ms of an E2B decode step on a 2-core CPU (torch.profiler, int4),
 for the one token the saved generation config names. `IndexedSuppression` writes −inf into those scores
 directly: the same scores, the same place in the processor list.
 
