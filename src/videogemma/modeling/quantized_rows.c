@@ -345,19 +345,23 @@ int int4_dequantize(const uint8_t *weight, const void *scales, const void *zeros
 
 #define LOGIT_HEADS 8 /* query heads a pass over a key row: their sums in registers */
 
-/* 16 fp32 values stored from `index` of a bf16 (rounded to nearest, ties to even, NaN kept: float_to_bf16's
- * rule, 16 at a time) or fp32 row. */
+/* 16 fp32 values rounded to bf16 (to nearest, ties to even, NaN kept: float_to_bf16's rule, 16 at a time), each
+ * in the low half of a 32-bit lane. */
+static inline __m512i bf16_lanes(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40)));
+}
+
+/* 16 fp32 values stored from `index` of a bf16 (rounded as `bf16_lanes`) or fp32 row. */
 static inline void store16(void *values, int64_t index, __m512 v, int bf16) {
     if (!bf16) {
         _mm512_storeu_ps((float *)values + index, v);
         return;
     }
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40)));
-    _mm256_storeu_si256((__m256i *)((uint16_t *)values + index), _mm512_cvtepi32_epi16(rounded));
+    _mm256_storeu_si256((__m256i *)((uint16_t *)values + index), _mm512_cvtepi32_epi16(bf16_lanes(v)));
 }
 
 /* logits[b, h, s] = scale · q[b, h] · k[b, h / group, s]: q (batch, heads, head_dim) contiguous. The positions are
@@ -450,6 +454,22 @@ int attention_values(const float *weights, const void *v, void *out, int bf16, i
     return 0;
 }
 
+/* (mean(x²) + eps)^-½ over the `width` values of x from `at` (width % 16 == 0). */
+static inline float inverse_rms(const void *x, int64_t at, int64_t width, float eps, int bf16) {
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t j = 0; j < width / 16; j++) {
+        const __m512 v = load16(x, at + 16 * j, bf16);
+        acc[j & 1] = _mm512_fmadd_ps(v, v, acc[j & 1]);
+    }
+    return 1.0f / __builtin_sqrtf(sum_lanes(acc, 2) / (float)width + eps);
+}
+
+/* Values 16j .. 16j + 15 of the row from `at`, normed: x · factor, then · weight (NULL: no scale), in fp32. */
+static inline __m512 normed16(const void *x, int64_t at, int64_t j, __m512 factor, const float *weight, int bf16) {
+    const __m512 v = _mm512_mul_ps(load16(x, at + 16 * j, bf16), factor);
+    return weight ? _mm512_mul_ps(v, _mm512_loadu_ps(weight + 16 * j)) : v;
+}
+
 /* Gemma-3n's RMSNorm over rows of `width` (width % 16 == 0), as its module computes it in fp32:
  * out = x · (mean(x²) + eps)^-½ · weight, the two products rounded in fp32 one after the other (the module's
  * order), then once to x's dtype; weight fp32 (width,) or NULL (no scale). Rows in parallel. */
@@ -459,18 +479,8 @@ int rms_norm(const void *x, const float *weight, void *out, int bf16, int64_t ro
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * width;
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int64_t j = 0; j < vectors; j++) {
-            const __m512 v = load16(x, at + 16 * j, bf16);
-            acc[j & 1] = _mm512_fmadd_ps(v, v, acc[j & 1]);
-        }
-        const float inverse = 1.0f / __builtin_sqrtf(sum_lanes(acc, 2) / (float)width + eps);
-        const __m512 factor = _mm512_set1_ps(inverse);
-        for (int64_t j = 0; j < vectors; j++) {
-            __m512 v = _mm512_mul_ps(load16(x, at + 16 * j, bf16), factor);
-            if (weight) v = _mm512_mul_ps(v, _mm512_loadu_ps(weight + 16 * j));
-            store16(out, at + 16 * j, v, bf16);
-        }
+        const __m512 factor = _mm512_set1_ps(inverse_rms(x, at, width, eps, bf16));
+        for (int64_t j = 0; j < vectors; j++) store16(out, at + 16 * j, normed16(x, at, j, factor, weight, bf16), bf16);
     }
     return 0;
 }
@@ -556,4 +566,144 @@ int altup_correct(const void *predictions, const void *activated, int active, co
         }
     }
     return 0;
+}
+
+/* The rest of a decoder layer's decode step (decode_layer.py): the element-wise work between its products, for one
+ * position (a few thousand values: one thread). Each step rounds to the layer's dtype where one of the library's
+ * torch operations would (a bf16 model's values are bf16 after every operation), so the layer's results are the
+ * library's up to the order of sums and the last bit of exp. Widths % 16 == 0. */
+
+/* v as the dtype holds it: rounded to bf16 and widened back, or unchanged (fp32). */
+static inline __m512 rounded16(__m512 v, int bf16) {
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(bf16_lanes(v), 16)) : v;
+}
+
+/* e^x in fp32, 16 at a time: x = n·ln 2 + r (ln 2 in two parts), e^r by its degree-7 Taylor-like polynomial (Cephes'
+ * expf coefficients, ~1 ulp), scaled by 2^n; below -88 it is 0 (as good as, for the uses here), above 89 inf. */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(89.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* GELU, tanh form (Gemma-3n's gelu_pytorch_tanh): ½x(1 + tanh u) = x / (1 + e^-2u), u = √(2/π)(x + 0.044715x³);
+ * the second form has no cancellation where tanh u is near -1. */
+static inline __m512 gelu_tanh16(__m512 x) {
+    const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), cube, x));
+    const __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* The attention's heads for one position, in place: each head of q and k RMS-normed with its weight (v without a
+ * scale), rounded, then q and k rotated as transformers' apply_rotary_pos_emb: x·cos + rotate_half(x)·sin with
+ * rotate_half(x) = (−x[D/2:], x[:D/2]), both products and the sum rounded. cos, sin: (head_dim,) in the dtype. k and
+ * v NULL for a layer that reuses another's keys. head_dim % 32 == 0, at most ROPE_HEAD_DIM. Returns 0, or -1. */
+#define ROPE_HEAD_DIM 1024
+
+static void norm_and_rotate(void *heads, int64_t count, const float *weight, const void *cos, const void *sin,
+                            int bf16, int64_t head_dim, float eps) {
+    float normed[ROPE_HEAD_DIM];
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < count; h++) {
+        const int64_t at = h * head_dim;
+        const __m512 factor = _mm512_set1_ps(inverse_rms(heads, at, head_dim, eps, bf16));
+        for (int64_t j = 0; j < head_dim / 16; j++)
+            _mm512_storeu_ps(normed + 16 * j, rounded16(normed16(heads, at, j, factor, weight, bf16), bf16));
+        if (!cos) {
+            for (int64_t j = 0; j < head_dim; j += 16) store16(heads, at + j, _mm512_loadu_ps(normed + j), bf16);
+            continue;
+        }
+        for (int64_t j = 0; j < head_dim; j += 16) {
+            const __m512 x = _mm512_loadu_ps(normed + j);
+            const __m512 other = _mm512_loadu_ps(normed + (j < half ? j + half : j - half));
+            const __m512 rotated = j < half ? _mm512_sub_ps(_mm512_setzero_ps(), other) : other;
+            const __m512 a = rounded16(_mm512_mul_ps(x, load16(cos, j, bf16)), bf16);
+            const __m512 b = rounded16(_mm512_mul_ps(rotated, load16(sin, j, bf16)), bf16);
+            store16(heads, at + j, _mm512_add_ps(a, b), bf16);
+        }
+    }
+}
+
+int attention_heads(void *q, void *k, void *v, const float *q_weight, const float *k_weight, const void *cos,
+                    const void *sin, int bf16, int64_t heads, int64_t kv_heads, int64_t head_dim, float eps) {
+    if (head_dim > ROPE_HEAD_DIM || head_dim % 32) return -1;
+    norm_and_rotate(q, heads, q_weight, cos, sin, bf16, head_dim, eps);
+    if (k) norm_and_rotate(k, kv_heads, k_weight, cos, sin, bf16, head_dim, eps);
+    if (v) norm_and_rotate(v, kv_heads, NULL, NULL, NULL, bf16, head_dim, eps);
+    return 0;
+}
+
+/* Between a layer's attention and its MLP (Gemma3nTextDecoderLayer's forward), each line rounded as the library's:
+ *   laurel    = normed + norm(laurel_right, laurel_weight)     (LAuReL's output)
+ *   gated     = active + norm(attention, attention_weight)
+ *   residual  = (gated + laurel) / √2,     mlp_input = norm(residual, mlp_weight) */
+void attention_residual(const void *active, const void *normed, const void *laurel_right, const void *attention,
+                        const float *laurel_weight, const float *attention_weight, const float *mlp_weight,
+                        void *residual, void *mlp_input, int bf16, int64_t width, float eps) {
+    const __m512 laurel_factor = _mm512_set1_ps(inverse_rms(laurel_right, 0, width, eps, bf16));
+    const __m512 attention_factor = _mm512_set1_ps(inverse_rms(attention, 0, width, eps, bf16));
+    const __m512 root2 = _mm512_set1_ps(1.41421356237309515f);
+    for (int64_t j = 0; j < width / 16; j++) {
+        const __m512 laurel = rounded16(_mm512_add_ps(load16(normed, 16 * j, bf16),
+            rounded16(normed16(laurel_right, 0, j, laurel_factor, laurel_weight, bf16), bf16)), bf16);
+        const __m512 gated = rounded16(_mm512_add_ps(load16(active, 16 * j, bf16),
+            rounded16(normed16(attention, 0, j, attention_factor, attention_weight, bf16), bf16)), bf16);
+        store16(residual, 16 * j, _mm512_div_ps(rounded16(_mm512_add_ps(gated, laurel), bf16), root2), bf16);
+    }
+    rms_norm(residual, mlp_weight, mlp_input, bf16, 1, width, eps, 1);
+}
+
+/* out = gelu_tanh(gate′) · up, rounded after each, with gate′ = gate or, with Gemma-3n's activation sparsity
+ * (`sparse`), relu(gate − cutoff): cutoff = mean + std · multiplier over the row (population std; the mean and the
+ * std rounded, the multiplier as the dtype holds it). The MLP's activation, and the per-layer input's gate (up = the
+ * layer's per-layer input). */
+void gated_activation(const void *gate, const void *up, void *out, int bf16, int64_t width, float multiplier,
+                      int sparse) {
+    __m512 cutoff = _mm512_setzero_ps();
+    if (sparse) {
+        __m512 sum = _mm512_setzero_ps(), squares = _mm512_setzero_ps();
+        for (int64_t j = 0; j < width; j += 16) sum = _mm512_add_ps(sum, load16(gate, j, bf16));
+        const float mean = _mm512_reduce_add_ps(sum) / (float)width;
+        for (int64_t j = 0; j < width; j += 16) {
+            const __m512 d = _mm512_sub_ps(load16(gate, j, bf16), _mm512_set1_ps(mean));
+            squares = _mm512_fmadd_ps(d, d, squares);
+        }
+        const __m512 std = rounded16(_mm512_set1_ps(__builtin_sqrtf(_mm512_reduce_add_ps(squares) / (float)width)), bf16);
+        const __m512 scaled = rounded16(_mm512_mul_ps(std, _mm512_set1_ps(multiplier)), bf16);
+        cutoff = rounded16(_mm512_add_ps(rounded16(_mm512_set1_ps(mean), bf16), scaled), bf16);
+    }
+    for (int64_t j = 0; j < width; j += 16) {
+        __m512 g = load16(gate, j, bf16);
+        if (sparse) g = _mm512_max_ps(rounded16(_mm512_sub_ps(g, cutoff), bf16), _mm512_setzero_ps());
+        store16(out, j, _mm512_mul_ps(rounded16(gelu_tanh16(g), bf16), load16(up, j, bf16)), bf16);
+    }
+}
+
+/* out[c] = residual[c] + norm(x, weight) for `count` rows of `width` after one another (the norm rounded, then
+ * each sum); out may be residual. */
+void norm_add(const void *x, const float *weight, const void *residual, void *out, int bf16, int64_t count,
+              int64_t width, float eps) {
+    const __m512 factor = _mm512_set1_ps(inverse_rms(x, 0, width, eps, bf16));
+    for (int64_t j = 0; j < width / 16; j++) {
+        const __m512 normed = rounded16(normed16(x, 0, j, factor, weight, bf16), bf16);
+        for (int64_t c = 0; c < count; c++)
+            store16(out, c * width + 16 * j, _mm512_add_ps(load16(residual, c * width + 16 * j, bf16), normed), bf16);
+    }
+}
+
+/* out = x · scale, element by element, rounded (AltUp's scale of its corrected output). */
+void scaled_row(const void *x, const void *scale, void *out, int bf16, int64_t width) {
+    for (int64_t j = 0; j < width; j += 16)
+        store16(out, j, _mm512_mul_ps(load16(x, j, bf16), load16(scale, j, bf16)), bf16);
 }

@@ -1,8 +1,9 @@
 """A decode step's few rows times an int8, int4 or bf16 weight (and a prefill's int4 dequantisation) on x86
 CPUs with AVX-512: C kernels of our own (`quantized_rows.c`), compiled with the system's C compiler at first use
 and loaded through ctypes. The same library holds the decode step's attention over the cache (its two halves,
-called from `decode_attention.py`, which says why), Gemma-3n's RMSNorm (`row_norms.py`) and AltUp for one
-position (`altup_predict.py`).
+called from `decode_attention.py`, which says why), Gemma-3n's RMSNorm (`row_norms.py`), AltUp for one
+position (`altup_predict.py`) and the element-wise work between a decoder layer's products in its decode step
+(`decode_layer.py`).
 
 Why by hand: a decode step reads every decoder weight once, so it is as fast as the weights are read. Torch's
 weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read one row of the E2B decoder's
@@ -115,6 +116,16 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     altup = [pointer, flag, pointer, real, real, pointer, pointer, pointer, flag, flag, size, size, flag]
     library.altup_predict.argtypes = altup
     library.altup_correct.argtypes = [pointer, *altup]
+    # A decode step's element-wise work between its products (decode_layer.py): one thread, no status but
+    # attention_heads'.
+    library.attention_heads.argtypes = [*[pointer] * 7, flag, size, size, size, real]
+    library.attention_residual.argtypes = [*[pointer] * 9, flag, size, real]
+    library.gated_activation.argtypes = [pointer, pointer, pointer, flag, size, real, flag]
+    library.norm_add.argtypes = [pointer, pointer, pointer, pointer, flag, size, size, real]
+    library.scaled_row.argtypes = [pointer, pointer, pointer, flag, size]
+    library.attention_heads.restype = ctypes.c_int
+    for name in ("attention_residual", "gated_activation", "norm_add", "scaled_row"):
+        getattr(library, name).restype = None
     functions = (
         "rms_norm",
         "altup_predict",

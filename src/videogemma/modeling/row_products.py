@@ -32,7 +32,7 @@ class RowVectorLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if x.numel() != x.shape[-1]:  # more than one row
             return F.linear(x, self.weight, self.bias)
-        if _bf16_kernel_fits(self.weight, x):
+        if bf16_kernel_fits(self.weight, x.dtype):
             out = quantized_rows.bf16_row(x, self.weight)
         else:
             out = torch.mv(self.weight, x.reshape(-1))
@@ -41,9 +41,10 @@ class RowVectorLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def _bf16_kernel_fits(weight: torch.Tensor, x: torch.Tensor) -> bool:
+def bf16_kernel_fits(weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether our bf16 row kernel takes this weight for rows of `dtype`."""
     return (
-        weight.dtype == x.dtype == torch.bfloat16
+        weight.dtype == dtype == torch.bfloat16
         and weight.shape[1] % 32 == 0
         and weight.is_contiguous()
         and quantized_rows.kernels() is not None
