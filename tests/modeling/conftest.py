@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 import videogemma
 from videogemma.modeling import quantized_rows
@@ -33,5 +34,17 @@ def c_or_fallback(request, monkeypatch) -> Callable[[ModuleType, str], str]:
         elif quantized_rows.kernels() is None:
             pytest.skip("no AVX-512 or no C compiler here: the fallback computes")
         return request.param
+
+    return use
+
+
+@pytest.fixture
+def library_layers(monkeypatch) -> Callable[[torch.nn.Module], None]:
+    """Puts a loaded model's decoder layers back on the library's forward (which calls each operator, ours or the
+    library's, one by one) instead of their few-call decode step, for the tests of those operators in a model."""
+
+    def use(model: torch.nn.Module) -> None:
+        for layer in model.language_model.model.layers:
+            monkeypatch.setattr(layer, "forward", layer.forward.otherwise)
 
     return use
