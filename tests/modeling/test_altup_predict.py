@@ -54,13 +54,30 @@ def test_one_positions_prediction_equals_the_librarys_within_its_rounding(
 
 
 @torch.inference_mode()
-def test_a_prompt_run_eager_takes_the_librarys_form(
-    language_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("positions", [1, 5, 37])
+def test_a_prompts_prediction_and_correction_equal_the_librarys_within_its_rounding(
+    language_model: torch.nn.Module, form: str, positions: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    altup = language_model.model.layers[0].altup
-    streams = _streams(language_model, positions=5)
-    monkeypatch.setattr(FusedAltUpPredict, "_mixed", lambda *args: pytest.fail("fused form for a prompt"))
-    assert torch.equal(altup.predict(streams), altup.predict.library(streams))
+    """Eager inference over a prompt's positions (a batch of two): the C calls where they run, each position
+    mixed with its own coefficients; where they cannot, the library's forms (the broadcast one only for one
+    position)."""
+    altup = language_model.model.layers[2].altup
+    if positions > 1:
+        monkeypatch.setattr(
+            FusedAltUpPredict, "_mixed", lambda *args: pytest.fail("broadcast form for a prompt")
+        )
+    streams = _streams(language_model, positions=positions)
+    activated = torch.randn(streams.shape[1:], generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    for weight in (altup.prediction_coefs.weight, altup.correction_coefs.weight):
+        monkeypatch.setattr(weight, "data", torch.randn(weight.shape).to(weight.dtype))  # mixing that shows
+    predicted = altup.predict(streams)
+    torch.testing.assert_close(predicted, altup.predict.library(streams), rtol=2**-7, atol=1e-3)
+    corrected, library = altup.correct(predicted, activated), altup.correct.library(predicted, activated)
+    # As for one position: the library rounds the innovation, the product and the sum, the C call once.
+    scale = library.float().abs().max().item()
+    torch.testing.assert_close(corrected.float(), library.float(), rtol=2**-6, atol=2**-6 * scale)
+    if form == "fallback" and positions > 1:
+        assert torch.equal(predicted, altup.predict.library(streams))
 
 
 @torch.inference_mode()

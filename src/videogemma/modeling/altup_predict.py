@@ -5,13 +5,15 @@ The library mixes AltUp's four streams with a batched matrix product: one (hidde
 position, with transposing copies around it. Traced (a compiled prefill) that is 2-3 s of an E2B prefill on 2
 cores; eager for one position (a decode step) 88 µs a layer, 2.6 ms of an E2B step on this CPU, for 32,768
 multiply-adds. Written as a broadcast product and a sum instead, inductor fuses it into one pass over the
-streams (`_mixed`). For one position, eager, each of the two steps is one C call (`quantized_rows.c`): the
-router (RMSNorm, the 2,048 → 4 product, tanh), the coefficients and the mixing, in fp32 and rounded once to
-the streams' dtype where the library rounds after each of its ~12 operations: 75-85 µs a layer for the
-prediction and 67 for the correction in the library's operations, a few µs each in C (tested against the
-library's forms: within its bf16 roundings, fp32 to 1e-5, a tiny model's greedy tokens). Where the C cannot run,
-the prediction's broadcast form in fp32 and the library's correction. A prompt run eager and training call the
-library's forms (the broadcast form's intermediate is 4 × 4 × positions × hidden).
+streams (`_mixed`). Eager, each of the two steps is one C call (`quantized_rows.c`; the positions split between
+the threads): the router (RMSNorm, the 2,048 → 4 product, tanh), the coefficients and the mixing, in fp32 and
+rounded once to the streams' dtype where the library rounds after each of its ~12 operations: for one position
+75-85 µs a layer for the prediction and 67 for the correction in the library's operations, a few µs each in C;
+for an E2B prompt of 2,443 positions, eager bf16 on the 2-core Xeon of stop 32, the whole prefill 11.5 → 9.1 s
+(the library's transposing copies and in-place additions over the four streams were 2-2.5 s of it). Tested
+against the library's forms: within its bf16 roundings, fp32 to 1e-5, a tiny model's greedy tokens. Where the C
+cannot run, the prediction's broadcast form in fp32 for one position and the library's forms otherwise.
+Training calls the library's forms (the broadcast form's intermediate is 4 × 4 × positions × hidden).
 
     use_fused_altup_predict(language_model)    # in place, once; `loading.prepare_decoder` does it
 """
@@ -28,11 +30,10 @@ ONE_CALL_STREAMS = 8  # the C file's ALTUP_STREAMS
 
 
 def _one_call_takes(altup: nn.Module, states: torch.Tensor) -> bool:
-    """A decode step the C calls compute: one position, no gradients, the streams' dtype throughout."""
+    """What the C calls compute: inference on the CPU (any positions), not traced, the streams' dtype throughout."""
     weights = (altup.modality_router.weight, altup.prediction_coefs.weight, altup.correction_coefs.weight)
     return (
-        states.shape[-2] == 1
-        and not altup.training
+        not altup.training
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and states.device.type == "cpu"
@@ -67,8 +68,8 @@ def _one_call(
 
 
 class FusedAltUpPredict:
-    """A layer's `altup.predict`: one C call for one position, the broadcast form when traced (or where the C
-    cannot run), else the library's."""
+    """A layer's `altup.predict`: one C call in eager inference, the broadcast form when traced (or for one
+    position where the C cannot run), else the library's."""
 
     def __init__(self, altup: nn.Module) -> None:
         self.altup = altup
@@ -99,7 +100,7 @@ class FusedAltUpPredict:
 
 
 class FusedAltUpCorrect:
-    """A layer's `altup.correct`: one C call for one position, else the library's."""
+    """A layer's `altup.correct`: one C call in eager inference, else the library's."""
 
     def __init__(self, altup: nn.Module) -> None:
         self.altup = altup

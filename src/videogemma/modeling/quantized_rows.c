@@ -485,8 +485,8 @@ int rms_norm(const void *x, const float *weight, void *out, int bf16, int64_t ro
     return 0;
 }
 
-/* AltUp for one position a row (a decode step; altup_predict.py calls these). streams: (n, rows, width), the
- * n ≤ ALTUP_STREAMS streams of each row; the router reads one stream (or the layer's output) a row:
+/* AltUp a position a row (a decode step's one, or a prompt's; altup_predict.py calls these). streams: (n, rows,
+ * width), the n ≤ ALTUP_STREAMS streams of each row; the router reads one stream (or the layer's output) a row:
  * modality k = tanh(router[k] · (rmsnorm(x) · norm_weight · input_scale)). All in fp32, rounded once at the end to
  * the streams' dtype (the library rounds to it after each step). Rows in parallel. width % 16 == 0. */
 #define ALTUP_STREAMS 8
