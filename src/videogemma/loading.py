@@ -589,14 +589,15 @@ def _say(message: str) -> None:
 def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
-    prediction and correction (decoding), its norms the C pass, its sparse MLPs their cached quantile and its layers
-    the few-call decode step, and put the linear layers' weights on 2 MiB pages (a CPU reads them faster there); on
-    the CPU, large temporary tensors reused from the heap (a prompt's activations and dequantised weights, without
-    fresh page faults)."""
+    prediction and correction, its norms the C pass, its sparse MLPs their cached quantile, its MLPs the C
+    activation over a prompt and its layers the few-call decode step, and put the linear layers' weights on 2 MiB
+    pages (a CPU reads them faster there); on the CPU, large temporary tensors reused from the heap (a prompt's
+    activations and dequantised weights, without fresh page faults)."""
     from torch import nn
 
     from videogemma.modeling.altup_predict import use_fused_altup_predict
     from videogemma.modeling.decode_layer import use_decode_steps
+    from videogemma.modeling.gated_mlp import use_gated_mlps
     from videogemma.modeling.memory_pages import place_on_huge_pages, reuse_freed_memory
     from videogemma.modeling.quantization import (
         QuantizedLinear,
@@ -618,6 +619,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     use_fused_altup_predict(model.language_model)
     use_row_norms(model.language_model)
     use_cached_sparsity(model.language_model)
+    use_gated_mlps(model.language_model)
     use_decode_steps(model.language_model)
     place_on_huge_pages(model.language_model, (nn.Linear, QuantizedLinear))
     if next(model.parameters()).device.type == "cpu":

@@ -35,6 +35,7 @@ from videogemma.modeling.altup_predict import ONE_CALL_STREAMS
 from videogemma.modeling.quantization import QuantizedLinear
 from videogemma.modeling.row_norms import fp32_weight
 from videogemma.modeling.row_products import RowVectorLinear, bf16_kernel_fits
+from videogemma.modeling.sparse_activation import std_multiplier
 
 # The C file's ROPE_HEAD_DIM: the widest head `attention_heads` takes.
 ROPE_HEAD_DIM = 1024
@@ -106,7 +107,7 @@ class _LayerPlan:
         self.reuses_keys, self.stores_keys = attention.is_kv_shared_layer, attention.store_full_length_kv
         self.layer_type, self.layer_idx = attention.layer_type, layer.layer_idx
         self.sparse = mlp.activation_sparsity > 0
-        multiplier = torch.distributions.normal.Normal(0, 1).icdf(torch.tensor(mlp.activation_sparsity))
+        multiplier = std_multiplier(mlp.activation_sparsity)
         self.multiplier = float(multiplier.to(dtype)) if self.sparse else 0.0  # as the library casts it
         self.products = {
             name: self._bound(module, threads)

@@ -690,6 +690,18 @@ void gated_activation(const void *gate, const void *up, void *out, int bf16, int
     }
 }
 
+/* gated_activation over `rows` rows of `width`, one after another (a prompt's MLP, eager), rows in parallel; out
+ * may be gate. Returns 0. */
+int gated_activation_rows(const void *gate, const void *up, void *out, int bf16, int64_t rows, int64_t width,
+                          float multiplier, int sparse, int threads) {
+    const int64_t bytes = bf16 ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++)
+        gated_activation((const char *)gate + r * width * bytes, (const char *)up + r * width * bytes,
+                         (char *)out + r * width * bytes, bf16, width, multiplier, sparse);
+    return 0;
+}
+
 /* out[c] = residual[c] + norm(x, weight) for `count` rows of `width` after one another (the norm rounded, then
  * each sum); out may be residual. */
 void norm_add(const void *x, const float *weight, const void *residual, void *out, int bf16, int64_t count,

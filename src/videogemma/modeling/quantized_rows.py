@@ -123,6 +123,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.gated_activation.argtypes = [pointer, pointer, pointer, flag, size, real, flag]
     library.norm_add.argtypes = [pointer, pointer, pointer, pointer, flag, size, size, real]
     library.scaled_row.argtypes = [pointer, pointer, pointer, flag, size]
+    # A prompt's MLP activation (gated_mlp.py): its rows split between the threads.
+    library.gated_activation_rows.argtypes = [pointer, pointer, pointer, flag, size, size, real, flag, flag]
     library.attention_heads.restype = ctypes.c_int
     for name in ("attention_residual", "gated_activation", "norm_add", "scaled_row"):
         getattr(library, name).restype = None
@@ -136,6 +138,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         "int4_dequantize",
         "attention_logits",
         "attention_values",
+        "gated_activation_rows",
     )
     for name in functions:
         getattr(library, name).restype = ctypes.c_int

@@ -15,14 +15,19 @@ import torch
 from torch import nn
 
 
+def std_multiplier(sparsity: float) -> torch.Tensor:
+    """The standard-normal quantile of an MLP's sparsity, as the library computes it (fp32; a call casts it to
+    its input's dtype)."""
+    return torch.distributions.normal.Normal(0, 1).icdf(torch.tensor(sparsity, dtype=torch.float32))
+
+
 class CachedGaussianTopK:
     """A layer's `mlp._gaussian_topk` with the standard-normal quantile of its sparsity computed once."""
 
     def __init__(self, mlp: nn.Module) -> None:
         self.mlp = mlp
         self.library = mlp._gaussian_topk
-        sparsity = torch.tensor(mlp.activation_sparsity, dtype=torch.float32)
-        self.multiplier = torch.distributions.normal.Normal(0, 1).icdf(sparsity)  # fp32, as the library's
+        self.multiplier = std_multiplier(mlp.activation_sparsity)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
