@@ -4,7 +4,8 @@ Eager, a prefill of a video prompt (2,443 tokens at E2B) spends as long in eleme
 matrix products: AltUp's four streams, LAuReL, the norms in fp32, the sparse GELU, the per-layer gate, and for
 a quantised decoder the dequantisation of each weight, each a pass over memory. Inductor fuses those chains
 into a few C++ loops per layer (E2B on 2 cores: bf16 1.7×, int8 2.3× faster prefill on the Intel host; on the
-AMD host, with the prompt attention's block products and reused temporaries, 1.1-1.2×; docs/ONDEVICE.md).
+AMD host, with the prompt attention's block products and reused temporaries, 1.1-1.2×; on the Intel host of
+stop 32, once eager ran AltUp and the MLP's activation in C, 0.9-1.03×; docs/ONDEVICE.md).
 
 - The attention module stays eager: its KV-cache update and the shared-KV dictionary are side effects that
   make dynamo specialise (and recompile) per layer index; its query / key / value norms are compiled on their
@@ -39,8 +40,8 @@ from videogemma.modeling.altup_predict import use_fused_altup_predict
 CXX_COMPILERS = ("g++", "clang++", "c++")
 # Said before the first prompt compiles: the wait is long enough to look like a hang.
 FIRST_PROMPT_NOTICE = (
-    "compiling the prefill for the first prompt (once per process; E2B on 2 cores: 20-30 s, "
-    "later prompts' prefill 1.1-1.2x faster)"
+    "compiling the prefill for the first prompt (once per process; E2B on 2 cores: 15-30 s, "
+    "later prompts' prefill up to 1.2x faster)"
 )
 
 
