@@ -1,7 +1,7 @@
 """A decoder layer's decode step (one position, batch 1) in a few calls, for inference on the CPU.
 
-With every product and norm of a decode step in our C kernels, what was left of an E2B int4 step (~60 ms on this
-2-core CPU) beside reading the weights was Python and torch dispatch: 2,881 torch operations a step, 12.5 ms in
+With every product and norm of a decode step in our C kernels, what was left of an E2B int4 step (~60 ms on the
+2-core AMD host of stop 31) beside reading the weights was Python and torch dispatch: 2,881 torch operations a step, 12.5 ms in
 the 30 decoder layers (0.42 ms a layer: the module calls, RoPE's slices and concatenations, views, the layer's
 element-wise additions, each norm's and product's wrapper). Here a layer's step is its products (each a bound
 kernel call), five C calls for the element-wise work between them (`quantized_rows.c`: the attention's heads,
