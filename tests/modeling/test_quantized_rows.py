@@ -143,6 +143,20 @@ def test_a_bf16_row_equals_the_fp32_product(in_features: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_an_int8_weight_dequantises_in_c_to_torchs_promoted_product(dtype: torch.dtype, monkeypatch) -> None:
+    layer = _layer(8, 384, 80, dtype)
+    calls = []
+    kernel = quantized_rows.int8_dequantize
+    monkeypatch.setattr(quantized_rows, "int8_dequantize", lambda *a: calls.append(1) or kernel(*a))
+    weight = layer.dequantized()  # eager: one C pass
+    assert calls == [1] and weight.dtype == dtype and weight.shape == (80, 384)
+    assert torch.equal(weight, torch.mul(layer.qweight, layer.scales[:, None]))  # the same bits
+    assert torch.equal(weight, _exact_weight(layer).to(dtype))  # q · scale is exact in fp32, rounded once
+    with pytest.raises(ValueError, match="scales of shape"):
+        quantized_rows.int8_dequantize(layer.qweight, layer.scales[:40].contiguous())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_an_int4_weight_dequantises_in_c_to_the_rounded_fp32_weight(dtype: torch.dtype, monkeypatch) -> None:
     layer = _layer(4, 384, 80, dtype)
     exact = _exact_weight(layer)

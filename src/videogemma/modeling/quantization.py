@@ -123,6 +123,8 @@ class QuantizedLinear(nn.Module):
         # One weight-sized result, computed in place after it is made (int8: the product promotes to the scales'
         # dtype): each fresh weight-sized tensor costs its page faults, and a prefill dequantises every layer.
         # The same bits as the step-by-step form.
+        if self.bits == 8 and self._dequantizes_in_c():
+            return quantized_rows.int8_dequantize(self.qweight, self.scales)
         if self.bits == 8:
             return torch.mul(self.qweight, self.scales[:, None])
         if self._dequantizes_in_c():
@@ -134,8 +136,8 @@ class QuantizedLinear(nn.Module):
         return values
 
     def _dequantizes_in_c(self) -> bool:
-        """Eager on the CPU with our kernels, an int4 weight in row order dequantises in one C pass (traced code
-        keeps the torch form, which inductor fuses)."""
+        """Eager on the CPU with our kernels, an int8 weight or an int4 one in row order dequantises in one C
+        pass (traced code keeps the torch form, which inductor fuses)."""
         return (
             self._scales_and_zeros is None
             and self.qweight.device.type == "cpu"

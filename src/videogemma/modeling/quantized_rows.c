@@ -364,6 +364,22 @@ static inline void store16(void *values, int64_t index, __m512 v, int bf16) {
     _mm256_storeu_si256((__m256i *)((uint16_t *)values + index), _mm512_cvtepi32_epi16(bf16_lanes(v)));
 }
 
+/* A prefill's int8 weight dequantised whole: out[n, k] = q · scale[n], in fp32 (exact: 7 bits times 8) and
+ * rounded once to the scales' dtype, as torch's promoted product; rows in parallel. in_features % 16 == 0. */
+int int8_dequantize(const int8_t *weight, const void *scales, int bf16, void *out, int64_t out_features,
+                    int64_t in_features, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < out_features; n++) {
+        const __m512 scale = _mm512_set1_ps(load_value(scales, n, bf16));
+        const int8_t *row = weight + n * in_features;
+        for (int64_t k = 0; k < in_features; k += 16) {
+            const __m512 values = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
+            store16(out, n * in_features + k, _mm512_mul_ps(values, scale), bf16);
+        }
+    }
+    return 0;
+}
+
 /* logits[b, h, s] = scale · q[b, h] · k[b, h / group, s]: q (batch, heads, head_dim) contiguous. The positions are
  * split between the threads. Returns 0, or -1 when out of memory. */
 int attention_logits(const void *q, const void *k, float *logits, int bf16, int64_t batch, int64_t heads,

@@ -105,6 +105,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     ]
     library.bf16_row.argtypes = [pointer, pointer, pointer, size, size, flag]
     library.int4_dequantize.argtypes = [pointer, pointer, pointer, flag, pointer, flag, size, size, flag]
+    library.int8_dequantize.argtypes = [pointer, pointer, flag, pointer, size, size, flag]
     # The decode attention's two halves (decode_attention.py): pointers, dtype flag, 5 sizes, 2 strides, (scale).
     shapes = [size] * 7
     library.attention_logits.argtypes = [pointer, pointer, pointer, flag, *shapes, ctypes.c_float, flag]
@@ -136,6 +137,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         "int4_rows",
         "bf16_row",
         "int4_dequantize",
+        "int8_dequantize",
         "attention_logits",
         "attention_values",
         "gated_activation_rows",
@@ -250,6 +252,21 @@ def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty(out_features, dtype=torch.bfloat16)
     run("bf16_row", weight.data_ptr(), x.data_ptr(), out.data_ptr(), out_features, in_features)
+    return out
+
+
+def int8_dequantize(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The weight an int8 layer stands for, (out, in) in the scales' dtype: q · scale, the bits of torch's
+    promoted product (a prefill's dequantisation, all cores)."""
+    out_features, in_features = qweight.shape
+    _check_weight(qweight, torch.int8, in_features)
+    if scales.shape != (out_features,) or not scales.is_contiguous():
+        raise ValueError(f"int8 scales of shape {tuple(scales.shape)} for a {tuple(qweight.shape)} weight")
+    out = torch.empty(out_features, in_features, dtype=scales.dtype)
+    run(
+        "int8_dequantize", qweight.data_ptr(), scales.data_ptr(), _bf16_flag(scales, "scales"), out.data_ptr(),
+        out_features, in_features,
+    )  # fmt: skip
     return out
 
 
