@@ -590,15 +590,16 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
     prediction and correction, its norms the C pass, its sparse MLPs their cached quantile, its MLPs the C
-    activation over a prompt and its layers the few-call decode step, and put the linear layers' weights on 2 MiB
-    pages (a CPU reads them faster there); on the CPU, large temporary tensors reused from the heap (a prompt's
-    activations and dequantised weights, without fresh page faults)."""
+    activation over a prompt and its layers the prompt pass and the few-call decode step, and put the linear
+    layers' weights on 2 MiB pages (a CPU reads them faster there); on the CPU, large temporary tensors reused from
+    the heap (a prompt's activations and dequantised weights, without fresh page faults)."""
     from torch import nn
 
     from videogemma.modeling.altup_predict import use_fused_altup_predict
     from videogemma.modeling.decode_layer import use_decode_steps
     from videogemma.modeling.gated_mlp import use_gated_mlps
     from videogemma.modeling.memory_pages import place_on_huge_pages, reuse_freed_memory
+    from videogemma.modeling.prompt_layer import use_prompt_steps
     from videogemma.modeling.quantization import (
         QuantizedLinear,
         prepare_for_inference,
@@ -620,7 +621,8 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     use_row_norms(model.language_model)
     use_cached_sparsity(model.language_model)
     use_gated_mlps(model.language_model)
-    use_decode_steps(model.language_model)
+    use_prompt_steps(model.language_model)
+    use_decode_steps(model.language_model)  # after the prompt pass: its fallback
     place_on_huge_pages(model.language_model, (nn.Linear, QuantizedLinear))
     if next(model.parameters()).device.type == "cpu":
         reuse_freed_memory()

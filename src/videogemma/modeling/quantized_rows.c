@@ -720,14 +720,19 @@ int gated_activation_rows(const void *gate, const void *up, void *out, int bf16,
 
 /* out[c] = residual[c] + norm(x, weight) for `count` rows of `width` after one another (the norm rounded, then
  * each sum); out may be residual. */
-void norm_add(const void *x, const float *weight, const void *residual, void *out, int bf16, int64_t count,
-              int64_t width, float eps) {
+static void norm_add_strided(const void *x, const float *weight, const void *residual, void *out, int bf16,
+                             int64_t count, int64_t stride, int64_t width, float eps) {
     const __m512 factor = _mm512_set1_ps(inverse_rms(x, 0, width, eps, bf16));
     for (int64_t j = 0; j < width / 16; j++) {
         const __m512 normed = rounded16(normed16(x, 0, j, factor, weight, bf16), bf16);
         for (int64_t c = 0; c < count; c++)
-            store16(out, c * width + 16 * j, _mm512_add_ps(load16(residual, c * width + 16 * j, bf16), normed), bf16);
+            store16(out, c * stride + 16 * j, _mm512_add_ps(load16(residual, c * stride + 16 * j, bf16), normed), bf16);
     }
+}
+
+void norm_add(const void *x, const float *weight, const void *residual, void *out, int bf16, int64_t count,
+              int64_t width, float eps) {
+    norm_add_strided(x, weight, residual, out, bf16, count, width, width, eps);
 }
 
 /* out = x · scale, element by element, rounded (AltUp's scale of its corrected output). */
@@ -735,3 +740,38 @@ void scaled_row(const void *x, const void *scale, void *out, int bf16, int64_t w
     for (int64_t j = 0; j < width; j += 16)
         store16(out, j, _mm512_mul_ps(load16(x, j, bf16), load16(scale, j, bf16)), bf16);
 }
+
+/* A prompt's rows (eager; prompt_layer.py): the three calls above for each of `rows` rows of `width`, the rows
+ * split between the threads. norm_add_rows' copies of a row are AltUp's streams: copy c of row r at (c · rows + r)
+ * · width. Each returns 0. */
+#define ROW_AT(pointer, r) ((const char *)(pointer) + (r) * width * bytes)
+int attention_residual_rows(const void *active, const void *normed, const void *laurel_right, const void *attention,
+                            const float *laurel_weight, const float *attention_weight, const float *mlp_weight,
+                            void *residual, void *mlp_input, int bf16, int64_t rows, int64_t width, float eps,
+                            int threads) {
+    const int64_t bytes = bf16 ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++)
+        attention_residual(ROW_AT(active, r), ROW_AT(normed, r), ROW_AT(laurel_right, r), ROW_AT(attention, r),
+                           laurel_weight, attention_weight, mlp_weight, (void *)ROW_AT(residual, r),
+                           (void *)ROW_AT(mlp_input, r), bf16, width, eps);
+    return 0;
+}
+
+int norm_add_rows(const void *x, const float *weight, const void *residual, void *out, int bf16, int64_t rows,
+                  int64_t count, int64_t width, float eps, int threads) {
+    const int64_t bytes = bf16 ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++)
+        norm_add_strided(ROW_AT(x, r), weight, ROW_AT(residual, r), (void *)ROW_AT(out, r), bf16, count, rows * width,
+                         width, eps);
+    return 0;
+}
+
+int scaled_rows(const void *x, const void *scale, void *out, int bf16, int64_t rows, int64_t width, int threads) {
+    const int64_t bytes = bf16 ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float);
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) scaled_row(ROW_AT(x, r), scale, (void *)ROW_AT(out, r), bf16, width);
+    return 0;
+}
+#undef ROW_AT

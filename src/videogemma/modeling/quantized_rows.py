@@ -124,8 +124,11 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.gated_activation.argtypes = [pointer, pointer, pointer, flag, size, real, flag]
     library.norm_add.argtypes = [pointer, pointer, pointer, pointer, flag, size, size, real]
     library.scaled_row.argtypes = [pointer, pointer, pointer, flag, size]
-    # A prompt's MLP activation (gated_mlp.py): its rows split between the threads.
+    # A prompt's rows (gated_mlp.py, prompt_layer.py): split between the threads.
     library.gated_activation_rows.argtypes = [pointer, pointer, pointer, flag, size, size, real, flag, flag]
+    library.attention_residual_rows.argtypes = [*[pointer] * 9, flag, size, size, real, flag]
+    library.norm_add_rows.argtypes = [pointer, pointer, pointer, pointer, flag, size, size, size, real, flag]
+    library.scaled_rows.argtypes = [pointer, pointer, pointer, flag, size, size, flag]
     library.attention_heads.restype = ctypes.c_int
     for name in ("attention_residual", "gated_activation", "norm_add", "scaled_row"):
         getattr(library, name).restype = None
@@ -141,6 +144,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         "attention_logits",
         "attention_values",
         "gated_activation_rows",
+        "attention_residual_rows",
+        "norm_add_rows",
+        "scaled_rows",
     )
     for name in functions:
         getattr(library, name).restype = ctypes.c_int
