@@ -15,8 +15,14 @@ from videogemma.modeling import quantized_rows
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset (bf16) saved with its processor, as `save_pretrained` writes it."""
+    """The tiny preset (bf16) saved with its processor, as `save_pretrained` writes it; AltUp's output scales
+    random (the preset starts them at zero, which would hide each layer's per-layer input path: 0 times it)."""
     model, processor = videogemma.load("tiny", dtype="bfloat16", device="cpu", quiet=True)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for layer in model.language_model.model.layers:
+            scale = layer.altup.correct_output_scale
+            scale.copy_(torch.rand(scale.shape, generator=generator) + 0.5)
     folder = tmp_path_factory.mktemp("tiny_saved")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
