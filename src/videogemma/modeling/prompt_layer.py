@@ -92,7 +92,7 @@ def _pass(
     config, flag = layer.config, int(hidden_states.dtype == torch.bfloat16)
     width, eps = config.hidden_size, layer.input_layernorm.variance_epsilon
     predictions = layer.altup.predict(hidden_states)
-    active = predictions[config.altup_active_idx]
+    active = predictions[config.altup_active_idx].contiguous()  # the C calls read it row after row
     normed = layer.input_layernorm(active).contiguous()
     laurel_right = layer.laurel.linear_right(layer.laurel.linear_left(normed)).contiguous()
     attention, _ = layer.self_attn(
