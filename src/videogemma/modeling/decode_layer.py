@@ -1,12 +1,13 @@
 """A decoder layer's decode step (one position, batch 1) in a few calls, for inference on the CPU.
 
 With every product and norm of a decode step in our C kernels, what was left of an E2B int4 step (~60 ms on the
-2-core AMD host of stop 31) beside reading the weights was Python and torch dispatch: 2,881 torch operations a step, 12.5 ms in
-the 30 decoder layers (0.42 ms a layer: the module calls, RoPE's slices and concatenations, views, the layer's
-element-wise additions, each norm's and product's wrapper). Here a layer's step is its products (each a bound
-kernel call), five C calls for the element-wise work between them (`quantized_rows.c`: the attention's heads,
-the residuals around LAuReL and the attention, the gated activation, a norm added to streams, AltUp's scale), AltUp's
-two C calls, the cache's update and the decode attention as the library's path calls them.
+2-core AMD host of stop 31) beside reading the weights was Python and torch dispatch: 2,881 torch operations a
+step, 12.5 ms in the 30 decoder layers (0.42 ms a layer: the module calls, RoPE's slices and concatenations,
+views, the layer's element-wise additions, each norm's and product's wrapper). Here a layer's step is its
+products (each a bound kernel call), five C calls for the element-wise work between them (`quantized_rows.c`:
+the attention's heads, the residuals around LAuReL and the attention, the gated activation, a norm added to
+streams, AltUp's scale), AltUp's two C calls, the cache's update and the decode attention as the library's path
+calls them.
 
 Whole E2B steps with it against the same C operators under the library's layer (`benchmarks/decode_steps.py`):
 bf16 1.13×, int8 1.19×, int4 1.19× on the 2-core Xeon of stop 32 (int4 154 → 130 ms); 1.13-1.26× on the AMD host
@@ -19,8 +20,8 @@ tokens of a quantised model unchanged).
 
 The step's kernels read the layer's weights where they lie: each layer's plan (the bound calls) is rebuilt when
 a tensor it reads is replaced, moves (`data_ptr`) or changes in place (its version), or torch's thread count
-changes. Prompts, batches, gradients, traced code,
-other devices, other attention implementations and what the kernels do not take run the layer's own forward.
+changes. Prompts, batches, gradients, traced code, other devices, other attention implementations and what the
+kernels do not take run the layer's own forward.
 
     use_decode_steps(language_model)    # in place, once; `loading.prepare_decoder` does it
 """
@@ -104,7 +105,7 @@ class _LayerPlan:
             config.altup_active_idx,
         )
         self.eps = layer.input_layernorm.variance_epsilon
-        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.itemsize = dtype.itemsize
         self.sources: list[tuple[dict[str, Any], str, torch.Tensor, int, int]] = []
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -168,10 +169,18 @@ def _version(tensor: torch.Tensor) -> int:
         return -1
 
 
+def norms_fit(layer: nn.Module) -> bool:
+    """The layer's norms as our C calls take them: one eps for all, and a scale on each but the value norm's."""
+    value_norm = getattr(layer.self_attn, "v_norm", None)
+    norms = [module for module in layer.modules() if hasattr(module, "variance_epsilon")]
+    return len({norm.variance_epsilon for norm in norms}) == 1 and all(
+        norm.with_scale for norm in norms if norm is not value_norm
+    )
+
+
 def _plan_fits(layer: nn.Module, dtype: torch.dtype) -> bool:
     """Whether the step's kernels take this layer in `dtype` (widths, heads, norms, AltUp, activation)."""
     config, attention, altup = layer.config, layer.self_attn, layer.altup
-    norms = [module for module in layer.modules() if hasattr(module, "variance_epsilon")]
     altup_weights = (
         altup.modality_router.weight,
         altup.prediction_coefs.weight,
@@ -182,8 +191,7 @@ def _plan_fits(layer: nn.Module, dtype: torch.dtype) -> bool:
         config._attn_implementation == WINDOWED_ATTENTION
         and config.hidden_activation == "gelu_pytorch_tanh"
         and dtype in quantized_rows.KERNEL_DTYPES
-        and len({norm.variance_epsilon for norm in norms}) == 1
-        and all(norm.with_scale for norm in norms if norm is not getattr(attention, "v_norm", None))
+        and norms_fit(layer)
         and (attention.is_kv_shared_layer or not attention.v_norm.with_scale)
         and all(w.dtype == dtype and w.is_contiguous() for w in altup_weights)
         and (not config.altup_correct_scale or (scale.dtype == dtype and scale.is_contiguous()))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from videogemma.modeling import altup_predict, quantized_rows
-from videogemma.modeling.decode_layer import DecodeStep
+from videogemma.modeling.decode_layer import DecodeStep, norms_fit
 from videogemma.modeling.row_norms import fp32_weight
 
 
@@ -34,6 +34,7 @@ class PromptStep:
     def __init__(self, layer: nn.Module, otherwise: Any) -> None:
         self.layer = layer
         self.otherwise = otherwise
+        self.norms_fit = norms_fit(layer)  # the layer's structure: checked once, not on every call
 
     def __call__(
         self,
@@ -43,16 +44,14 @@ class PromptStep:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if args or not _takes(self.layer, hidden_states, per_layer_input):
+        if args or not (self.norms_fit and _takes(self.layer, hidden_states, per_layer_input)):
             return self.otherwise(hidden_states, position_embeddings, per_layer_input, *args, **kwargs)
         return _pass(self.layer, hidden_states, position_embeddings, per_layer_input, **kwargs)
 
 
 def _takes(layer: nn.Module, hidden_states: torch.Tensor, per_layer_input: torch.Tensor | None) -> bool:
-    """Eager inference on the CPU in a dtype the kernels read, with the norms and widths the C calls take."""
-    config = layer.config
-    norms = [module for module in layer.modules() if hasattr(module, "variance_epsilon")]
-    scale = layer.altup.correct_output_scale
+    """Eager inference on the CPU in a dtype the kernels read, with the widths the C calls take."""
+    config, scale = layer.config, layer.altup.correct_output_scale
     return (
         not layer.training
         and not torch.is_grad_enabled()
@@ -62,17 +61,6 @@ def _takes(layer: nn.Module, hidden_states: torch.Tensor, per_layer_input: torch
         and per_layer_input.dtype == hidden_states.dtype
         and altup_predict._one_call_takes(layer.altup, hidden_states)
         and config.hidden_size % 16 == 0
-        and len({norm.variance_epsilon for norm in norms}) == 1
-        and all(
-            getattr(layer, name).with_scale
-            for name in (
-                "post_attention_layernorm",
-                "pre_feedforward_layernorm",
-                "post_feedforward_layernorm",
-            )
-        )
-        and layer.laurel.post_laurel_norm.with_scale
-        and layer.post_per_layer_input_norm.with_scale
         and (not config.altup_correct_scale or (scale.dtype == hidden_states.dtype and scale.is_contiguous()))
     )
 
