@@ -188,8 +188,7 @@ def _plan_fits(layer: nn.Module, dtype: torch.dtype) -> bool:
     )
     scale = altup.correct_output_scale
     return (
-        config._attn_implementation == WINDOWED_ATTENTION
-        and config.hidden_activation == "gelu_pytorch_tanh"
+        config.hidden_activation == "gelu_pytorch_tanh"
         and dtype in quantized_rows.KERNEL_DTYPES
         and norms_fit(layer)
         and (attention.is_kv_shared_layer or not attention.v_norm.with_scale)
@@ -250,9 +249,12 @@ def _step_takes(
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
     per_layer_input: torch.Tensor | None,
 ) -> bool:
-    """One position of one sequence on the CPU, no gradients, not traced, the inputs in the streams' dtype."""
+    """One position of one sequence on the CPU, no gradients, not traced, the inputs in the streams' dtype, and
+    the model's attention still ours (checked each call: a plan outlives a switch to another attention)."""
     config = layer.config
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or layer.training:
+        return False
+    if config._attn_implementation != WINDOWED_ATTENTION:
         return False
     dtype, shape = hidden_states.dtype, (config.altup_num_inputs, 1, 1, config.hidden_size)
     return (
