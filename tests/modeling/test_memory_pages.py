@@ -17,6 +17,7 @@ from videogemma.modeling.memory_pages import (
     HUGE_PAGE,
     HUGE_PAGES_ENV,
     MALLOC_REUSE_ENV,
+    give_back_freed_memory,
     huge_pages_available,
     page_out,
     place_on_huge_pages,
@@ -175,6 +176,30 @@ def test_a_freed_large_block_is_reused_without_new_page_faults() -> None:
     assert faults[-1] < (size // 4096) // 10, f"the freed blocks' pages were not reused: faults {faults}"
 
 
+def _resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@linux_only
+def test_the_kept_heap_goes_back_to_the_kernel_when_asked() -> None:
+    if not reuse_freed_memory():
+        pytest.skip("not glibc, or its variables set for this process")
+    # 2 MiB blocks with a small one kept after each (as a prompt's temporaries around what a layer keeps): freed,
+    # they stay resident under the kept heap until it is trimmed.
+    blocks, kept = [], []
+    for _ in range(64):
+        blocks.append(torch.ones(2 << 20, dtype=torch.uint8))
+        kept.append(torch.ones(64, dtype=torch.uint8))
+    del blocks
+    before = _resident_bytes()
+    assert give_back_freed_memory()
+    assert before - _resident_bytes() > (64 << 20), "the freed heap stayed resident"
+    assert all(int(k.sum()) == 64 for k in kept)
+
+
 def test_glibc_variables_or_the_switch_leave_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = reuse_freed_memory.__wrapped__  # (the cached call: once a process)
     monkeypatch.setenv(MALLOC_REUSE_ENV, "0")
@@ -182,3 +207,30 @@ def test_glibc_variables_or_the_switch_leave_the_allocator_alone(monkeypatch: py
     monkeypatch.delenv(MALLOC_REUSE_ENV)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")  # a user asking for the least memory
     assert settings() is False
+
+
+def test_a_model_loaded_for_the_cpu_is_warmed_up_and_answers_as_a_cold_one(
+    saved_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from videogemma import loading
+    from videogemma.modeling import modeling_videogemma, quantized_rows
+
+    warmed, _ = videogemma.load(saved_tiny, dtype="bfloat16", quantize="int4", quiet=True)
+    if quantized_rows.kernels() is not None:  # the warm-up's decode step built every layer's plan
+        assert all(layer.forward.plan is not None for layer in warmed.language_model.model.layers)
+    monkeypatch.setattr(loading, "warm_up_decoder", lambda model: None)
+    cold, _ = videogemma.load(saved_tiny, dtype="bfloat16", quantize="int4", quiet=True)
+    assert all(layer.forward.plan is None for layer in cold.language_model.model.layers)
+    trims = []
+    monkeypatch.setattr(modeling_videogemma, "give_back_freed_memory", lambda: trims.append(1))
+    ids = torch.randint(10, 1000, (1, 24), generator=torch.Generator().manual_seed(3))
+    answers = []
+    for model in (warmed, cold):
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                output_scores=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        answers.append((out.sequences, torch.stack(out.scores)))
+    assert torch.equal(answers[0][0], answers[1][0]) and torch.equal(answers[0][1], answers[1][1])
+    assert trims == [1, 1]  # each answer's kept heap handed back

@@ -161,3 +161,16 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES)
     )
+
+
+def give_back_freed_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc's `malloc_trim`; elsewhere nothing): what loading
+    left free would otherwise stay resident under the kept heap (`reuse_freed_memory`). Returns whether it ran."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = _libc()
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim(0)
+    return True
