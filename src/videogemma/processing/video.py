@@ -233,20 +233,12 @@ def iter_video_frames(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> I
             raise _decode_failure(path, stream, error, limits, f" after {count} frames") from None
 
 
-# swscale on one thread: with its own thread pool (PyAV's default, "auto") a conversion in a process forked after
-# one in its parent (a batch's DataLoader workers) waited forever on the parent's threads (PyAV 18.1.1, in CI).
-# Decoding still runs on the codec's threads; a frame's conversion is a small part of it.
-SCALE_THREADS = 1
-
-
 def frame_to_rgb(frame: av.VideoFrame, limits: VideoLimits = DEFAULT_LIMITS) -> np.ndarray:
     """uint8 (H, W, 3) RGB of a decoded frame as stored (not rotated), downscaled to `max_frame_pixels`."""
     width, height = _fit(frame.width, frame.height, limits.max_frame_pixels)
     if (width, height) == (frame.width, frame.height):
-        return frame.to_ndarray(format="rgb24", threads=SCALE_THREADS)
-    return frame.to_ndarray(
-        format="rgb24", width=width, height=height, interpolation="AREA", threads=SCALE_THREADS
-    )
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
 
 
 def upright(rgb: np.ndarray, frame: av.VideoFrame, stream: av.VideoStream) -> np.ndarray:
@@ -481,14 +473,10 @@ class _FrameSink:
         check_frame_size(self.path, frame.width, frame.height, self.limits)
         self.size = self.size or _fit(frame.width, frame.height, self.limits.max_frame_pixels)
         if (frame.width, frame.height) == self.size:
-            rgb = frame.to_ndarray(format="rgb24", threads=SCALE_THREADS)
+            rgb = frame.to_ndarray(format="rgb24")
         else:
             rgb = frame.to_ndarray(
-                format="rgb24",
-                width=self.size[0],
-                height=self.size[1],
-                interpolation="AREA",
-                threads=SCALE_THREADS,
+                format="rgb24", width=self.size[0], height=self.size[1], interpolation="AREA"
             )
         upright = np.rot90(rgb, k=_rotation(frame, stream) // 90)
         if self.output is None:
