@@ -54,6 +54,14 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc on Linux (its `mallopt` and `malloc_trim`), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = _libc()
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def page_out(tensor: torch.Tensor) -> bool:
     """Advise the kernel to reclaim the whole pages inside `tensor`'s bytes (Linux; elsewhere nothing). The
     contents stay as they were (a later read faults them back in), so this is safe for any memory; it frees
@@ -152,11 +160,9 @@ def reuse_freed_memory() -> bool:
         os.environ.get(name) for name in GLIBC_MALLOC_ENVS
     ):
         return False
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = _libc()
-    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-        return False  # another C library (musl): no such settings
+    libc = _glibc()
+    if libc is None:
+        return False  # not Linux, or another C library (musl): no such settings
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES)
@@ -166,10 +172,8 @@ def reuse_freed_memory() -> bool:
 def give_back_freed_memory() -> bool:
     """Hand the heap's free pages back to the kernel (glibc's `malloc_trim`; elsewhere nothing): what loading
     left free would otherwise stay resident under the kept heap (`reuse_freed_memory`). Returns whether it ran."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = _libc()
-    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "malloc_trim"):
+    libc = _glibc()
+    if libc is None:
         return False
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.malloc_trim(0)
