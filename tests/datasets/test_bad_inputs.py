@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -262,7 +263,20 @@ def test_the_format_whitelist_alone_stops_a_playlist_before_it_opens_a_segment(t
     )
     env = {**os.environ, "PYTHONPATH": str(Path(videogemma.__file__).parents[1])}
     done = subprocess.run([sys.executable, "-c", code, str(playlist)], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert "not a self-contained video file" in done.stdout, done.stderr
+    assert "FFmpeg found no accepted container format" in done.stdout, done.stderr
+
+
+def test_an_audio_file_named_like_a_video_is_refused_as_not_a_readable_video(tmp_path):
+    """FFmpeg probes it as `wav`, a format off the whitelist: the message must still say what the user needs
+    to know (not a readable video), as it does for a corrupt file that FFmpeg probes as some other format."""
+    samples = 8000
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + samples * 2, b"WAVE", b"fmt ", 16, 1, 1, 8000, 16000, 2, 16, b"data", samples * 2)  # fmt: skip
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(header + bytes(samples * 2))
+    with pytest.raises(
+        VideoDecodeError, match=r"clip\.mp4: not a readable video file: FFmpeg found no accepted"
+    ):
+        open_video(clip)
 
 
 @pytest.mark.parametrize(

@@ -115,11 +115,14 @@ def open_video(path: PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> av.conta
     }
     try:
         container = av.open(os.path.abspath(path), metadata_errors="replace", options=options)
-    except av.ArgumentError:  # what FFmpeg answers for a demuxer off the whitelist (also for other bad input)
+    except av.ArgumentError:
+        # What FFmpeg answers when the format it probed is off the whitelist: a playlist or an audio file, but
+        # also a corrupt file whose bytes happen to look like some other format (random bytes probe as `lrc`).
         raise VideoDecodeError(
             path,
-            "not a self-contained video file: its container format is not one of the accepted ones "
-            "(mp4/mov, mkv/webm, avi, mpeg-ts, ...); playlists and lists that name other files are refused",
+            "not a readable video file: FFmpeg found no accepted container format in it (mp4/mov, mkv/webm, "
+            "avi, mpeg-ts, ...: only self-contained video files; playlists and lists that name other files "
+            "are refused)",
         ) from None
     except (av.FFmpegError, OSError) as error:
         raise VideoDecodeError(path, f"not a readable video file: {error}") from None
