@@ -102,7 +102,9 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         size,
         size,
         flag,
+        flag,
     ]
+    library.int8_activations_built.argtypes = []
     library.bf16_row.argtypes = [pointer, pointer, pointer, size, size, flag]
     library.int4_dequantize.argtypes = [pointer, pointer, pointer, flag, pointer, flag, size, size, flag]
     library.int8_dequantize.argtypes = [pointer, pointer, flag, pointer, size, size, flag]
@@ -138,6 +140,7 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         "altup_correct",
         "int8_rows",
         "int4_rows",
+        "int8_activations_built",
         "bf16_row",
         "int4_dequantize",
         "int8_dequantize",
@@ -232,20 +235,33 @@ def int8_rows(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
 
 
 def int4_rows(
-    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    int8_activations: bool = False,
 ) -> torch.Tensor:
     """x (rows, in) · dequantised(qweight)ᵀ, summed in fp32, in x's dtype (bf16 or fp32), for an int4 weight
     in row order (uint8 (out, in / 2), the even input in the low nibble) with (out, in / 128) scales and zeros
-    of one dtype: w = (q - 8) · scale + zero."""
+    of one dtype: w = (q - 8) · scale + zero. With `int8_activations` (where `int8_activations_run()`), each
+    group of 128 inputs is first rounded to int8 at scale max |x| / 127 and Σ q·x̂ summed in integers; the
+    zeros meet the exact group sums."""
     rows, (out_features, row_bytes) = x.shape[0], qweight.shape
     _check_weight(qweight, torch.uint8, 2 * row_bytes)
     scales_flag = _int4_scales_flag(qweight, scales, zeros)
     out = torch.empty(rows, out_features, dtype=x.dtype)
     run(
         "int4_rows", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), scales_flag, x.data_ptr(),
-        _rows_flag(x, 2 * row_bytes), out.data_ptr(), rows, out_features, 2 * row_bytes,
+        _rows_flag(x, 2 * row_bytes), out.data_ptr(), rows, out_features, 2 * row_bytes, int(int8_activations),
     )  # fmt: skip
     return out
+
+
+def int8_activations_run() -> bool:
+    """Whether `int4_rows(..., int8_activations=True)` rounds its input here (the kernels run and were built
+    with AVX512-VNNI); elsewhere the flag is ignored and x is multiplied as it is."""
+    library = kernels()
+    return library is not None and bool(library.int8_activations_built())
 
 
 def bf16_row(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
