@@ -68,3 +68,7 @@ WINDOWED_ATTENTION = "sdpa_windowed"
 ATTN_IMPLEMENTATIONS = (WINDOWED_ATTENTION, "sdpa", "eager", "flash_attention_2")
 # Weight-only quantisation of the text decoder for inference (`--quantize`, modeling.quantization).
 QUANTIZE_CHOICES = ("int8", "int4")
+# What an int4 decoder's decode step multiplies its weights by (`--int4-activations`, modeling.quantization):
+# the activations rounded to int8 a group of 128 at a time (the default), or as they are (bf16 / fp32).
+INT4_ACTIVATION_CHOICES = ("int8", "exact")
+DEFAULT_INT4_ACTIVATIONS = "int8"

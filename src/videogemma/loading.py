@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES, PROJECTOR_NAMES, TRAINED_PROJECTORS_KEY
+from videogemma.constants import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULT_INT4_ACTIVATIONS,
+    PRESET_NAMES,
+    PROJECTOR_NAMES,
+    TRAINED_PROJECTORS_KEY,
+)
 from videogemma.errors import ModelLoadError
 from videogemma.hub import is_hub_id
 from videogemma.precision import AUTO, DTYPE_CHOICES
@@ -530,6 +536,7 @@ def load(
     quiet: bool = False,
     quantize: str | None = None,
     quantize_lm_head: bool = False,
+    int4_activations: str = DEFAULT_INT4_ACTIVATIONS,
     per_layer_on_disk: bool | None = None,
     compile_prefill: bool = False,
     **config_overrides: Any,
@@ -546,7 +553,8 @@ def load(
     training run); an unknown field is an error.
 
     On-device options: `quantize` ("int8" / "int4") the text decoder's linear layers (weight-only; and the LM
-    head with `quantize_lm_head`; a saved quantised model is loaded as it was saved); `per_layer_on_disk`
+    head with `quantize_lm_head`; a saved quantised model is loaded as it was saved); `int4_activations`: an
+    int4 decoder's decode step rounds its layers' inputs to int8 ("int8") or not ("exact"); `per_layer_on_disk`
     leaves Gemma-3n's per-layer embedding table (4 GiB at E2B) memory-mapped in its safetensors file (None:
     on the CPU, wherever the weights are a safetensors file; a preset has none); `compile_prefill` compiles
     the decoder layers for the prefill with `torch.compile` (CPU only; needs a C++ compiler; the first
@@ -571,7 +579,7 @@ def load(
         processor = build_processor(source, model.config)
         model.freeze_encoders(clip=True, videomamba=True)
         model = _place(model.eval(), target_dtype, target_device)
-    prepare_decoder(model, quantize, quantize_lm_head)
+    prepare_decoder(model, quantize, quantize_lm_head, int4_activations)
     if compile_prefill:
         from videogemma.modeling.compiled_prefill import compile_prefill as compile_layers
 
@@ -586,13 +594,16 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> None:
+def prepare_decoder(
+    model: Any, method: str | None, lm_head: bool = False, int4_activations: str = DEFAULT_INT4_ACTIVATIONS
+) -> None:
     """Ready the text decoder's products for inference: quantise it (unless it already is: a saved quantised
     model), pack it for the CPU kernels, give its plain linear layers the one-row product and AltUp its fused
     prediction and correction, its norms the C pass, its sparse MLPs their cached quantile, its MLPs the C
     activation over a prompt and its layers the prompt pass and the few-call decode step, and put the linear
     layers' weights on 2 MiB pages (a CPU reads them faster there); on the CPU, large temporary tensors reused from
-    the heap (a prompt's activations and dequantised weights, without fresh page faults)."""
+    the heap (a prompt's activations and dequantised weights, without fresh page faults). `int4_activations`:
+    see `quantization.set_int4_activations`."""
     from torch import nn
 
     from videogemma.modeling.altup_predict import use_fused_altup_predict
@@ -609,6 +620,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
         prepare_for_inference,
         quantize_language_model,
         quantized_method,
+        set_int4_activations,
     )
     from videogemma.modeling.row_norms import use_row_norms
     from videogemma.modeling.row_products import use_row_vector_products
@@ -620,6 +632,7 @@ def prepare_decoder(model: Any, method: str | None, lm_head: bool = False) -> No
     elif method is not None and method != current:
         raise ModelLoadError(f"the model was saved quantised to {current}; it cannot be loaded as {method}")
     prepare_for_inference(model)
+    set_int4_activations(model, int4_activations)
     use_row_vector_products(model.language_model)
     use_fused_altup_predict(model.language_model)
     use_row_norms(model.language_model)
@@ -662,16 +675,17 @@ def warm_up_decoder(model: Any) -> None:
 
 
 def on_device_summary(model: Any) -> dict[str, str | None]:
-    """What `load` says about a model beside its device and dtype: attention, quantisation, per-layer table,
-    compiled prefill."""
+    """What `load` says about a model beside its device and dtype: attention, quantisation (and an int4
+    decoder's decode-step inputs), per-layer table, compiled prefill."""
     from videogemma.modeling.compiled_prefill import is_prefill_compiled
     from videogemma.modeling.disk_embedding import PER_LAYER_EMBEDDING, DiskEmbedding
-    from videogemma.modeling.quantization import quantized_method
+    from videogemma.modeling.quantization import int4_activations_in_use, quantized_method
 
     table = getattr(model.language_model.model, PER_LAYER_EMBEDDING)
     return {
         "attention": attention_of(model),
         "decoder": quantized_method(model),
+        "int4 decode inputs": int4_activations_in_use(model),
         "per-layer embeddings": "on disk" if isinstance(table, DiskEmbedding) else None,
         "prefill": "compiled" if is_prefill_compiled(model.language_model) else None,
     }

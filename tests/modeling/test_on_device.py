@@ -182,7 +182,9 @@ def test_saved_quantised_model_loads_as_it_was_saved(
     assert not torch.equal(quantized, reference)
     assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.5
 
-    reloaded, _ = videogemma.load(tmp_path, dtype="bfloat16", quiet=True)
+    # "exact": the layers quantised in place multiply their inputs as they are (load's default rounds an int4
+    # decoder's to int8: tests/modeling/test_int8_activations.py).
+    reloaded, _ = videogemma.load(tmp_path, dtype="bfloat16", int4_activations="exact", quiet=True)
     layer = reloaded.language_model.model.layers[0].mlp.up_proj
     assert isinstance(layer, QuantizedLinear) and layer.bits == int(method[3:])
     assert torch.equal(_logits(reloaded, IDS), quantized)
@@ -217,7 +219,12 @@ def test_infer_command_takes_the_on_device_options(saved_tiny: Path, real_clip: 
 
     argv = ["infer", str(real_clip), "--model", str(saved_tiny), "--max-new-tokens", "2"]
     assert cli.main([*argv, "--quantize", "int4", "--per-layer-embeddings", "disk"]) == 0
-    assert "decoder int4, per-layer embeddings on disk" in capsys.readouterr().err
+    rounded = "int8" if quantized_rows.int8_activations_run() else "exact"
+    assert (
+        f"decoder int4, int4 decode inputs {rounded}, per-layer embeddings on disk" in capsys.readouterr().err
+    )
+    assert cli.main([*argv, "--quantize", "int4", "--int4-activations", "exact"]) == 0
+    assert "decoder int4, int4 decode inputs exact" in capsys.readouterr().err
     assert cli.main([*argv, "--per-layer-embeddings", "memory"]) == 0
     assert "on disk" not in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse's own refusal of a choice

@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from videogemma.constants import ATTN_IMPLEMENTATIONS, PRESET_NAMES, QUANTIZE_CHOICES
+from videogemma.constants import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULT_INT4_ACTIVATIONS,
+    INT4_ACTIVATION_CHOICES,
+    PRESET_NAMES,
+    QUANTIZE_CHOICES,
+)
 from videogemma.precision import DTYPE_CHOICES
 
 PER_LAYER_CHOICES = {"auto": None, "disk": True, "memory": False}
@@ -62,6 +68,13 @@ def add_on_device_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--quantize-lm-head", action="store_true", help="with --quantize: the (untied) LM head too"
+    )
+    group.add_argument(
+        "--int4-activations",
+        choices=INT4_ACTIVATION_CHOICES,
+        default=DEFAULT_INT4_ACTIVATIONS,
+        help="an int4 decoder's decode steps on the CPU: int8 = each layer's input rounded to int8 per group of "
+        "128 (faster where the CPU has AVX512-VNNI; cost measured in docs/ONDEVICE.md), exact = as it is",
     )
     group.add_argument(
         "--per-layer-embeddings",
@@ -153,6 +166,7 @@ def on_device_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "quantize": args.quantize,
         "quantize_lm_head": args.quantize_lm_head,
+        "int4_activations": args.int4_activations,
         "per_layer_on_disk": PER_LAYER_CHOICES[args.per_layer_embeddings],
         "compile_prefill": args.compile_prefill,
     }

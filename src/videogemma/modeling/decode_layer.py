@@ -79,7 +79,8 @@ def _product(
         scales_flag = int(linear.scales.dtype == torch.bfloat16)
         function = library.int8_rows if linear.bits == 8 else library.int4_rows
         before = (*(getattr(linear, name).data_ptr() for name in names), scales_flag)
-        after = (1, linear.out_features, linear.in_features, threads)
+        activations = (int(linear.int8_activations),) if linear.bits == 4 else ()
+        after = (1, linear.out_features, linear.in_features, *activations, threads)
         product = _KernelProduct(function, before, (flag,), after, linear.out_features)
         return product, [(linear, name) for name in names]
     if isinstance(linear, RowVectorLinear) and bf16_kernel_fits(linear.weight, dtype):
@@ -107,6 +108,9 @@ class _LayerPlan:
         self.eps = layer.input_layernorm.variance_epsilon
         self.itemsize = dtype.itemsize
         self.sources: list[tuple[dict[str, Any], str, torch.Tensor, int, int]] = []
+        self.activations: list[
+            tuple[QuantizedLinear, bool]
+        ] = []  # each int4 kernel's input rounding, as bound
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.reuses_keys, self.stores_keys = attention.is_kv_shared_layer, attention.store_full_length_kv
@@ -138,6 +142,8 @@ class _LayerPlan:
 
     def _bound(self, module: nn.Module, threads: int) -> Product:
         product, places = _product(module, self.dtype, threads)
+        if isinstance(module, QuantizedLinear) and module.bits == 4 and places:
+            self.activations.append((module, module.int8_activations))
         for owner, name in places:
             self._track(owner, name)
         return product
@@ -154,10 +160,15 @@ class _LayerPlan:
         return tensor
 
     def holds(self) -> bool:
-        """Whether the plan still computes the layer: the same threads, each tensor it read in place."""
-        return torch.get_num_threads() == self.threads and all(
-            table.get(name) is tensor and tensor.data_ptr() == pointer and _version(tensor) == version
-            for table, name, tensor, pointer, version in self.sources
+        """Whether the plan still computes the layer: the same threads, each tensor it read in place, each
+        quantised layer's activations as they were bound."""
+        return (
+            torch.get_num_threads() == self.threads
+            and all(
+                table.get(name) is tensor and tensor.data_ptr() == pointer and _version(tensor) == version
+                for table, name, tensor, pointer, version in self.sources
+            )
+            and all(linear.int8_activations == bound for linear, bound in self.activations)
         )
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videogemma.constants import QUANTIZE_CHOICES
+from videogemma.constants import INT4_ACTIVATION_CHOICES, QUANTIZE_CHOICES
 from videogemma.errors import ModelLoadError
 from videogemma.modeling import quantized_rows
 from videogemma.modeling.memory_pages import page_out
@@ -62,6 +62,10 @@ class QuantizedLinear(nn.Module):
     Persistent buffers (what a saved model holds): `qweight` (int8 (out, in) for int8; uint8 (out, in/2),
     two int4 values per byte, the even input index in the low nibble, for int4), `scales` ((out,) for int8;
     (out, in/group) for int4) and, for int4, `zeros` (out, in/group)."""
+
+    # int4 only: whether a decode step's product (a few rows, our CPU kernels, AVX512-VNNI) rounds x to int8 per
+    # group of 128 first (`set_int4_activations`). Not saved: a choice of how to compute, not of the weights.
+    int8_activations = False
 
     def __init__(self, in_features: int, out_features: int, bits: int, bias: bool = False) -> None:
         super().__init__()
@@ -202,7 +206,9 @@ class QuantizedLinear(nn.Module):
             flat = flat.contiguous()
             if self.bits == 8:
                 return quantized_rows.int8_rows(flat, self.qweight, self.scales)
-            return quantized_rows.int4_rows(flat, self.qweight, self.scales, self.zeros)
+            return quantized_rows.int4_rows(
+                flat, self.qweight, self.scales, self.zeros, self.int8_activations
+            )
         if self.bits == 8 and flat.shape[0] == 1 and self._pairs_rows:
             return int8_one_row_product(flat, self.qweight, self.scales)
         if self.bits == 8:
@@ -392,6 +398,31 @@ def prepare_for_inference(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, QuantizedLinear):
             module.prepare()
+
+
+def set_int4_activations(model: nn.Module, activations: str) -> None:
+    """How the int4 layers' decode-step products take their input: "int8" rounds each group of 128 inputs to int8
+    at its own scale (max |x| / 127) and multiplies in integers, ~2.4× the kernel's arithmetic rate, which at E2B
+    on a 2-core Xeon took a decode step from 1.47× to 1.24× its memory bound; "exact" multiplies x as it is. A
+    prefill (which dequantises each weight for the dtype's GEMM) and int8 layers are the same either way. The
+    measured cost in answers: docs/ONDEVICE.md, `benchmarks/quantization.py`."""
+    if activations not in INT4_ACTIVATION_CHOICES:
+        raise ModelLoadError(
+            f"int4 activations: {activations!r} is not one of {', '.join(INT4_ACTIVATION_CHOICES)}"
+        )
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear) and module.bits == 4:
+            module.int8_activations = activations == "int8"
+
+
+def int4_activations_in_use(model: nn.Module) -> str | None:
+    """What the int4 layers' decode steps multiply by here: "int8" (asked for, and the kernels round on this
+    CPU), "exact", or None for a model without int4 layers."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear) and m.bits == 4]
+    if not layers:
+        return None
+    rounded = any(m.int8_activations for m in layers) and quantized_rows.int8_activations_run()
+    return "int8" if rounded else "exact"
 
 
 def quantized_method(model: nn.Module) -> str | None:
