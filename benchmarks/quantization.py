@@ -2,11 +2,13 @@
 
 1. The trained `tiny` model (a `full` run of the demo config on the synthetic dataset; trained here within
    --minutes unless --run names one): greedy answers on the synthetic test split in float32 (as trained),
-   bfloat16, int8 and int4 (decoder weights; activations bf16): exercise identification, exact label and
-   the share of answers word for word the float32 model's.
+   bfloat16, int8 and int4 (decoder weights), int4 both with its decode steps' inputs as they are and rounded
+   to int8 (`--int4-activations`): exercise identification, exact label and the share of answers word for
+   word the float32 model's. Answers are decoded TINY_BATCH at a time, so that each step runs the row kernels.
 2. E2B dimensions (--e2b-dir: the models `benchmarks/inference.py --quantize` writes, one folder per
    precision): over a fixed prompt set (seeded random token ids, text only), each quantised decoder's
-   next-token distribution against bf16's: top-1 agreement and KL(bf16 ‖ quantised), mean over positions.
+   next-token distribution against bf16's: top-1 agreement and KL(bf16 ‖ quantised), mean over positions,
+   over whole prompts (the prefill's products) and over decode steps (the row kernels'; int4 both ways).
    Random weights: what it measures is the numerical error of the layers, not a trained model's answers.
 
     python benchmarks/quantization.py --out runs/quantization [--run RUN_DIR] [--minutes 4]
@@ -27,8 +29,25 @@ import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
-TINY_PRECISIONS = (("float32", None), ("bfloat16", None), ("int8", "int8"), ("int4", "int4"))
+# (name, quantisation, int4 activations): int4 both ways its decode steps can multiply (`--int4-activations`).
+TINY_PRECISIONS = (
+    ("float32", None, "exact"),
+    ("bfloat16", None, "exact"),
+    ("int8", "int8", "exact"),
+    ("int4", "int4", "exact"),
+    ("int4, int8 inputs", "int4", "int8"),
+)
+# Answers decoded 8 at a time: under DEQUANTIZE_FROM_ROWS (16), so each step runs the row kernels, as one
+# user's answer does (16 rows would dequantise the weights and take the GEMM: the same for every int4 choice).
+TINY_BATCH = 8
 E2B_PROMPTS, E2B_PROMPT_TOKENS = 8, 48
+# The decode-path comparison: each prompt's first tokens as one prefill, the rest fed one at a time.
+E2B_PREFILL_TOKENS = 16
+E2B_DECODE_VARIANTS = (
+    ("int8", "int8", "exact"),
+    ("int4", "int4", "exact"),
+    ("int4, int8 inputs", "int4", "int8"),
+)
 
 
 def _learning() -> Any:
@@ -63,7 +82,7 @@ def train_tiny(out: Path, minutes: float, per_variant: int) -> tuple[Path, Path]
 
 @torch.inference_mode()
 def greedy_answers(
-    model: Any, processor: Any, split_file: Path, batch_size: int = 16
+    model: Any, processor: Any, split_file: Path, batch_size: int = TINY_BATCH
 ) -> list[tuple[str, str]]:
     """(ground truth, greedy answer) for every record of a split."""
     from videogemma.inference.generate import GenerationSettings, generate_answers
@@ -88,9 +107,11 @@ def tiny_quality(run_dir: Path, test_split: Path) -> list[dict[str, Any]]:
     from videogemma.evaluation.metrics import exercise_name
 
     rows, reference = [], None
-    for name, method in TINY_PRECISIONS:
+    for name, method, activations in TINY_PRECISIONS:
         dtype = "float32" if name == "float32" else "bfloat16"
-        model, processor = videogemma.load(run_dir, dtype=dtype, quantize=method, quiet=True)
+        model, processor = videogemma.load(
+            run_dir, dtype=dtype, quantize=method, int4_activations=activations, quiet=True
+        )
         start = time.perf_counter()
         pairs = greedy_answers(model, processor, test_split)
         answers = [answer for _, answer in pairs]
@@ -122,31 +143,66 @@ def _log_probs(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def e2b_agreement(e2b_dir: Path) -> list[dict[str, Any]]:
+@torch.inference_mode()
+def _decode_log_probs(model_dir: Path, ids: torch.Tensor, int4_activations: str) -> torch.Tensor:
+    """Next-token log-probabilities (prompts, decoded positions, vocab) with each prompt's tokens after the first
+    E2B_PREFILL_TOKENS fed one at a time through the cache: the decode steps' own products (row kernels)."""
+    from videogemma.loading import ModelSource, build_model, prepare_decoder
+    from videogemma.modeling.growing_cache import GrowingCache
+
+    model = build_model(ModelSource(pretrained=str(model_dir)), 0, torch.bfloat16, per_layer_on_disk=True)
+    prepare_decoder(model, None, int4_activations=int4_activations)
+    model.eval()
+    rows = []
+    for prompt in ids:
+        cache = GrowingCache(config=model.config.text_config)
+        model(input_ids=prompt[None, :E2B_PREFILL_TOKENS], cache=cache, use_cache=True, logits_to_keep=1)
+        steps = []
+        for position in range(E2B_PREFILL_TOKENS, len(prompt)):
+            out = model(
+                input_ids=prompt[None, position : position + 1],
+                cache=cache,
+                use_cache=True,
+                cache_position=torch.tensor([position]),
+            )
+            steps.append(out.logits[0, -1].float().log_softmax(-1))
+        rows.append(torch.stack(steps))
+    return torch.stack(rows)
+
+
+def _agreement(name: str, reference: torch.Tensor, quantized: torch.Tensor) -> dict[str, Any]:
+    kl = (reference.exp() * (reference - quantized)).sum(-1)
+    return {
+        "precision": name,
+        "positions": int(kl.numel()),
+        "top1_agreement": float((reference.argmax(-1) == quantized.argmax(-1)).float().mean()),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+    }
+
+
+def e2b_agreement(e2b_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Against bf16: each quantised decoder over whole prompts (the prefill's products) and over decode steps
+    (the row kernels', where int4's two activation choices differ). One model in memory at a time."""
     from videogemma.config import VideoGemmaConfig
 
     vocab = VideoGemmaConfig.from_preset("e2b").text_config.vocab_size
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, min(vocab, 200_000), (E2B_PROMPTS, E2B_PROMPT_TOKENS), generator=generator)
     ids[:, 0] = 2  # <bos>
-    reference = _log_probs(e2b_dir / "bfloat16", ids)  # one model in memory at a time
-    rows = []
+    results: dict[str, list[dict[str, Any]]] = {"prefill": [], "decode": []}
+    reference = _log_probs(e2b_dir / "bfloat16", ids)
     for method in ("int8", "int4"):
-        if not (e2b_dir / method).is_dir():
-            continue
-        quantized = _log_probs(e2b_dir / method, ids)
-        kl = (reference.exp() * (reference - quantized)).sum(-1)
-        rows.append(
-            {
-                "precision": method,
-                "positions": int(kl.numel()),
-                "top1_agreement": float((reference.argmax(-1) == quantized.argmax(-1)).float().mean()),
-                "kl_mean": float(kl.mean()),
-                "kl_max": float(kl.max()),
-            }
-        )
-        print(f"e2b {method}: {rows[-1]}", flush=True)
-    return rows
+        if (e2b_dir / method).is_dir():
+            results["prefill"].append(_agreement(method, reference, _log_probs(e2b_dir / method, ids)))
+            print(f"e2b prefill {method}: {results['prefill'][-1]}", flush=True)
+    reference = _decode_log_probs(e2b_dir / "bfloat16", ids, "exact")
+    for name, method, activations in E2B_DECODE_VARIANTS:
+        if (e2b_dir / method).is_dir():
+            quantized = _decode_log_probs(e2b_dir / method, ids, activations)
+            results["decode"].append(_agreement(name, reference, quantized))
+            print(f"e2b decode {name}: {results['decode'][-1]}", flush=True)
+    return results
 
 
 def main() -> None:

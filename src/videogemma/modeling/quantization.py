@@ -1,5 +1,6 @@
 """Weight-only quantisation of the text decoder's linear layers for inference: int8 (per output row) or int4
-(groups of `INT4_GROUP_SIZE` along the input, asymmetric), the activations kept in the model's dtype.
+(groups of `INT4_GROUP_SIZE` along the input, asymmetric), the activations kept in the model's dtype, except
+that an int4 decoder's decode steps on the CPU may round them to int8 (`set_int4_activations`; `load`'s default).
 
     quantize_language_model(model, "int4", lm_head=True)   # in place; returns the names it replaced
     prepare_for_inference(model)                           # CPU: int4 weights in torch's kernel's order
