@@ -560,10 +560,11 @@ def load(
     the decoder layers for the prefill with `torch.compile` (CPU only; needs a C++ compiler; the first
     prompt pays the compile).
     """
-    from videogemma.modeling.quantization import check_method
+    from videogemma.modeling.quantization import check_int4_activations, check_method
     from videogemma.precision import describe, resolve_device, resolve_dtype
 
     check_method(quantize)
+    check_int4_activations(int4_activations)
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     if per_layer_on_disk is None and target_device.type != "cpu":

@@ -108,9 +108,8 @@ class _LayerPlan:
         self.eps = layer.input_layernorm.variance_epsilon
         self.itemsize = dtype.itemsize
         self.sources: list[tuple[dict[str, Any], str, torch.Tensor, int, int]] = []
-        self.activations: list[
-            tuple[QuantizedLinear, bool]
-        ] = []  # each int4 kernel's input rounding, as bound
+        # Each int4 kernel's input rounding as it was bound (`holds` compares it with the layer's now).
+        self.activations: list[tuple[QuantizedLinear, bool]] = []
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.reuses_keys, self.stores_keys = attention.is_kv_shared_layer, attention.store_full_length_kv

@@ -339,6 +339,13 @@ def check_method(method: str | None) -> None:
         raise ModelLoadError(f"quantize: {method!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
 
 
+def check_int4_activations(activations: str) -> None:
+    if activations not in INT4_ACTIVATION_CHOICES:
+        raise ModelLoadError(
+            f"int4 activations: {activations!r} is not one of {', '.join(INT4_ACTIVATION_CHOICES)}"
+        )
+
+
 def decoder_linears(model: nn.Module, lm_head: bool) -> list[str]:
     """Names (in `model`) of the text decoder's linear layers the kernels take; the LM head too if asked."""
     names = [
@@ -407,10 +414,7 @@ def set_int4_activations(model: nn.Module, activations: str) -> None:
     on a 2-core Xeon took a decode step from 1.47× to 1.24× its memory bound; "exact" multiplies x as it is. A
     prefill (which dequantises each weight for the dtype's GEMM) and int8 layers are the same either way. The
     measured cost in answers: docs/ONDEVICE.md, `benchmarks/quantization.py`."""
-    if activations not in INT4_ACTIVATION_CHOICES:
-        raise ModelLoadError(
-            f"int4 activations: {activations!r} is not one of {', '.join(INT4_ACTIVATION_CHOICES)}"
-        )
+    check_int4_activations(activations)
     for module in model.modules():
         if isinstance(module, QuantizedLinear) and module.bits == 4:
             module.int8_activations = activations == "int8"
